@@ -1,0 +1,80 @@
+# viewcount: `make demo` and `make test` set up everything they need (idempotent, fast when
+# nothing changed), then run. `make help` lists the rest.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+STATE := $(or $(VIEWCOUNT_STATE_DIR),.state)
+JARS := $(STATE)/jars
+BIN := $(VENV)/bin
+PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
+UDF_SOURCES := $(shell find jvm/src -name '*.java')
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench dagster clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: venv jars clickhouse ## install everything: virtualenv, Python packages, Kafka and Flink jars, ClickHouse
+
+venv: $(VENV)/.installed ## the virtualenv with the project and its dev tools
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+jars: $(JARS)/.kafka $(JARS)/.flink $(JARS)/viewcount-udf.jar ## Kafka broker + tools and the Flink Kafka connector (Maven), our Flink functions (javac)
+$(JARS)/.kafka: stack/pom.xml
+	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install -y maven"; exit 1; }
+	rm -rf $(JARS)/kafka
+	mvn -q -B -f stack/pom.xml -P kafka dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS))/kafka
+	touch $@
+$(JARS)/.flink: stack/pom.xml
+	rm -rf $(JARS)/flink
+	mvn -q -B -f stack/pom.xml -P flink dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=$(abspath $(JARS))/flink
+	touch $@
+$(JARS)/viewcount-udf.jar: $(UDF_SOURCES) $(VENV)/.installed
+	rm -rf $(STATE)/build/udf && mkdir -p $(STATE)/build/udf $(JARS)
+	javac --release 17 -nowarn -cp '$(PYFLINK_LIB)/*' -d $(STATE)/build/udf $(UDF_SOURCES)
+	jar cf $@ -C $(STATE)/build/udf .
+
+clickhouse: ## Debian's clickhouse-server and clickhouse-client (apt), if missing
+	@if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then \
+	  echo "installing clickhouse-server and clickhouse-client from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client kcat >/dev/null; \
+	fi
+
+up: setup ## start Kafka and ClickHouse on loopback (idempotent), create topics, migrate
+	$(BIN)/python -m pipelines.stack up
+	$(BIN)/viewcount migrate
+
+down: ## stop the services this project started
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.stack down; fi
+
+status: ## which services are running
+	$(BIN)/python -m pipelines.stack status
+
+migrate: venv ## apply pending ClickHouse migrations
+	$(BIN)/viewcount migrate
+
+demo: up ## the reference night at 1:1000 through Kafka -> Flink -> ClickHouse, figures printed from ClickHouse
+	$(BIN)/viewcount demo
+
+test: up ## every test: unit, integration and end-to-end against the local stack
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv jars ## unit tests only (no services)
+	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: up ## tests that need the services
+	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(BIN)/ruff check pipelines tests dagster_project bench
+
+clean: down ## stop services and delete all local state (data, jars, venv)
+	rm -rf $(STATE) $(VENV)

@@ -1,0 +1,1 @@
+"""viewcount: views, impressions and unique viewers from Kafka through PyFlink into ClickHouse."""

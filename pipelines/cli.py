@@ -1,0 +1,193 @@
+"""`viewcount`: the commands a data engineer runs; the only module that wires the pieces together."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pipelines.config import Settings
+
+log = logging.getLogger("viewcount")
+
+
+def _connect(settings: Settings):
+    from pipelines.clickhouse import connect
+
+    return connect(settings)
+
+
+def cmd_stack(args, settings: Settings) -> int:
+    from pipelines import stack
+
+    action = {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]
+    for line in action(settings):
+        print(line)
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    from pipelines.clickhouse import connect
+    from pipelines.migrate import apply_migrations
+
+    applied = apply_migrations(connect(settings, database="default"), database=settings.clickhouse.database)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ", none pending"))
+    return 0
+
+
+def cmd_generate(args, settings: Settings) -> int:
+    from pipelines.generator import generate_night
+
+    truth = generate_night(
+        settings, scale=args.scale, seed=args.seed, rate=args.rate,
+        truth_path=Path(args.truth) if args.truth else None,
+    )
+    print(f"produced {truth.deliveries:,} records ({truth.duplicate_deliveries:,} duplicate deliveries) "
+          f"at 1:{args.scale}" + (f"; ground truth in {args.truth}" if args.truth else ""))
+    return 0
+
+
+def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0):
+    """Run the Flink job and the loader together until the job ends (bounded) or a signal."""
+    from pipelines import rollup_job
+    from pipelines.loader import Loader
+
+    stopping = []
+    if not bounded:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.append(True))
+    result = rollup_job.submit(settings, bounded=bounded)
+    job = result.get_job_client()
+    log.info("flink job %s submitted (%s)", job.get_job_id(), "bounded" if bounded else "streaming")
+    loader = Loader(settings, _connect(settings))
+    last_report = time.monotonic()
+    try:
+        while not stopping:
+            read = loader.load_batch()
+            if time.monotonic() - last_report > report_every_s:
+                last_report = time.monotonic()
+                s = loader.stats
+                log.info("loaded %d events, %d rollups, %d dead letters", s.events, s.rollups, s.dead_letters)
+            if bounded and read == 0:
+                status = str(job.get_job_status().result())
+                if status in ("FAILED", "CANCELED"):
+                    raise RuntimeError(f"the Flink job ended {status}; its log is under pyflink/log/")
+                if status == "FINISHED" and loader.caught_up():
+                    break
+    finally:
+        if not bounded:
+            job.cancel().result()
+        loader.close()
+    return loader.stats
+
+
+def cmd_run(args, settings: Settings) -> int:
+    stats = run_pipeline(settings, bounded=args.bounded)
+    print(f"loaded {stats.events:,} events, {stats.rollups:,} post-minute rows; "
+          f"{stats.dead_letters:,} records rejected to the dead-letter topic")
+    return 0
+
+
+def cmd_query(args, settings: Settings) -> int:
+    from pipelines import query
+
+    figures = query.post_figures(_connect(settings), args.post_id)
+    print(f"post {figures.post_id}: {figures.views:,} views · {figures.impressions:,} impressions · "
+          f"{figures.unique_viewers:,.0f} unique viewers "
+          f"({figures.unique_viewers_lower:,.0f} – {figures.unique_viewers_upper:,.0f})")
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from pipelines import query
+    from pipelines.generator import SUBJECT_POST_ID, generate_night
+
+    cmd_migrate(args, settings)
+    started = time.monotonic()
+    truth = generate_night(settings, scale=args.scale, seed=args.seed)
+    produced = time.monotonic()
+    print(f"generated the night at 1:{args.scale}: {truth.deliveries:,} records into Kafka "
+          f"in {produced - started:.1f} s")
+    stats = run_pipeline(settings, bounded=True)
+    elapsed = time.monotonic() - produced
+    client = _connect(settings)
+    subject = query.post_figures(client, SUBJECT_POST_ID)
+    totals = query.all_posts_totals(client)
+    print()
+    print(f"From ClickHouse ({settings.clickhouse.describe()}):")
+    print(f"  the Space's post: {subject.views:,} views, {subject.impressions:,} impressions, "
+          f"{subject.unique_viewers:,.0f} unique viewers "
+          f"(95 % bounds {subject.unique_viewers_lower:,.0f} – {subject.unique_viewers_upper:,.0f})")
+    print(f"  all posts: {totals['views']:,} views, {totals['impressions']:,} impressions "
+          f"across {totals['posts']:,} posts")
+    print(f"  rejected to the dead-letter topic: {stats.dead_letters:,}")
+    print(f"  pipeline: {truth.deliveries:,} records in {elapsed:.1f} s = "
+          f"{truth.deliveries / elapsed:,.0f} events/s (Flink job start-up included)")
+    target = settings.clickhouse
+    print()
+    print("Next:")
+    print(f"  clickhouse-client --port {target.port} --user analyst --password analyst "
+          f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
+    print(f"  viewcount query post {SUBJECT_POST_ID}")
+    print("  make down    # stop Kafka and ClickHouse")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="viewcount", description="View and impression metrics pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("up", "start Kafka and ClickHouse"), ("down", "stop them"), ("status", "show them")):
+        sub.add_parser(name, help=text).set_defaults(func=cmd_stack)
+    sub.add_parser("migrate", help="apply pending ClickHouse migrations").set_defaults(func=cmd_migrate)
+
+    generate = sub.add_parser("generate", help="produce the reference night into Kafka")
+    generate.add_argument("--scale", type=int, default=1000, help="1:N of the published figures (default 1000)")
+    generate.add_argument("--seed", type=int, default=20240812)
+    generate.add_argument("--rate", type=float, default=None, help="events/s (default: as fast as possible)")
+    generate.add_argument("--truth", help="write the ground-truth JSON here")
+    generate.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", help="run the Flink job and the ClickHouse loader")
+    run.add_argument("--bounded", action="store_true", help="stop once everything in Kafka now is loaded")
+    run.set_defaults(func=cmd_run)
+
+    query = sub.add_parser("query", help="figures from ClickHouse")
+    query_sub = query.add_subparsers(dest="what", required=True)
+    post = query_sub.add_parser("post", help="views, impressions and unique viewers of one post")
+    post.add_argument("post_id", type=int)
+    post.set_defaults(func=cmd_query)
+
+    demo = sub.add_parser("demo", help="generate the night, run the pipeline, print the figures")
+    demo.add_argument("--scale", type=int, default=1000)
+    demo.add_argument("--seed", type=int, default=20240812)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("apache_beam", "py4j", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    try:
+        return args.func(args, settings)
+    except Exception as exc:  # a message the user can act on, not a traceback
+        from pipelines.clickhouse import ClickHouseUnavailable
+        from pipelines.stack import StackError
+
+        if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The one typed settings object: every host, port, topic, table and tuning knob, from env or flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Event types the pipeline reads, each from its own topic, each described by schemas/<type>.v<N>.json.
+EVENT_TYPES = ("view", "impression", "post")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names. Source topics are keyed by post_id, so a post's events share a partition."""
+
+    prefix: str = "viewcount"
+
+    def source(self, event_type: str) -> str:
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
+        return f"{self.prefix}.{event_type}s"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def events_valid(self) -> str:
+        """Validated events, as the job emits them for the archive (events_raw)."""
+        return f"{self.prefix}.events-valid"
+
+    @property
+    def post_minute(self) -> str:
+        """Per post and minute rollups, as the job emits them for ClickHouse."""
+        return f"{self.prefix}.post-minute"
+
+    def all(self) -> list[str]:
+        return [self.source(t) for t in EVENT_TYPES] + [
+            self.dead_letter,
+            self.events_valid,
+            self.post_minute,
+        ]
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @classmethod
+    def from_url(cls, url: str) -> ClickHouseTarget:
+        parsed = urlparse(url)
+        if parsed.scheme != "clickhouse":
+            raise ValueError(
+                f"ClickHouse URL {url!r} must look like clickhouse://user:password@host:port/database"
+            )
+        return cls(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 9000,
+            user=parsed.username or "default",
+            password=parsed.password or "",
+            database=(parsed.path or "/").lstrip("/") or "default",
+        )
+
+    def describe(self) -> str:
+        return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VIEWCOUNT_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. `Settings.from_env()` is the only constructor code should use."""
+
+    state_dir: Path = REPO_ROOT / ".state"
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    topic_partitions: int = 4
+    # Source topics keep a week: enough to rebuild from Kafka after an outage of the job.
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    clickhouse_url: str = "clickhouse://viewcount_writer:viewcount_writer@127.0.0.1:19000/viewcount"
+    clickhouse_http_port: int = 18123
+    topics: Topics = field(default_factory=Topics)
+    # The Flink job
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 2000
+    # Declared out-of-orderness: a window closes this long after its end (event time).
+    watermark_delay_s: int = 10
+    # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
+    dedupe_horizon_s: int = 3600
+    flink_connector_jar: Path | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        base = cls()
+        state_dir = Path(_env("STATE_DIR", str(base.state_dir)))
+        settings = cls(
+            state_dir=state_dir,
+            kafka_bootstrap=_env("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
+            kafka_controller_port=int(_env("KAFKA_CONTROLLER_PORT", str(base.kafka_controller_port))),
+            topic_partitions=int(_env("TOPIC_PARTITIONS", str(base.topic_partitions))),
+            clickhouse_url=_env("CLICKHOUSE_URL", base.clickhouse_url),
+            clickhouse_http_port=int(_env("CLICKHOUSE_HTTP_PORT", str(base.clickhouse_http_port))),
+            topics=Topics(prefix=_env("TOPIC_PREFIX", base.topics.prefix)),
+            parallelism=int(_env("PARALLELISM", str(base.parallelism))),
+            checkpoint_interval_ms=int(
+                _env("CHECKPOINT_INTERVAL_MS", str(base.checkpoint_interval_ms))
+            ),
+            watermark_delay_s=int(_env("WATERMARK_DELAY_S", str(base.watermark_delay_s))),
+            dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
+            flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+    @property
+    def clickhouse(self) -> ClickHouseTarget:
+        return ClickHouseTarget.from_url(self.clickhouse_url)
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.state_dir / "jars"
+
+    @property
+    def udf_jar(self) -> Path:
+        """The job's Java functions (jvm/), built by `make jars`."""
+        jar = self.jars_dir / "viewcount-udf.jar"
+        if not jar.exists():
+            raise FileNotFoundError(f"no {jar}: run `make jars` (builds jvm/ with javac)")
+        return jar
+
+    @property
+    def connector_jar(self) -> Path:
+        if self.flink_connector_jar is not None:
+            return self.flink_connector_jar
+        found = sorted((self.jars_dir / "flink").glob("flink-sql-connector-kafka-*.jar"))
+        if not found:
+            raise FileNotFoundError(
+                f"no Flink Kafka connector jar under {self.jars_dir / 'flink'}: run `make jars` "
+                "(or set VIEWCOUNT_FLINK_CONNECTOR_JAR)"
+            )
+        return found[-1]

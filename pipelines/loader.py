@@ -1,0 +1,156 @@
+"""The loader: the job's committed Kafka output upserted into ClickHouse, effectively once.
+
+It reads (read_committed) what the Flink job's transactional sinks committed: validated events
+for `events_raw` and post-minute rollups for `post_minute`, where it builds each minute's HLL
+sketch from the distinct viewer ids with `pipelines.sketches`. Offsets are committed only after
+ClickHouse accepted the rows, so a crash repeats a batch and never loses one; a repeated batch
+changes nothing because both tables are ReplacingMergeTree keyed by the row's identity (the
+rollup's version is its Kafka offset, so a re-emitted window replaces the older row).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from pipelines import sketches
+from pipelines.clickhouse import EVENTS_RAW, POST_MINUTE, insert_rows
+from pipelines.config import Settings
+
+log = logging.getLogger("viewcount.loader")
+
+EVENTS_RAW_COLUMNS = (
+    "event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
+    "viewer_id", "surface", "client", "action",
+)
+POST_MINUTE_COLUMNS = (
+    "post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
+    "unique_viewers", "version",
+)
+
+
+@dataclass
+class LoaderStats:
+    events: int = 0
+    rollups: int = 0
+    dead_letters: int = 0
+    duplicate_deliveries: int = 0
+    batches: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def event_row(record: dict) -> tuple:
+    ms = record["event_time_ms"]
+    return (
+        record["event_type"], record["event_id"], datetime.fromtimestamp(ms // 1000, UTC), ms,
+        record["post_id"], record["author_id"], record["viewer_id"], record["surface"],
+        record["client"], record.get("action") or "",
+    )
+
+
+def rollup_row(record: dict, version: int) -> tuple:
+    viewer_ids = record.get("viewer_ids") or ()
+    sketch = sketches.sketch_of(viewer_ids)
+    window_start = datetime.strptime(record["window_start"][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    return (
+        record["post_id"], window_start, record["views"], record["impressions"],
+        sketches.to_bytes(sketch), sketch.get_estimate(), version,
+    )
+
+
+class Loader:
+    def __init__(self, settings: Settings, client, group_id: str | None = None):
+        from confluent_kafka import Consumer
+
+        self.settings = settings
+        self.client = client
+        self.stats = LoaderStats()
+        topics = settings.topics
+        self.topics = [topics.events_valid, topics.post_minute, topics.dead_letter]
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group_id or f"{topics.prefix}.loader",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 64 * 1024 * 1024,
+        })
+        self.consumer.subscribe(self.topics)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def load_batch(self, max_records: int = 100_000, max_wait_s: float = 1.0) -> int:
+        """Consume up to max_records (or max_wait_s), write them, then commit. Returns records read."""
+        topics = self.settings.topics
+        events, rollups = [], []
+        read = 0
+        deadline = time.monotonic() + max_wait_s
+        last = None
+        while read < max_records:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            messages = self.consumer.consume(num_messages=min(10_000, max_records - read), timeout=min(remaining, 0.5))
+            if not messages:
+                break
+            for message in messages:
+                if message.error():
+                    log.warning("kafka: %s", message.error())
+                    continue
+                read += 1
+                last = message
+                record = orjson.loads(message.value())
+                topic = message.topic()
+                if topic == topics.events_valid:
+                    events.append(event_row(record))
+                elif topic == topics.post_minute:
+                    rollups.append(rollup_row(record, message.offset()))
+                    self.stats.duplicate_deliveries += record["deliveries"] - record["views"] - record["impressions"]
+                else:
+                    self.stats.dead_letters += 1
+                    reason = record.get("reason", "?")
+                    self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        if events:
+            insert_rows(self.client, EVENTS_RAW, EVENTS_RAW_COLUMNS, events)
+        if rollups:
+            insert_rows(self.client, POST_MINUTE, POST_MINUTE_COLUMNS, rollups)
+        if last is not None:
+            # Only now is the batch safe in ClickHouse: commit what was read, synchronously.
+            self.consumer.commit(asynchronous=False)
+            self.stats.events += len(events)
+            self.stats.rollups += len(rollups)
+            self.stats.batches += 1
+        return read
+
+    def caught_up(self) -> bool:
+        """True when every assigned partition has been read to its end (call after an empty batch).
+
+        A transactional producer writes a commit marker after its records; a consumer may stop
+        just before that last marker, so one offset short of the end counts as the end.
+        """
+        from confluent_kafka import TopicPartition
+
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for position in self.consumer.position(assignment):
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(position.topic, position.partition), timeout=5, cached=False
+            )
+            current = max(position.offset, 0)
+            if current < high - 1:
+                return False
+        return True
+
+    def run(self, should_stop: Callable[[], bool], on_batch: Callable[[LoaderStats], None] | None = None) -> LoaderStats:
+        while not should_stop():
+            if self.load_batch() and on_batch:
+                on_batch(self.stats)
+        return self.stats

@@ -1,0 +1,63 @@
+"""The HLL conventions: lg_k, target type, id normalisation, serialization, estimate and bounds.
+
+The stream (via the loader) and the backfill both build sketches here, so the same viewers always
+give the same bytes. Unique counts over longer ranges are unions of these sketches, never sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from datasketches import hll_sketch, hll_union, tgt_hll_type
+
+LG_K = 12
+TARGET_TYPE = tgt_hll_type.HLL_4
+# Bounds are reported at two standard deviations (about 95 %).
+BOUNDS_NUM_STD = 2
+
+
+def normalise_viewer_id(viewer_id: int | str) -> int:
+    """Viewer ids are positive 64-bit integers; a string of digits from JSON is the same viewer."""
+    value = int(viewer_id)
+    if value <= 0:
+        raise ValueError(f"viewer_id must be a positive integer, got {viewer_id!r}")
+    return value
+
+
+def new_sketch() -> hll_sketch:
+    return hll_sketch(LG_K, TARGET_TYPE)
+
+
+def sketch_of(viewer_ids: Iterable[int]) -> hll_sketch:
+    sketch = new_sketch()
+    update = sketch.update
+    for viewer_id in viewer_ids:
+        update(normalise_viewer_id(viewer_id))
+    return sketch
+
+
+def to_bytes(sketch: hll_sketch) -> bytes:
+    return bytes(sketch.serialize_compact())
+
+
+def from_bytes(data: bytes) -> hll_sketch:
+    return hll_sketch.deserialize(data)
+
+
+def union(sketches: Iterable[bytes | hll_sketch]) -> hll_sketch:
+    """Union of sketches (bytes or objects); the result is an HLL_4 sketch at LG_K."""
+    merged = hll_union(LG_K)
+    for item in sketches:
+        if not item:
+            continue
+        merged.update(from_bytes(item) if isinstance(item, (bytes, bytearray)) else item)
+    return merged.get_result(TARGET_TYPE)
+
+
+def estimate_with_bounds(sketch: hll_sketch) -> tuple[float, float, float]:
+    """(estimate, lower bound, upper bound) at BOUNDS_NUM_STD standard deviations."""
+    return (
+        sketch.get_estimate(),
+        sketch.get_lower_bound(BOUNDS_NUM_STD),
+        sketch.get_upper_bound(BOUNDS_NUM_STD),
+    )

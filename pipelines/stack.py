@@ -1,0 +1,287 @@
+"""The local stack: a real Kafka broker and ClickHouse server on loopback, started and stopped by pid.
+
+`make up` / `make down` call `python -m pipelines.stack up|down`. Every service writes its pid and
+log under the state folder; starting is idempotent (a live recorded pid is left alone) and waits
+for readiness with a deadline, naming the service and its log when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from pipelines.config import REPO_ROOT, Settings
+
+STACK_DIR = REPO_ROOT / "stack"
+
+
+class StackError(RuntimeError):
+    """A service could not be started or reached; the message says which, and where its log is."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / f"{self.name}.log"
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        # A recycled pid belongs to someone else: only trust it if it is still our program.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if self.marker.encode() in cmdline else None
+
+    @property
+    def marker(self) -> str:
+        return {"kafka": "kafka.Kafka", "clickhouse": "clickhouse"}[self.name]
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                env=env,
+                start_new_session=True,  # survives the make process; stopped by `make down`
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def kafka_service(settings: Settings) -> Service:
+    return Service("kafka", settings.state_dir / "kafka")
+
+
+def clickhouse_service(settings: Settings) -> Service:
+    return Service("clickhouse", settings.state_dir / "clickhouse")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _wait(what: str, ready, service: Service, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if service.running_pid() is None:
+            raise StackError(f"{what} exited during start-up; see its log: {service.log_file}")
+        time.sleep(0.25)
+    raise StackError(f"{what} was not ready after {timeout_s:.0f} s; see its log: {service.log_file}")
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java:
+        raise StackError("no `java` on PATH: install OpenJDK 17 (apt-get install openjdk-17-jre-headless)")
+    return str(java)
+
+
+def _kafka_classpath(settings: Settings) -> str:
+    jars = settings.jars_dir / "kafka"
+    if not any(jars.glob("kafka_2.13-*.jar")):
+        raise StackError(f"no Kafka broker jars under {jars}: run `make jars`")
+    return f"{jars}/*"
+
+
+def start_kafka(settings: Settings, timeout_s: float = 90.0) -> str:
+    service = kafka_service(settings)
+    host, port = _host_port(settings.kafka_bootstrap)
+    if service.running_pid() is not None:
+        return f"kafka already running (pid {service.running_pid()}) at {settings.kafka_bootstrap}"
+    if _port_open(host, port):
+        raise StackError(
+            f"port {port} is taken by another process, not our Kafka: stop it, "
+            "or set VIEWCOUNT_KAFKA_BOOTSTRAP to a free port"
+        )
+    service.home.mkdir(parents=True, exist_ok=True)
+    properties = service.home / "server.properties"
+    template = Template((STACK_DIR / "kafka" / "server.properties.template").read_text())
+    properties.write_text(
+        template.substitute(
+            state_dir=settings.state_dir,
+            broker_address=f"{host}:{port}",
+            controller_address=f"{host}:{settings.kafka_controller_port}",
+            partitions=settings.topic_partitions,
+        )
+    )
+    classpath = _kafka_classpath(settings)
+    java = _java()
+    log4j = f"-Dlog4j2.configurationFile={STACK_DIR / 'kafka' / 'log4j2.properties'}"
+    if not (service.home / "data" / "meta.properties").exists():
+        subprocess.run(
+            [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format",
+             "-t", str(uuid.uuid4()), "-c", str(properties), "--standalone"],
+            check=True, capture_output=True,
+        )
+    pid = service.start([java, "-Xms512m", "-Xmx1g", log4j, "-cp", classpath, "kafka.Kafka", str(properties)])
+    _wait(f"Kafka at {settings.kafka_bootstrap}", lambda: _kafka_ready(settings), service, timeout_s)
+    return f"kafka started (pid {pid}) at {settings.kafka_bootstrap}, log {service.log_file}"
+
+
+def _kafka_ready(settings: Settings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    if not _port_open(*_host_port(settings.kafka_bootstrap)):
+        return False
+    try:
+        metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=2)
+    except Exception:  # noqa: BLE001 - not ready yet, poll again
+        return False
+    return bool(metadata.brokers)
+
+
+def start_clickhouse(settings: Settings, timeout_s: float = 60.0) -> str:
+    from pipelines.clickhouse import render_clickhouse_config, wait_ready
+
+    service = clickhouse_service(settings)
+    target = settings.clickhouse
+    if service.running_pid() is not None:
+        return f"clickhouse already running (pid {service.running_pid()}) at {target.host}:{target.port}"
+    if _port_open(target.host, target.port):
+        raise StackError(
+            f"port {target.port} is taken by another process, not our ClickHouse: stop it, "
+            "or set VIEWCOUNT_CLICKHOUSE_URL to a free port"
+        )
+    server = shutil.which("clickhouse-server") or "/usr/bin/clickhouse-server"
+    if not Path(server).exists():
+        raise StackError("no clickhouse-server: run `make clickhouse` (installs Debian's clickhouse-server)")
+    config = render_clickhouse_config(settings)
+    pid = service.start([server, f"--config-file={config}"])
+
+    def ready() -> bool:
+        try:
+            wait_ready(settings, timeout_s=1)
+        except Exception:  # noqa: BLE001 - not ready yet, poll again
+            return False
+        return True
+
+    _wait(f"ClickHouse at {target.host}:{target.port}", ready, service, timeout_s)
+    return f"clickhouse started (pid {pid}) at {target.host}:{target.port}, log {service.log_file}"
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create the project's topics if missing, with explicit partitions and retention."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=settings.topic_partitions,
+            replication_factor=1,
+            config={"retention.ms": str(settings.topic_retention_ms), "max.message.bytes": "67108864"},
+        )
+        for name in settings.topics.all()
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            future.result()
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"could not create topic {name}: {exc}") from exc
+    return [t.topic for t in wanted]
+
+
+def up(settings: Settings) -> list[str]:
+    messages = [start_kafka(settings), start_clickhouse(settings)]
+    created = create_topics(settings)
+    if created:
+        messages.append(f"created topics: {', '.join(created)}")
+    return messages
+
+
+def down(settings: Settings) -> list[str]:
+    messages = []
+    for service in (clickhouse_service(settings), kafka_service(settings)):
+        stopped = service.stop()
+        messages.append(f"{service.name} {'stopped' if stopped else 'was not running'}")
+    return messages
+
+
+def status(settings: Settings) -> list[str]:
+    lines = []
+    for service in (kafka_service(settings), clickhouse_service(settings)):
+        pid = service.running_pid()
+        lines.append(f"{service.name}: {'running, pid ' + str(pid) if pid else 'stopped'} (log {service.log_file})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status", "topics"])
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        action = {"up": up, "down": down, "status": status, "topics": create_topics}[args.action]
+        for line in action(settings) or []:
+            print(line)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
