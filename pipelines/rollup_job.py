@@ -128,6 +128,29 @@ GROUP BY post_id, window_start, window_end
 """
 
 
+KAFKA_ORIGIN_COLUMNS = f"""
+  {q('topic')} STRING METADATA VIRTUAL,
+  {q('partition')} INT METADATA VIRTUAL,
+  {q('offset')} BIGINT METADATA VIRTUAL,
+  kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"""
+
+
+def raw_source_ddl(
+    table: str, origin_columns: str, options: dict[str, str], watermark_delay_s: int,
+    fallback_time: str = "kafka_time",
+) -> str:
+    """A source of raw event payloads with their origin columns (topic, partition, offset) and
+    the event-time watermark every window is cut by."""
+    return f"""
+CREATE TABLE {q(table)} (
+  payload STRING,{origin_columns},
+  -- A record without a readable event_time goes to the dead letters; its Kafka time only keeps
+  -- the watermark well-defined.
+  event_time AS COALESCE(TO_TIMESTAMP_LTZ(json_long(payload, 'event_time'), 3), {fallback_time}),
+  WATERMARK FOR event_time AS event_time - INTERVAL '{int(watermark_delay_s)}' SECOND
+) WITH ({_options(options)})"""
+
+
 def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str:
     options = {
         "connector": "kafka",
@@ -143,18 +166,7 @@ def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str
     }
     if bounded:
         options["scan.bounded.mode"] = "latest-offset"
-    return f"""
-CREATE TABLE {q(table)} (
-  payload STRING,
-  {q('topic')} STRING METADATA VIRTUAL,
-  {q('partition')} INT METADATA VIRTUAL,
-  {q('offset')} BIGINT METADATA VIRTUAL,
-  kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  -- A record without a readable event_time goes to the dead letters; its Kafka time only keeps
-  -- the watermark well-defined.
-  event_time AS COALESCE(TO_TIMESTAMP_LTZ(json_long(payload, 'event_time'), 3), kafka_time),
-  WATERMARK FOR event_time AS event_time - INTERVAL '{settings.watermark_delay_s}' SECOND
-) WITH ({_options(options)})"""
+    return raw_source_ddl(table, KAFKA_ORIGIN_COLUMNS, options, settings.watermark_delay_s)
 
 
 def kafka_sink_ddl(settings: Settings, table: str, topic: str, columns: str) -> str:
@@ -210,10 +222,14 @@ def table_environment(settings: Settings, restore: bool = True):
     return t_env
 
 
-def build(t_env, settings: Settings, bounded: bool):
-    """Register sources, views and sinks; return the statement set of the job's three outputs."""
+def register_functions(t_env) -> None:
     for name, java_class in JAVA_FUNCTIONS.items():
         t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{java_class}' LANGUAGE JAVA")
+
+
+def build(t_env, settings: Settings, bounded: bool):
+    """Register sources, views and sinks; return the statement set of the job's three outputs."""
+    register_functions(t_env)
     decoded = {}
     for event_type in COUNTED_TYPES:
         source = f"source_{event_type}"
