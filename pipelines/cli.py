@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     result = rollup_job.submit(settings, bounded=bounded)
     job = result.get_job_client()
     log.info("flink job %s submitted (%s)", job.get_job_id(), "bounded" if bounded else "streaming")
+    # A local mini-cluster shuts down with its job, so the job's end is learnt from wait(),
+    # which returns when it finished and raises when it failed.
+    ended: list[BaseException | None] = []
+
+    def wait_for_job() -> None:
+        try:
+            result.wait()
+            ended.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            ended.append(exc)
+
+    threading.Thread(target=wait_for_job, name="flink-job-wait", daemon=True).start()
     loader = Loader(settings, _connect(settings))
     last_report = time.monotonic()
     try:
@@ -71,14 +84,12 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                 last_report = time.monotonic()
                 s = loader.stats
                 log.info("loaded %d events, %d rollups, %d dead letters", s.events, s.rollups, s.dead_letters)
-            if bounded and read == 0:
-                status = str(job.get_job_status().result())
-                if status in ("FAILED", "CANCELED"):
-                    raise RuntimeError(f"the Flink job ended {status}; its log is under pyflink/log/")
-                if status == "FINISHED" and loader.caught_up():
-                    break
+            if ended and ended[0] is not None:
+                raise RuntimeError(f"the Flink job failed: {ended[0]}") from ended[0]
+            if bounded and read == 0 and ended and loader.caught_up():
+                break
     finally:
-        if not bounded:
+        if not bounded and not ended:
             job.cancel().result()
         loader.close()
     return loader.stats

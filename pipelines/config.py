@@ -95,6 +95,8 @@ class Settings:
     checkpoint_interval_ms: int = 2000
     # Declared out-of-orderness: a window closes this long after its end (event time).
     watermark_delay_s: int = 10
+    # A live source partition silent this long stops holding the watermark back (0 = never).
+    source_idle_timeout_s: int = 30
     # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
     dedupe_horizon_s: int = 3600
     flink_connector_jar: Path | None = None
@@ -116,6 +118,7 @@ class Settings:
                 _env("CHECKPOINT_INTERVAL_MS", str(base.checkpoint_interval_ms))
             ),
             watermark_delay_s=int(_env("WATERMARK_DELAY_S", str(base.watermark_delay_s))),
+            source_idle_timeout_s=int(_env("SOURCE_IDLE_TIMEOUT_S", str(base.source_idle_timeout_s))),
             dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from pipelines import sketches
-from pipelines.clickhouse import EVENTS_RAW, POST_MINUTE, insert_rows
+from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, insert_rows
 from pipelines.config import Settings
 
 log = logging.getLogger("viewcount.loader")
@@ -27,6 +27,9 @@ log = logging.getLogger("viewcount.loader")
 EVENTS_RAW_COLUMNS = (
     "event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
     "viewer_id", "surface", "client", "action",
+)
+DEAD_LETTER_COLUMNS = (
+    "source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at",
 )
 POST_MINUTE_COLUMNS = (
     "post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
@@ -89,7 +92,8 @@ class Loader:
     def load_batch(self, max_records: int = 100_000, max_wait_s: float = 1.0) -> int:
         """Consume up to max_records (or max_wait_s), write them, then commit. Returns records read."""
         topics = self.settings.topics
-        events, rollups = [], []
+        events, rollups, dead_letters = [], [], []
+        now = datetime.now(UTC).replace(microsecond=0)
         read = 0
         deadline = time.monotonic() + max_wait_s
         last = None
@@ -114,18 +118,21 @@ class Loader:
                     rollups.append(rollup_row(record, message.offset()))
                     self.stats.duplicate_deliveries += record["deliveries"] - record["views"] - record["impressions"]
                 else:
-                    self.stats.dead_letters += 1
-                    reason = record.get("reason", "?")
-                    self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+                    dead_letters.append((record["topic"], record["partition"], record["offset"],
+                                         record["reason"], record["payload"] or "", now))
+                    self.stats.reasons[record["reason"]] = self.stats.reasons.get(record["reason"], 0) + 1
         if events:
             insert_rows(self.client, EVENTS_RAW, EVENTS_RAW_COLUMNS, events)
         if rollups:
             insert_rows(self.client, POST_MINUTE, POST_MINUTE_COLUMNS, rollups)
+        if dead_letters:
+            insert_rows(self.client, DEAD_LETTERS, DEAD_LETTER_COLUMNS, dead_letters)
         if last is not None:
             # Only now is the batch safe in ClickHouse: commit what was read, synchronously.
             self.consumer.commit(asynchronous=False)
             self.stats.events += len(events)
             self.stats.rollups += len(rollups)
+            self.stats.dead_letters += len(dead_letters)
             self.stats.batches += 1
         return read
 

@@ -11,8 +11,8 @@ from pipelines import sketches
 from pipelines.config import REPO_ROOT
 
 QUERIES_DIR = REPO_ROOT / "sql" / "queries"
-# Wide enough for any event the schemas accept; callers narrow it.
-ALL_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))
+# Wide enough for any event; 18.16 cannot compare DateTime with dates past 2105.
+ALL_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
 
 @cache

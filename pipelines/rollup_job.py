@@ -85,7 +85,7 @@ def decode_sql(event_type: str, source_table: str) -> str:
         f"{q('partition')}, {q('offset')}, event_time FROM {q(source_table)}"
     )
     return (
-        f"SELECT {_literal(event_type)} AS event_type, fields.reason AS reject_reason, "
+        f"SELECT CAST({_literal(event_type)} AS STRING) AS event_type, fields.reason AS reject_reason, "
         + ", ".join(columns)
         + f", event_time, payload, {q('topic')}, {q('partition')}, {q('offset')} FROM ({parsed})"
     )
@@ -161,11 +161,15 @@ def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
         "format": "raw",
-        # A partition with no traffic must not hold every window open.
-        "scan.watermark.idle-timeout": "5 s",
     }
     if bounded:
         options["scan.bounded.mode"] = "latest-offset"
+    elif settings.source_idle_timeout_s:
+        # Live, a partition without traffic must not hold every window open. Never when
+        # catching up: a partition merely waiting for its turn to be read would be declared
+        # idle, the watermark would pass it, and its events would all arrive late (measured:
+        # at 5 s, 94 % of the night's views were dropped as late in a bounded run).
+        options["scan.watermark.idle-timeout"] = f"{settings.source_idle_timeout_s} s"
     return raw_source_ddl(table, KAFKA_ORIGIN_COLUMNS, options, settings.watermark_delay_s)
 
 
@@ -213,7 +217,6 @@ def table_environment(settings: Settings, restore: bool = True):
     config.set("execution.checkpointing.dir", checkpoint_dir.resolve().as_uri())
     config.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set("execution.checkpointing.num-retained", "2")
-    config.set("table.exec.source.idle-timeout", "5 s")
     if restore and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
         # After a crash (kill -9) the new process continues from the last completed checkpoint:
         # window state, Kafka offsets and the open sink transactions all come back together.

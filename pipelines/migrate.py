@@ -1,0 +1,113 @@
+"""Migrations: sql/migrations/NNNN_name.sql applied once each, in order, and recorded.
+
+A migration file is frozen once applied: its checksum is recorded, and a changed file is
+refused (write a new migration instead). A file may hold several statements separated by a
+line holding only `;`. Statements run with the target database as the session default, so the
+SQL never names the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import REPO_ROOT
+
+MIGRATIONS_DIR = REPO_ROOT / "sql" / "migrations"
+FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+RECORD_TABLE = "schema_migrations"
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def statements(self) -> list[str]:
+        parts = re.split(r"^\s*;\s*$", self.text, flags=re.MULTILINE)
+        return [p.strip() for p in parts if _without_comments(p).strip()]
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+
+
+def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = FILE_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_lower_case_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a number in {directory}")
+    return found
+
+
+def _validate_database_name(database: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+        raise MigrationError(f"database name {database!r} is not a plain identifier")
+    return database
+
+
+def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Create the database if needed, apply pending migrations in order; names of those applied."""
+    database = _validate_database_name(database)
+    client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.execute(
+        f"CREATE TABLE IF NOT EXISTS {database}.{RECORD_TABLE} "
+        "(version UInt32, name String, checksum String, applied_at DateTime) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    recorded = {
+        version: (name, checksum)
+        for version, name, checksum in client.execute(
+            f"SELECT version, name, checksum FROM {database}.{RECORD_TABLE}"
+        )
+    }
+    applied = []
+    for migration in migrations(directory):
+        if migration.version in recorded:
+            name, checksum = recorded[migration.version]
+            if checksum != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.path.name} changed after it was applied as {name}: "
+                    "migrations are frozen; put the change in a new numbered file"
+                )
+            continue
+        for statement in migration.statements():
+            _execute_in(client, database, statement)
+        client.execute(
+            f"INSERT INTO {database}.{RECORD_TABLE} (version, name, checksum, applied_at) VALUES",
+            [(migration.version, migration.name, migration.checksum, _now())],
+        )
+        applied.append(migration.path.name)
+    return applied
+
+
+def _execute_in(client, database: str, statement: str) -> None:
+    # clickhouse-driver has no per-query database; USE sets it for this connection's session.
+    client.execute(f"USE {database}")
+    client.execute(statement)
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).replace(microsecond=0)
