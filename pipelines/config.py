@@ -133,6 +133,11 @@ class Settings:
         return self.state_dir / "jars"
 
     @property
+    def checkpoint_dir(self) -> Path:
+        """The job's retained checkpoints, one folder per topic prefix (one job per prefix)."""
+        return self.state_dir / "flink" / self.topics.prefix / "checkpoints"
+
+    @property
     def udf_jar(self) -> Path:
         """The job's Java functions (jvm/), built by `make jars`."""
         jar = self.jars_dir / "viewcount-udf.jar"

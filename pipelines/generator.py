@@ -380,7 +380,7 @@ def malformed_records() -> list[tuple[str, bytes, str]]:
             "author_id": HOST_AUTHOR_ID, "viewer_id": 5, "surface": "home", "client": "web"}
 
     def variant(n: int, **changes) -> bytes:
-        event = dict(good, event_id=f"bad-{n}", **changes)
+        event = {**good, "event_id": f"bad-{n}", **changes}
         return orjson.dumps({k: v for k, v in event.items() if v is not ...})
 
     return [

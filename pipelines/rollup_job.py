@@ -207,9 +207,9 @@ def table_environment(settings: Settings, restore: bool = True):
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = t_env.get_config()
-    checkpoint_dir = settings.state_dir / "flink" / "checkpoints"
+    checkpoint_dir = settings.checkpoint_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    config.set("pipeline.name", "viewcount-rollups")
+    config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix})")
     config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in (settings.connector_jar, settings.udf_jar)))
     config.set("parallelism.default", str(settings.parallelism))
     config.set("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")

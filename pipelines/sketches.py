@@ -28,11 +28,17 @@ def new_sketch() -> hll_sketch:
     return hll_sketch(LG_K, TARGET_TYPE)
 
 
-def sketch_of(viewer_ids: Iterable[int]) -> hll_sketch:
+def sketch_of(viewer_ids: Iterable[int | str]) -> hll_sketch:
+    """The sketch of a set of viewers, the same bytes however the ids arrived.
+
+    An HLL's registers do not depend on update order but its HIP estimator does, so ids are
+    deduplicated and fed in ascending order: the stream (ids in arrival order) and a backfill
+    (ids in table order) then agree byte for byte.
+    """
     sketch = new_sketch()
     update = sketch.update
-    for viewer_id in viewer_ids:
-        update(normalise_viewer_id(viewer_id))
+    for viewer_id in sorted({normalise_viewer_id(v) for v in viewer_ids}):
+        update(viewer_id)
     return sketch
 
 
@@ -54,10 +60,6 @@ def union(sketches: Iterable[bytes | hll_sketch]) -> hll_sketch:
     return merged.get_result(TARGET_TYPE)
 
 
-def estimate_with_bounds(sketch: hll_sketch) -> tuple[float, float, float]:
-    """(estimate, lower bound, upper bound) at BOUNDS_NUM_STD standard deviations."""
-    return (
-        sketch.get_estimate(),
-        sketch.get_lower_bound(BOUNDS_NUM_STD),
-        sketch.get_upper_bound(BOUNDS_NUM_STD),
-    )
+def estimate_with_bounds(sketch: hll_sketch, num_std: int = BOUNDS_NUM_STD) -> tuple[float, float, float]:
+    """(estimate, lower bound, upper bound) at num_std (1, 2 or 3) standard deviations."""
+    return sketch.get_estimate(), sketch.get_lower_bound(num_std), sketch.get_upper_bound(num_std)

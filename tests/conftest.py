@@ -1,0 +1,61 @@
+"""Shared fixtures: settings from the environment, and per-session isolation on the real services.
+
+Integration and end-to-end tests use the local stack (`make up`) or whatever VIEWCOUNT_* points
+at; each session gets its own topic prefix and ClickHouse database, so runs never see each other.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import replace
+
+import pytest
+
+from pipelines.config import Settings, Topics
+
+os.environ.setdefault("TZ", "UTC")
+
+
+@pytest.fixture(scope="session")
+def session_tag() -> str:
+    return secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(session_tag) -> Settings:
+    """Settings for this session: a fresh topic prefix and database on the configured services."""
+    base = Settings.from_env()
+    target = base.clickhouse
+    url = (f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
+           f"viewcount_test_{session_tag}")
+    return replace(base, clickhouse_url=url, topics=Topics(prefix=f"test{session_tag}"))
+
+
+@pytest.fixture(scope="session")
+def clickhouse(stack_settings):
+    """A writer connection to this session's freshly migrated database (dropped at the end)."""
+    from pipelines.clickhouse import connect
+    from pipelines.migrate import apply_migrations
+
+    admin = connect(stack_settings, database="default")
+    apply_migrations(admin, database=stack_settings.clickhouse.database)
+    client = connect(stack_settings)
+    yield client
+    admin.execute(f"DROP DATABASE IF EXISTS {stack_settings.clickhouse.database}")
+
+
+@pytest.fixture(scope="session")
+def kafka_topics(stack_settings):
+    from pipelines.stack import create_topics
+
+    create_topics(stack_settings)
+    yield stack_settings.topics
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": stack_settings.kafka_bootstrap})
+    for future in admin.delete_topics(stack_settings.topics.all(), operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception:  # noqa: BLE001 - best effort clean-up
+            pass

@@ -1,0 +1,67 @@
+"""ClickHouse on the real server: migrations, users, idempotent rows, errors a user can act on."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from clickhouse_driver import errors as ch_errors
+
+from pipelines import migrate
+from pipelines.clickhouse import POST_MINUTE, ClickHouseUnavailable, connect, insert_rows
+
+pytestmark = pytest.mark.integration
+WINDOW = datetime(2024, 8, 12, 23, 47, tzinfo=UTC)
+
+
+def test_migrating_twice_applies_nothing_the_second_time(stack_settings, clickhouse):
+    admin = connect(stack_settings, database="default")
+    assert migrate.apply_migrations(admin, stack_settings.clickhouse.database) == []
+    recorded = clickhouse.execute("SELECT name FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in recorded] == [m.name for m in migrate.migrations()]
+
+
+def test_a_changed_migration_is_refused(stack_settings, clickhouse, tmp_path):
+    changed = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, changed)
+    first = sorted(changed.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited after it was applied\n")
+    admin = connect(stack_settings, database="default")
+    with pytest.raises(migrate.MigrationError, match="frozen"):
+        migrate.apply_migrations(admin, stack_settings.clickhouse.database, directory=changed)
+
+
+def test_a_re_emitted_window_replaces_the_row_instead_of_adding(clickhouse):
+    columns = ("post_id", "window_start", "views", "impressions", "unique_viewers_sketch", "unique_viewers", "version")
+    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 5, 1, b"", 5.0, 10)])
+    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 7, 1, b"", 7.0, 12)])
+    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 7, 1, b"", 7.0, 12)])  # a repeat
+    assert clickhouse.execute("SELECT views FROM post_minute FINAL WHERE post_id = 99") == [(7,)]
+
+
+def test_the_analyst_can_read_but_not_write(stack_settings, clickhouse):
+    analyst = connect(stack_settings, user="analyst", password="analyst")
+    assert analyst.execute("SELECT count() FROM post_minute")[0][0] >= 0
+    with pytest.raises(ch_errors.ServerException) as denied:
+        analyst.execute("CREATE TABLE sneaky (a UInt8) ENGINE = Memory")
+    assert denied.value.code == 164  # READONLY
+    with pytest.raises(ch_errors.ServerException):
+        analyst.execute("INSERT INTO post_minute (post_id) VALUES", [(1,)])
+
+
+def test_an_unreachable_server_says_what_to_do(stack_settings):
+    wrong = replace(stack_settings, clickhouse_url="clickhouse://viewcount_writer:x@127.0.0.1:1/viewcount")
+    with pytest.raises(ClickHouseUnavailable, match="make up"):
+        connect(wrong)
+
+
+def test_a_wrong_password_says_which_user(stack_settings):
+    with pytest.raises(ClickHouseUnavailable, match="rejected user analyst"):
+        connect(stack_settings, user="analyst", password="not-the-password")
+
+
+def test_only_pipeline_tables_can_be_written(clickhouse):
+    with pytest.raises(ValueError, match="not a table the pipeline writes"):
+        insert_rows(clickhouse, "system.users", ("name",), [("x",)])

@@ -1,0 +1,92 @@
+"""The generated night: the published counts exactly, its disorder, duplicates and late events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import jsonschema
+import numpy as np
+import pytest
+
+from pipelines import generator, schemas
+from pipelines.generator import (
+    MAX_DISORDER_MS, NIGHT_END_MS, NIGHT_START_MS, SUBJECT_POST_ID, build_night, ground_truth, night_events,
+)
+
+SCALE = 50_000
+
+
+@pytest.fixture(scope="module")
+def night():
+    return build_night(SCALE, seed=11)
+
+
+@pytest.fixture(scope="module")
+def events(night):
+    return list(night_events(night))
+
+
+def test_counts_are_the_published_figures_divided_by_the_scale(night):
+    truth = ground_truth(night, SCALE)
+    assert truth.subject_views == 73_000_000 // SCALE
+    assert truth.related_posts == 4_000_000 // SCALE
+    assert truth.related_views == 998_000_000 // SCALE
+    assert truth.views == truth.subject_views + truth.related_views
+    assert sum(row[2] for row in truth.post_minutes) == truth.views
+    assert sum(row[3] for row in truth.post_minutes) == truth.impressions
+
+
+def test_same_seed_same_stream_other_seed_other_stream(events):
+    again = list(night_events(build_night(SCALE, seed=11)))
+    assert again == events
+    other = list(night_events(build_night(SCALE, seed=12)))
+    assert other != events
+
+
+def test_duplicate_deliveries_repeat_the_same_event(night, events):
+    by_id = defaultdict(list)
+    for _, event_type, payload in events:
+        by_id[payload["event_id"]].append((event_type, payload))
+    repeated = [copies for copies in by_id.values() if len(copies) > 1]
+    assert len(repeated) == int(night.duplicate.sum()) > 0
+    assert all(len(copies) == 2 and copies[0] == copies[1] for copies in repeated)
+
+
+def test_arrival_is_out_of_order_within_the_bound_except_late_events(night):
+    delay = night.arrival - night.event_time
+    assert (delay[~night.late] <= MAX_DISORDER_MS).all()
+    assert (delay[night.late] >= 180_000).all() and night.late.sum() >= 1
+    assert (np.diff(night.arrival) >= 0).all()
+    assert (np.diff(night.event_time) < 0).any(), "events should arrive out of event-time order"
+
+
+def test_every_event_is_valid_against_its_schema_and_inside_the_window(events):
+    validators = {t: jsonschema.Draft202012Validator(schemas.load_schema(t)) for t in ("view", "impression", "post")}
+    for _, event_type, payload in events:
+        validators[event_type].validate(payload)
+        assert NIGHT_START_MS <= payload["event_time"] < NIGHT_END_MS
+
+
+def test_no_post_is_viewed_before_it_was_created(events):
+    created = {p["post_id"]: p["event_time"] for _, t, p in events if t == "post"}
+    for _, event_type, payload in events:
+        if event_type == "view" and payload["post_id"] != SUBJECT_POST_ID:
+            assert payload["event_time"] >= created[payload["post_id"]]
+
+
+def test_ground_truth_distinct_viewers_match_a_recount(events, night):
+    truth = ground_truth(night, SCALE)
+    subject_viewers = {p["viewer_id"] for _, t, p in events if t == "view" and p["post_id"] == SUBJECT_POST_ID}
+    assert truth.subject_unique_viewers == len(subject_viewers)
+
+
+def test_malformed_records_fail_schema_validation():
+    for event_type, raw, reason in generator.malformed_records():
+        try:
+            import orjson
+
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        validator = jsonschema.Draft202012Validator(schemas.load_schema(event_type))
+        assert not validator.is_valid(payload), reason
