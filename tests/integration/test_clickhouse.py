@@ -14,6 +14,7 @@ from pipelines.clickhouse import POST_MINUTE, ClickHouseUnavailable, connect, in
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2024, 8, 12, 23, 47, tzinfo=UTC)
+POST = 10**12  # no generated night has a post this high: the session database is shared
 
 
 def test_migrating_twice_applies_nothing_the_second_time(stack_settings, clickhouse):
@@ -35,10 +36,10 @@ def test_a_changed_migration_is_refused(stack_settings, clickhouse, tmp_path):
 
 def test_a_re_emitted_window_replaces_the_row_instead_of_adding(clickhouse):
     columns = ("post_id", "window_start", "views", "impressions", "unique_viewers_sketch", "unique_viewers", "version")
-    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 5, 1, b"", 5.0, 10)])
-    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 7, 1, b"", 7.0, 12)])
-    insert_rows(clickhouse, POST_MINUTE, columns, [(99, WINDOW, 7, 1, b"", 7.0, 12)])  # a repeat
-    assert clickhouse.execute("SELECT views FROM post_minute FINAL WHERE post_id = 99") == [(7,)]
+    insert_rows(clickhouse, POST_MINUTE, columns, [(POST, WINDOW, 5, 1, b"", 5.0, 10)])
+    insert_rows(clickhouse, POST_MINUTE, columns, [(POST, WINDOW, 7, 1, b"", 7.0, 12)])
+    insert_rows(clickhouse, POST_MINUTE, columns, [(POST, WINDOW, 7, 1, b"", 7.0, 12)])  # a repeat
+    assert clickhouse.execute("SELECT views FROM post_minute FINAL WHERE post_id = %(post)s", {"post": POST}) == [(7,)]
 
 
 def test_the_analyst_can_read_but_not_write(stack_settings, clickhouse):
