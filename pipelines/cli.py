@@ -112,6 +112,35 @@ def cmd_query(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_query_subject(args, settings: Settings) -> int:
+    from pipelines import query
+    from pipelines.subjects import get_subject
+
+    subject = get_subject(args.subject_id)
+    zone = args.tz or subject.time_zone
+    if args.start or args.end:
+        if not (args.start and args.end):
+            raise query.QueryError("give both --from and --to (or neither, for the whole of the data)")
+        start, end = query.parse_range(args.start, args.end, zone)
+    else:
+        start, end = query.ALL_TIME
+    figures = query.subject_figures(_connect(settings), subject, start, end)
+    print(f"{subject.name}, {_local(start, zone)} to {_local(end, zone)} ({zone}):")
+    print(query.headline(figures))
+    if args.minutes:
+        print(figures.minutes.to_string(index=False))
+    return 0
+
+
+def _local(moment, zone: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    from pipelines.query import ALL_TIME
+
+    return "the start" if moment == ALL_TIME[0] else "the end" if moment == ALL_TIME[1] else (
+        moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"))
+
+
 def cmd_demo(args, settings: Settings) -> int:
     from pipelines import query
     from pipelines.generator import SUBJECT_POST_ID, generate_night
@@ -171,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     post = query_sub.add_parser("post", help="views, impressions and unique viewers of one post")
     post.add_argument("post_id", type=int)
     post.set_defaults(func=cmd_query)
+    subject = query_sub.add_parser("subject", help="the published figures of a tracked subject")
+    subject.add_argument("subject_id", help="an id from config/subjects.toml")
+    subject.add_argument("--from", dest="start", help="local start, e.g. '2024-08-12 19:47'")
+    subject.add_argument("--to", dest="end", help="local end (exclusive)")
+    subject.add_argument("--tz", help="time zone of --from/--to and of the output (default: the subject's)")
+    subject.add_argument("--minutes", action="store_true", help="also print the per-minute rows")
+    subject.set_defaults(func=cmd_query_subject)
 
     demo = sub.add_parser("demo", help="generate the night, run the pipeline, print the figures")
     demo.add_argument("--scale", type=int, default=1000)
@@ -192,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except Exception as exc:  # a message the user can act on, not a traceback
         from pipelines.clickhouse import ClickHouseUnavailable
+        from pipelines.query import QueryError
         from pipelines.stack import StackError
+        from pipelines.subjects import UnknownSubject
 
-        if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError)):
+        if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError, QueryError, UnknownSubject)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

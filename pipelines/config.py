@@ -34,6 +34,11 @@ class Topics:
         return f"{self.prefix}.events-valid"
 
     @property
+    def posts_valid(self) -> str:
+        """Validated post creations, for the posts table (conversation attribution)."""
+        return f"{self.prefix}.posts-valid"
+
+    @property
     def post_minute(self) -> str:
         """Per post and minute rollups, as the job emits them for ClickHouse."""
         return f"{self.prefix}.post-minute"
@@ -42,6 +47,7 @@ class Topics:
         return [self.source(t) for t in EVENT_TYPES] + [
             self.dead_letter,
             self.events_valid,
+            self.posts_valid,
             self.post_minute,
         ]
 

@@ -42,6 +42,10 @@ MAX_DISORDER_MS = 5_000
 LATE_RATE = 0.0002
 LATE_DELAY_MS = (180_000, 360_000)
 SELF_VIEW_RATE = 0.002
+OTHER_POSTS_PER_RELATED = 10
+OTHER_VIEWS_PER_RELATED = 20
+DELAYED_POST_RATE = 0.1
+DELAYED_POST_MS = (60_000, 180_000)
 
 VIEW, IMPRESSION, POST = 0, 1, 2
 TYPE_NAMES = ("view", "impression", "post")
@@ -64,6 +68,10 @@ class GroundTruth:
     related_posts: int
     related_views: int
     related_impressions: int
+    combined_views: int
+    conversation_unique_viewers: int
+    other_posts: int
+    other_views: int
     views: int
     impressions: int
     unique_viewers: int
@@ -100,6 +108,7 @@ class Night:
     late: np.ndarray          # bool
     duplicate: np.ndarray     # bool: a second delivery
     posts: dict               # post_id -> (reply_to, quote_of, links, tags)
+    related_post_ids: np.ndarray  # the posts about the subject (the rest are about other things)
     seed: int
 
 
@@ -140,31 +149,42 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
     population = max(1_000, 100_000_000 // scale)
 
     # Related posts: created over the night, popularity Zipf-like, each about the subject
-    # directly, down the reply/quote tree, by link, or only by the tracked tag.
-    post_ids = np.arange(2, n_posts + 2, dtype=np.int64)
-    created = np.sort(_times_by_density(rng, n_posts, density))
+    # directly, down the reply/quote tree, by link, or only by the tracked tag. Other posts
+    # (a tenth as many, a twentieth of the views) are about something else: attribution must
+    # leave them out.
+    n_other = max(1, n_posts // OTHER_POSTS_PER_RELATED)
+    post_ids = np.arange(2, n_posts + n_other + 2, dtype=np.int64)
+    created = np.concatenate([np.sort(_times_by_density(rng, n_posts, density)),
+                              np.sort(_times_by_density(rng, n_other, density))])
     # A post needs time to be seen: none is created in the last minute of the window.
     created = np.minimum(created, NIGHT_END_MS - 60_000)
-    authors = rng.integers(2, population + 2, size=n_posts)
-    weights = 1.0 / np.arange(1, n_posts + 1) ** 1.1
-    rng.shuffle(weights)
-    views_per_post = _allocate(related_views, weights)
+    authors = rng.integers(2, population + 2, size=n_posts + n_other)
+    views_per_post = np.concatenate([
+        _allocate(related_views, _zipf_weights(rng, n_posts)),
+        _allocate(related_views // OTHER_VIEWS_PER_RELATED, _zipf_weights(rng, n_other)),
+    ])
     posts = {}
-    how = rng.random(n_posts)
+    how = rng.random(n_posts + n_other)
     for i, pid in enumerate(post_ids.tolist()):
-        parent = SUBJECT_POST_ID if i == 0 or rng.random() < 0.5 else int(post_ids[rng.integers(0, i)])
+        if i < n_posts:
+            parent = SUBJECT_POST_ID if i == 0 or rng.random() < 0.5 else int(post_ids[rng.integers(0, i)])
+            tag = TRACKED_TAG
+        else:  # a thread of its own: its first post replies to nothing
+            parent = None if i == n_posts else int(post_ids[rng.integers(n_posts, i)])
+            tag = "news"
         kind = how[i]
         reply_to = parent if kind < 0.55 else None
         quote_of = parent if 0.55 <= kind < 0.8 else None
-        links = [parent] if 0.8 <= kind < 0.92 else []
-        tags = [TRACKED_TAG] if kind >= 0.92 or rng.random() < 0.1 else []
+        links = [parent] if 0.8 <= kind < 0.92 and parent is not None else []
+        tags = [tag] if kind >= 0.92 or rng.random() < 0.1 else []
         posts[pid] = (reply_to, quote_of, links, tags)
+    n_posts_all = n_posts + n_other
 
     # Views: the subject's follow the night's curve; a related post's decay from its creation.
     s_times = _times_by_density(rng, subject_views, density)
-    r_post_index = np.repeat(np.arange(n_posts), views_per_post)
+    r_post_index = np.repeat(np.arange(n_posts_all), views_per_post)
     r_created = created[r_post_index]
-    r_times = r_created + rng.exponential(40 * 60_000, size=related_views).astype(np.int64)
+    r_times = r_created + rng.exponential(40 * 60_000, size=len(r_post_index)).astype(np.int64)
     overflow = r_times >= NIGHT_END_MS
     while overflow.any():  # keep every view inside the window: the counts are the published ones
         r_times[overflow] = r_created[overflow] + rng.integers(0, NIGHT_END_MS - r_created[overflow])
@@ -186,17 +206,21 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
     n_imp = len(interacted)
     actions = rng.integers(0, len(_enum("impression", "action")), size=n_imp)
 
-    kind = np.concatenate([np.full(n_views, VIEW), np.full(n_imp, IMPRESSION), np.full(n_posts, POST)]).astype(np.int8)
+    kind = np.concatenate([np.full(n_views, VIEW), np.full(n_imp, IMPRESSION), np.full(n_posts_all, POST)]).astype(np.int8)
     event_time = np.concatenate([view_time, i_time, created])
     post_id = np.concatenate([view_post, view_post[interacted], post_ids])
     author_id = np.concatenate([view_author, view_author[interacted], authors])
-    viewer_id = np.concatenate([viewers, viewers[interacted], np.zeros(n_posts, dtype=np.int64)])
-    surface = np.concatenate([surfaces, surfaces[interacted], np.zeros(n_posts, dtype=np.int64)])
-    action = np.concatenate([np.zeros(n_views, dtype=np.int64), actions, np.zeros(n_posts, dtype=np.int64)])
+    viewer_id = np.concatenate([viewers, viewers[interacted], np.zeros(n_posts_all, dtype=np.int64)])
+    surface = np.concatenate([surfaces, surfaces[interacted], np.zeros(n_posts_all, dtype=np.int64)])
+    action = np.concatenate([np.zeros(n_views, dtype=np.int64), actions, np.zeros(n_posts_all, dtype=np.int64)])
     n_events = len(kind)
     event_index = np.arange(n_events, dtype=np.int64)
 
     arrival = event_time + rng.integers(0, MAX_DISORDER_MS + 1, size=n_events)
+    # Some posts' creation events reach us after their first views: attribution must wait.
+    post_events = np.flatnonzero(kind == POST)
+    delayed_posts = post_events[rng.random(len(post_events)) < DELAYED_POST_RATE]
+    arrival[delayed_posts] = event_time[delayed_posts] + rng.integers(*DELAYED_POST_MS, size=len(delayed_posts))
     counted = kind != POST
     n_late = max(1, int(round(LATE_RATE * int(counted.sum()))))
     late_events = rng.choice(np.flatnonzero(counted), size=n_late, replace=False)
@@ -216,8 +240,14 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
         kind=kind[take], event_index=take, event_time=event_time[take], arrival=all_arrival,
         post_id=post_id[take], author_id=author_id[take], viewer_id=viewer_id[take],
         surface=surface[take], action=action[take], late=late[take], duplicate=duplicate,
-        posts=posts, seed=seed,
+        posts=posts, related_post_ids=post_ids[:n_posts], seed=seed,
     )
+
+
+def _zipf_weights(rng: np.random.Generator, n: int) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** 1.1
+    rng.shuffle(weights)
+    return weights
 
 
 def _surface_weights(n: int) -> np.ndarray:
@@ -264,6 +294,8 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
     views = frame[frame.kind == VIEW]
     impressions = frame[frame.kind == IMPRESSION]
     subject = views.post_id == SUBJECT_POST_ID
+    related = views.post_id.isin(night.related_post_ids)
+    related_impressions = impressions.post_id.isin(night.related_post_ids)
     late = frame[frame.late]
     rows = []
     if detail:
@@ -289,9 +321,13 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
         subject_views=int(subject.sum()),
         subject_impressions=int((impressions.post_id == SUBJECT_POST_ID).sum()),
         subject_unique_viewers=int(views.viewer_id[subject].nunique()),
-        related_posts=int((frame.kind == POST).sum()),
-        related_views=int((~subject).sum()),
-        related_impressions=int((impressions.post_id != SUBJECT_POST_ID).sum()),
+        related_posts=len(night.related_post_ids),
+        related_views=int(related.sum()),
+        related_impressions=int(related_impressions.sum()),
+        combined_views=int(subject.sum() + related.sum()),
+        conversation_unique_viewers=int(views.viewer_id[subject | related].nunique()),
+        other_posts=int((frame.kind == POST).sum()) - len(night.related_post_ids),
+        other_views=int((~subject & ~related).sum()),
         views=len(views), impressions=len(impressions),
         unique_viewers=int(views.viewer_id.nunique()),
         deliveries=len(night.kind), duplicate_deliveries=int(night.duplicate.sum()),

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from pipelines import sketches
-from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, insert_rows
+from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, POSTS, insert_rows
 from pipelines.config import Settings
 
 log = logging.getLogger("viewcount.loader")
@@ -31,6 +31,7 @@ EVENTS_RAW_COLUMNS = (
 DEAD_LETTER_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at",
 )
+POSTS_COLUMNS = ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version")
 POST_MINUTE_COLUMNS = (
     "post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
     "unique_viewers", "version",
@@ -41,6 +42,7 @@ POST_MINUTE_COLUMNS = (
 class LoaderStats:
     events: int = 0
     rollups: int = 0
+    posts: int = 0
     dead_letters: int = 0
     duplicate_deliveries: int = 0
     batches: int = 0
@@ -53,6 +55,16 @@ def event_row(record: dict) -> tuple:
         record["event_type"], record["event_id"], datetime.fromtimestamp(ms // 1000, UTC), ms,
         record["post_id"], record["author_id"], record["viewer_id"], record["surface"],
         record["client"], record.get("action") or "",
+    )
+
+
+def post_row(record: dict, version: int) -> tuple:
+    return (
+        record["post_id"], record["author_id"], datetime.fromtimestamp(record["created_ms"] // 1000, UTC),
+        record.get("reply_to") or 0, record.get("quote_of") or 0,
+        orjson.loads(record["links"]) if record.get("links") else [],
+        orjson.loads(record["tags"]) if record.get("tags") else [],
+        version,
     )
 
 
@@ -74,7 +86,7 @@ class Loader:
         self.client = client
         self.stats = LoaderStats()
         topics = settings.topics
-        self.topics = [topics.events_valid, topics.post_minute, topics.dead_letter]
+        self.topics = [topics.events_valid, topics.post_minute, topics.posts_valid, topics.dead_letter]
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": group_id or f"{topics.prefix}.loader",
@@ -92,7 +104,7 @@ class Loader:
     def load_batch(self, max_records: int = 100_000, max_wait_s: float = 1.0) -> int:
         """Consume up to max_records (or max_wait_s), write them, then commit. Returns records read."""
         topics = self.settings.topics
-        events, rollups, dead_letters = [], [], []
+        events, rollups, posts, dead_letters = [], [], [], []
         now = datetime.now(UTC).replace(microsecond=0)
         read = 0
         deadline = time.monotonic() + max_wait_s
@@ -117,6 +129,8 @@ class Loader:
                 elif topic == topics.post_minute:
                     rollups.append(rollup_row(record, message.offset()))
                     self.stats.duplicate_deliveries += record["deliveries"] - record["views"] - record["impressions"]
+                elif topic == topics.posts_valid:
+                    posts.append(post_row(record, message.offset()))
                 else:
                     dead_letters.append((record["topic"], record["partition"], record["offset"],
                                          record["reason"], record["payload"] or "", now))
@@ -125,6 +139,8 @@ class Loader:
             insert_rows(self.client, EVENTS_RAW, EVENTS_RAW_COLUMNS, events)
         if rollups:
             insert_rows(self.client, POST_MINUTE, POST_MINUTE_COLUMNS, rollups)
+        if posts:
+            insert_rows(self.client, POSTS, POSTS_COLUMNS, posts)
         if dead_letters:
             insert_rows(self.client, DEAD_LETTERS, DEAD_LETTER_COLUMNS, dead_letters)
         if last is not None:
@@ -132,6 +148,7 @@ class Loader:
             self.consumer.commit(asynchronous=False)
             self.stats.events += len(events)
             self.stats.rollups += len(rollups)
+            self.stats.posts += len(posts)
             self.stats.dead_letters += len(dead_letters)
             self.stats.batches += 1
         return read

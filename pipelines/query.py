@@ -61,3 +61,111 @@ def all_posts_totals(client, start: datetime = ALL_TIME[0], end: datetime = ALL_
 
 def query_files() -> list[Path]:
     return sorted(QUERIES_DIR.glob("*.sql"))
+
+
+class QueryError(ValueError):
+    """A question the data cannot answer as asked; the message says what to change."""
+
+
+def parse_range(start: str, end: str, time_zone: str) -> tuple[datetime, datetime]:
+    """'YYYY-MM-DD HH:MM' local times in time_zone -> an aware UTC [start, end)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise QueryError(f"unknown time zone {time_zone!r}: use an IANA name like America/New_York or UTC") from exc
+    bounds = []
+    for label, text in (("--from", start), ("--to", end)):
+        try:
+            local = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise QueryError(f"{label} {text!r} is not a time: write it like '2024-08-12 19:47'") from exc
+        bounds.append((local if local.tzinfo else local.replace(tzinfo=zone)).astimezone(UTC))
+    if bounds[1] <= bounds[0]:
+        raise QueryError(f"the range ends ({end}) before it starts ({start}): swap --from and --to")
+    return bounds[0], bounds[1]
+
+
+@dataclass(frozen=True)
+class SubjectFigures:
+    subject_id: str
+    start: datetime
+    end: datetime
+    subject_views: int
+    posts_about: int
+    views_of_posts_about: int
+    combined_views: int
+    unique_viewers: float
+    unique_viewers_lower: float
+    unique_viewers_upper: float
+    minutes: object  # pandas.DataFrame: window_start, subject_views, views_of_posts_about, combined_views,
+    #                  unique_viewers, unique_viewers_lower, unique_viewers_upper
+
+
+def conversation_posts(client, subject) -> tuple[set[int], dict[int, datetime]]:
+    """(posts about the subject, creation time of every known post)."""
+    from pipelines.subjects import posts_about
+
+    rows = client.execute(query_text("posts_graph"))
+    created = {row[0]: row[5] for row in rows}
+    return posts_about(subject, ((r[0], r[1], r[2], r[3], r[4]) for r in rows)), created
+
+
+def subject_figures(client, subject, start: datetime, end: datetime) -> SubjectFigures:
+    """The published figures of a subject in [start, end): exact counts, unique viewers as the
+    union of every minute sketch of the root and the posts about it."""
+    import pandas as pd
+
+    about, created = conversation_posts(client, subject)
+    members = [{"post_id": subject.root_post_id}] + [{"post_id": p} for p in about]
+    rows = client.execute(
+        query_text("conversation_minutes"), {"from": start, "to": end},
+        external_tables=[{"name": "conversation_posts", "structure": [("post_id", "UInt64")], "data": members}],
+        settings={"strings_as_bytes": True},
+    )
+    if not rows:
+        raise QueryError(
+            f"no rows for subject {subject.id} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: "
+            "check the range (times are in the subject's zone unless --tz says otherwise) and that the pipeline ran"
+        )
+    frame = pd.DataFrame(rows, columns=["post_id", "window_start", "views", "impressions", "sketch"])
+    frame["is_root"] = frame.post_id == subject.root_post_id
+    per_minute = []
+    for window_start, group in frame.groupby("window_start", sort=True):
+        estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(group.sketch))
+        root_views = int(group.views[group.is_root].sum())
+        per_minute.append((window_start, root_views, int(group.views.sum()) - root_views, int(group.views.sum()),
+                           estimate, lower, upper))
+    minutes = pd.DataFrame(per_minute, columns=[
+        "window_start", "subject_views", "views_of_posts_about", "combined_views",
+        "unique_viewers", "unique_viewers_lower", "unique_viewers_upper"])
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(frame.sketch))
+    subject_views = int(frame.views[frame.is_root].sum())
+    related_views = int(frame.views[~frame.is_root].sum())
+    naive = (start.replace(tzinfo=None), end.replace(tzinfo=None))
+    posts_created = sum(1 for p in about if p in created and naive[0] <= created[p] < naive[1])
+    return SubjectFigures(
+        subject_id=subject.id, start=start, end=end, subject_views=subject_views,
+        posts_about=posts_created, views_of_posts_about=related_views,
+        combined_views=subject_views + related_views, unique_viewers=estimate,
+        unique_viewers_lower=lower, unique_viewers_upper=upper, minutes=minutes,
+    )
+
+
+def compact(n: float) -> str:
+    """73000000 -> '73.0M', 998000 -> '998K', 1071000000 -> '1.07B', as the figures were published."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.2f}{suffix}" if value < 10 else (
+                f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}")
+    return f"{n:.0f}"
+
+
+def headline(figures: SubjectFigures) -> str:
+    spread = (figures.unique_viewers_upper - figures.unique_viewers_lower) / 2
+    pct = 100 * spread / figures.unique_viewers if figures.unique_viewers else 0.0
+    return (f"{compact(figures.subject_views)} views · {compact(figures.posts_about)} posts · "
+            f"{compact(figures.views_of_posts_about)} views of them · {compact(figures.combined_views)} combined · "
+            f"{compact(figures.unique_viewers)} unique viewers (±{pct:.1f} %)")

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipelines import schemas
-from pipelines.config import Settings
+from pipelines.config import EVENT_TYPES, Settings
 
 log = logging.getLogger("viewcount.rollup_job")
 
@@ -231,15 +231,16 @@ def register_functions(t_env) -> None:
 
 
 def build(t_env, settings: Settings, bounded: bool):
-    """Register sources, views and sinks; return the statement set of the job's three outputs."""
+    """Register sources, views and sinks; return the statement set of the job's outputs."""
     register_functions(t_env)
     decoded = {}
-    for event_type in COUNTED_TYPES:
+    for event_type in EVENT_TYPES:
         source = f"source_{event_type}"
         t_env.execute_sql(source_ddl(settings, source, settings.topics.source(event_type), bounded))
         decoded[event_type] = f"decoded_{event_type}"
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {q(decoded[event_type])} AS {decode_sql(event_type, source)}")
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(decoded)}")
+    counted = {t: decoded[t] for t in COUNTED_TYPES}
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
 
     t_env.execute_sql(kafka_sink_ddl(
         settings, "dead_letter", settings.topics.dead_letter,
@@ -255,12 +256,23 @@ def build(t_env, settings: Settings, bounded: bool):
         f"post_id BIGINT, window_start TIMESTAMP(3), {q('views')} BIGINT, impressions BIGINT, "
         "deliveries BIGINT, viewer_ids ARRAY<BIGINT>",
     ))
+    t_env.execute_sql(kafka_sink_ddl(
+        settings, "posts_valid", settings.topics.posts_valid,
+        "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
+        "links STRING, tags STRING",
+    ))
     statements = t_env.create_statement_set()
     statements.add_insert_sql(f"INSERT INTO dead_letter {dead_letter_sql(decoded.values())}")
     statements.add_insert_sql(
         f"INSERT INTO events_valid SELECT {', '.join(q(c) for c in VALID_EVENT_COLUMNS)} FROM valid_events"
     )
     statements.add_insert_sql(f"INSERT INTO post_minute {post_minute_sql('valid_events')}")
+    # Posts pass straight through (no window): attribution to a subject happens where the
+    # whole reply/quote tree is known, so a post arriving after its views is still counted.
+    statements.add_insert_sql(
+        "INSERT INTO posts_valid SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
+        f"FROM {q(decoded['post'])} WHERE reject_reason IS NULL"
+    )
     return statements
 
 
