@@ -13,8 +13,9 @@ EVENTS_RAW = "events_raw"
 POST_MINUTE = "post_minute"
 POSTS = "posts"
 DEAD_LETTERS = "dead_letters"
+SPACE_PRESENCE = "space_presence"
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS})
+WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE})
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"

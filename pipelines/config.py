@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Event types the pipeline reads, each from its own topic, each described by schemas/<type>.v<N>.json.
-EVENT_TYPES = ("view", "impression", "post")
+EVENT_TYPES = ("view", "impression", "post", "presence")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Topics:
     def source(self, event_type: str) -> str:
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
-        return f"{self.prefix}.{event_type}s"
+        return f"{self.prefix}.{event_type}s" if event_type != "presence" else f"{self.prefix}.presence"
 
     @property
     def dead_letter(self) -> str:
@@ -39,6 +39,11 @@ class Topics:
         return f"{self.prefix}.posts-valid"
 
     @property
+    def presence_valid(self) -> str:
+        """Validated Space presence events, for space_presence (listeners)."""
+        return f"{self.prefix}.presence-valid"
+
+    @property
     def post_minute(self) -> str:
         """Per post and minute rollups, as the job emits them for ClickHouse."""
         return f"{self.prefix}.post-minute"
@@ -48,6 +53,7 @@ class Topics:
             self.dead_letter,
             self.events_valid,
             self.posts_valid,
+            self.presence_valid,
             self.post_minute,
         ]
 

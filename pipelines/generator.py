@@ -47,8 +47,14 @@ OTHER_VIEWS_PER_RELATED = 20
 DELAYED_POST_RATE = 0.1
 DELAYED_POST_MS = (60_000, 180_000)
 
-VIEW, IMPRESSION, POST = 0, 1, 2
-TYPE_NAMES = ("view", "impression", "post")
+VIEW, IMPRESSION, POST, PRESENCE = 0, 1, 2, 3
+TYPE_NAMES = ("view", "impression", "post", "presence")
+SPACE_ID = 1
+PUBLISHED_START_LISTENERS = 1_000_000
+PUBLISHED_PEAK_LISTENERS = 1_300_000
+PEAK_MINUTE = 87  # 21:14 ET
+STAYING_LISTENERS = 0.7
+VANISHING_LISTENERS = 0.1
 
 
 def _enum(event_type: str, name: str) -> list[str]:
@@ -78,6 +84,10 @@ class GroundTruth:
     deliveries: int
     duplicate_deliveries: int
     late_events: int
+    listeners_per_minute: list[int] = field(default_factory=list)
+    peak_listeners: int = 0
+    peak_minute: str = ""
+    unique_listeners: int = 0
     late_event_ids: list[str] = field(default_factory=list)
     # [post_id, window_start 'YYYY-MM-DD HH:MM:SS', views, impressions, distinct viewers,
     #  late views, late impressions]
@@ -108,6 +118,7 @@ class Night:
     late: np.ndarray          # bool
     duplicate: np.ndarray     # bool: a second delivery
     posts: dict               # post_id -> (reply_to, quote_of, links, tags)
+    listener_sessions: np.ndarray  # (start_ms, end_ms) per listener, as the Space had them
     related_post_ids: np.ndarray  # the posts about the subject (the rest are about other things)
     seed: int
 
@@ -206,13 +217,17 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
     n_imp = len(interacted)
     actions = rng.integers(0, len(_enum("impression", "action")), size=n_imp)
 
-    kind = np.concatenate([np.full(n_views, VIEW), np.full(n_imp, IMPRESSION), np.full(n_posts_all, POST)]).astype(np.int8)
-    event_time = np.concatenate([view_time, i_time, created])
-    post_id = np.concatenate([view_post, view_post[interacted], post_ids])
-    author_id = np.concatenate([view_author, view_author[interacted], authors])
-    viewer_id = np.concatenate([viewers, viewers[interacted], np.zeros(n_posts_all, dtype=np.int64)])
-    surface = np.concatenate([surfaces, surfaces[interacted], np.zeros(n_posts_all, dtype=np.int64)])
-    action = np.concatenate([np.zeros(n_views, dtype=np.int64), actions, np.zeros(n_posts_all, dtype=np.int64)])
+    p_time, p_listener, p_action, listener_sessions = _listeners(rng, scale, population)
+    n_presence = len(p_time)
+    none = np.zeros(n_posts_all + n_presence, dtype=np.int64)
+    kind = np.concatenate([np.full(n_views, VIEW), np.full(n_imp, IMPRESSION), np.full(n_posts_all, POST),
+                           np.full(n_presence, PRESENCE)]).astype(np.int8)
+    event_time = np.concatenate([view_time, i_time, created, p_time])
+    post_id = np.concatenate([view_post, view_post[interacted], post_ids, np.full(n_presence, SPACE_ID)])
+    author_id = np.concatenate([view_author, view_author[interacted], authors, np.zeros(n_presence, dtype=np.int64)])
+    viewer_id = np.concatenate([viewers, viewers[interacted], np.zeros(n_posts_all, dtype=np.int64), p_listener])
+    surface = np.concatenate([surfaces, surfaces[interacted], none])
+    action = np.concatenate([np.zeros(n_views, dtype=np.int64), actions, np.zeros(n_posts_all, dtype=np.int64), p_action])
     n_events = len(kind)
     event_index = np.arange(n_events, dtype=np.int64)
 
@@ -221,7 +236,7 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
     post_events = np.flatnonzero(kind == POST)
     delayed_posts = post_events[rng.random(len(post_events)) < DELAYED_POST_RATE]
     arrival[delayed_posts] = event_time[delayed_posts] + rng.integers(*DELAYED_POST_MS, size=len(delayed_posts))
-    counted = kind != POST
+    counted = (kind == VIEW) | (kind == IMPRESSION)
     n_late = max(1, int(round(LATE_RATE * int(counted.sum()))))
     late_events = rng.choice(np.flatnonzero(counted), size=n_late, replace=False)
     arrival[late_events] = event_time[late_events] + rng.integers(*LATE_DELAY_MS, size=n_late)
@@ -240,8 +255,43 @@ def build_night(scale: int = 1000, seed: int = 20240812) -> Night:
         kind=kind[take], event_index=take, event_time=event_time[take], arrival=all_arrival,
         post_id=post_id[take], author_id=author_id[take], viewer_id=viewer_id[take],
         surface=surface[take], action=action[take], late=late[take], duplicate=duplicate,
-        posts=posts, related_post_ids=post_ids[:n_posts], seed=seed,
+        posts=posts, listener_sessions=listener_sessions, related_post_ids=post_ids[:n_posts], seed=seed,
     )
+
+
+def _listeners(rng: np.random.Generator, scale: int, population: int):
+    """The Space's presence events: about 1M/scale join when it finally starts after the flood,
+    more join until the 1.3M/scale peak near 21:14 ET, then they drift away; most stay to the
+    end; a tenth of those leaving early just vanish (their heartbeats stop, no leave)."""
+    from pipelines.listeners import HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS
+
+    minute = 60_000
+    start = NIGHT_START_MS + FLOOD_DELAY_MINUTES * minute
+    n_first = max(1, PUBLISHED_START_LISTENERS // scale)
+    n_later = max(1, (PUBLISHED_PEAK_LISTENERS - PUBLISHED_START_LISTENERS) * 13 // 10 // scale)
+    joins = np.concatenate([
+        start + rng.integers(0, 4 * minute, size=n_first),
+        rng.integers(start + 4 * minute, NIGHT_START_MS + PEAK_MINUTE * minute, size=n_later),
+    ])
+    n = len(joins)
+    listener_ids = rng.choice(population, size=n, replace=False).astype(np.int64) + 2
+    stays = rng.random(n) < STAYING_LISTENERS
+    leave = np.where(stays, NIGHT_END_MS - rng.integers(1, minute, size=n),
+                     joins + minute + (rng.random(n) * (NIGHT_END_MS - joins - 2 * minute)).astype(np.int64))
+    vanish = ~stays & (rng.random(n) < VANISHING_LISTENERS)
+    beats = np.maximum(0, (leave - joins - 1) // HEARTBEAT_INTERVAL_MS)
+    who = np.repeat(np.arange(n), beats)
+    nth = np.arange(len(who)) - np.repeat(np.cumsum(beats) - beats, beats) + 1
+    beat_times = joins[who] + nth * HEARTBEAT_INTERVAL_MS
+    last_seen = joins + beats * HEARTBEAT_INTERVAL_MS
+    sessions = np.stack([joins, np.where(vanish, last_seen + HEARTBEAT_TIMEOUT_MS, leave)], axis=1)
+    leavers = np.flatnonzero(~vanish)
+    actions = _enum("presence", "action")
+    times = np.concatenate([joins, beat_times, leave[leavers]])
+    listeners = np.concatenate([listener_ids, listener_ids[who], listener_ids[leavers]])
+    kinds = np.concatenate([np.full(n, actions.index("join")), np.full(len(who), actions.index("heartbeat")),
+                            np.full(len(leavers), actions.index("leave"))])
+    return times, listeners, kinds, sessions
 
 
 def _zipf_weights(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -263,6 +313,7 @@ def night_events(night: Night) -> Iterator[tuple[int, str, dict]]:
     """(arrival_ms, event_type, payload) in arrival order: the stream a client fleet would send."""
     surfaces = _enum("view", "surface")
     actions = _enum("impression", "action")
+    presence_actions = _enum("presence", "action")
     seed = night.seed
     columns = (night.kind.tolist(), night.event_index.tolist(), night.event_time.tolist(),
                night.arrival.tolist(), night.post_id.tolist(), night.author_id.tolist(),
@@ -273,6 +324,11 @@ def night_events(night: Night) -> Iterator[tuple[int, str, dict]]:
             reply_to, quote_of, links, tags = night.posts[pid]
             event.update(reply_to=reply_to, quote_of=quote_of, links=links, tags=tags)
             yield arrival, "post", event
+            continue
+        if kind == PRESENCE:
+            yield arrival, "presence", {"event_id": event["event_id"], "event_time": at, "space_id": pid,
+                                        "listener_id": viewer, "action": presence_actions[action],
+                                        "client": "ios" if viewer % 3 else "web"}
             continue
         event.update(viewer_id=viewer, surface=surfaces[surface], client="ios" if viewer % 3 else "web")
         if kind == IMPRESSION:
@@ -285,6 +341,9 @@ def night_events(night: Night) -> Iterator[tuple[int, str, dict]]:
 def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
     import pandas as pd
 
+    from pipelines.listeners import concurrent_per_minute
+
+    curve = concurrent_per_minute(night.listener_sessions.tolist(), NIGHT_START_MS, NIGHT_MINUTES)
     first = ~night.duplicate
     frame = pd.DataFrame({
         "kind": night.kind[first], "post_id": night.post_id[first], "viewer_id": night.viewer_id[first],
@@ -299,7 +358,7 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
     late = frame[frame.late]
     rows = []
     if detail:
-        counted = frame[frame.kind != POST].assign(
+        counted = frame[(frame.kind == VIEW) | (frame.kind == IMPRESSION)].assign(
             is_view=lambda f: f.kind == VIEW, is_impression=lambda f: f.kind == IMPRESSION,
         )
         counted = counted.assign(
@@ -331,6 +390,9 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
         views=len(views), impressions=len(impressions),
         unique_viewers=int(views.viewer_id.nunique()),
         deliveries=len(night.kind), duplicate_deliveries=int(night.duplicate.sum()),
+        listeners_per_minute=curve.tolist(), peak_listeners=int(curve.max()),
+        peak_minute=datetime.fromtimestamp((NIGHT_START_MS + int(curve.argmax()) * 60_000) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        unique_listeners=len(night.listener_sessions),
         late_events=len(late), late_event_ids=[event_id(night.seed, int(i)) for i in late["index"]],
         post_minutes=rows,
     )
@@ -361,7 +423,8 @@ def produce(settings: Settings, night: Night, rate: float | None = None,
     sent = 0
     for _, event_type, event in night_events(night):
         value = orjson.dumps(event)
-        key = str(event["post_id"]).encode()
+        # Posts' events share a partition per post; a Space's presence spreads by listener.
+        key = str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
         while True:
             try:
                 producer.produce(topics[event_type], value, key, on_delivery=delivered)

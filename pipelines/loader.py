@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from pipelines import sketches
-from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, POSTS, insert_rows
+from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, POSTS, SPACE_PRESENCE, insert_rows
 from pipelines.config import Settings
 
 log = logging.getLogger("viewcount.loader")
@@ -31,6 +31,7 @@ EVENTS_RAW_COLUMNS = (
 DEAD_LETTER_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at",
 )
+PRESENCE_COLUMNS = ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id")
 POSTS_COLUMNS = ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version")
 POST_MINUTE_COLUMNS = (
     "post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
@@ -56,6 +57,12 @@ def event_row(record: dict) -> tuple:
         record["post_id"], record["author_id"], record["viewer_id"], record["surface"],
         record["client"], record.get("action") or "",
     )
+
+
+def presence_row(record: dict) -> tuple:
+    ms = record["event_time_ms"]
+    return (record["space_id"], record["listener_id"], datetime.fromtimestamp(ms // 1000, UTC), ms,
+            record["action"], record["event_id"])
 
 
 def post_row(record: dict, version: int) -> tuple:
@@ -86,7 +93,8 @@ class Loader:
         self.client = client
         self.stats = LoaderStats()
         topics = settings.topics
-        self.topics = [topics.events_valid, topics.post_minute, topics.posts_valid, topics.dead_letter]
+        self.topics = [topics.events_valid, topics.post_minute, topics.posts_valid, topics.presence_valid,
+                       topics.dead_letter]
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": group_id or f"{topics.prefix}.loader",
@@ -104,7 +112,7 @@ class Loader:
     def load_batch(self, max_records: int = 100_000, max_wait_s: float = 1.0) -> int:
         """Consume up to max_records (or max_wait_s), write them, then commit. Returns records read."""
         topics = self.settings.topics
-        events, rollups, posts, dead_letters = [], [], [], []
+        events, rollups, posts, presence, dead_letters = [], [], [], [], []
         now = datetime.now(UTC).replace(microsecond=0)
         read = 0
         deadline = time.monotonic() + max_wait_s
@@ -131,6 +139,8 @@ class Loader:
                     self.stats.duplicate_deliveries += record["deliveries"] - record["views"] - record["impressions"]
                 elif topic == topics.posts_valid:
                     posts.append(post_row(record, message.offset()))
+                elif topic == topics.presence_valid:
+                    presence.append(presence_row(record))
                 else:
                     dead_letters.append((record["topic"], record["partition"], record["offset"],
                                          record["reason"], record["payload"] or "", now))
@@ -141,6 +151,8 @@ class Loader:
             insert_rows(self.client, POST_MINUTE, POST_MINUTE_COLUMNS, rollups)
         if posts:
             insert_rows(self.client, POSTS, POSTS_COLUMNS, posts)
+        if presence:
+            insert_rows(self.client, SPACE_PRESENCE, PRESENCE_COLUMNS, presence)
         if dead_letters:
             insert_rows(self.client, DEAD_LETTERS, DEAD_LETTER_COLUMNS, dead_letters)
         if last is not None:

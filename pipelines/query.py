@@ -101,6 +101,48 @@ class SubjectFigures:
     unique_viewers_upper: float
     minutes: object  # pandas.DataFrame: window_start, subject_views, views_of_posts_about, combined_views,
     #                  unique_viewers, unique_viewers_lower, unique_viewers_upper
+    listeners: ListenerFigures | None = None
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ListenerFigures:
+    space_id: int
+    peak_listeners: int
+    peak_minute: datetime | None
+    unique_listeners: float
+    unique_listeners_lower: float
+    unique_listeners_upper: float
+    minutes: object  # pandas.DataFrame: window_start, listeners
+
+
+def space_listeners(client, space_id: int, start: datetime, end: datetime) -> ListenerFigures:
+    """Concurrent listeners per minute in [start, end) (sessions open in the minute), the peak
+    and its minute, unique listeners (HLL). Sessions that began before start count from it."""
+    import pandas as pd
+
+    from pipelines.listeners import HEARTBEAT_TIMEOUT_MS, concurrent_per_minute, sessions
+
+    # A session open at `start` began at most a Space's length earlier; read a day back.
+    lookback = datetime.fromtimestamp(max(0.0, start.timestamp() - 86_400), UTC)
+    events = client.execute(query_text("space_presence"), {"space_id": space_id, "from": lookback, "to": end})
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = int(end.timestamp() * 1000)
+    spans = [(max(b, start_ms), min(e, end_ms)) for _, b, e in sessions(events) if e > start_ms and b < end_ms]
+    minutes = max(0, (end_ms - start_ms + 59_999) // 60_000)
+    curve = concurrent_per_minute(spans, start_ms, minutes) if spans else [0] * minutes
+    frame = pd.DataFrame({
+        "window_start": [datetime.fromtimestamp((start_ms + i * 60_000) / 1000, UTC) for i in range(minutes)],
+        "listeners": list(curve),
+    })
+    listener_ids = {listener for listener, b, e in sessions(events) if e > start_ms and b < end_ms}
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.sketch_of(listener_ids))
+    peak_at = int(frame.listeners.idxmax()) if spans else None
+    return ListenerFigures(
+        space_id=space_id, peak_listeners=int(frame.listeners.max()) if spans else 0,
+        peak_minute=frame.window_start[peak_at] if peak_at is not None else None,
+        unique_listeners=estimate, unique_listeners_lower=lower, unique_listeners_upper=upper, minutes=frame,
+    )
 
 
 def conversation_posts(client, subject) -> tuple[set[int], dict[int, datetime]]:
@@ -150,7 +192,18 @@ def subject_figures(client, subject, start: datetime, end: datetime) -> SubjectF
         posts_about=posts_created, views_of_posts_about=related_views,
         combined_views=subject_views + related_views, unique_viewers=estimate,
         unique_viewers_lower=lower, unique_viewers_upper=upper, minutes=minutes,
+        listeners=space_listeners(client, subject.space_id, *_data_range(minutes, start, end)) if subject.space_id else None,
+        time_zone=subject.time_zone,
     )
+
+
+def _data_range(minutes, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[start, end) narrowed to the minutes that have rows (an open range stays finite)."""
+    from datetime import timedelta
+
+    first = minutes.window_start.min().to_pydatetime().replace(tzinfo=UTC)
+    last = minutes.window_start.max().to_pydatetime().replace(tzinfo=UTC) + timedelta(minutes=1)
+    return max(start, first), min(end, last)
 
 
 def compact(n: float) -> str:
@@ -166,6 +219,13 @@ def compact(n: float) -> str:
 def headline(figures: SubjectFigures) -> str:
     spread = (figures.unique_viewers_upper - figures.unique_viewers_lower) / 2
     pct = 100 * spread / figures.unique_viewers if figures.unique_viewers else 0.0
-    return (f"{compact(figures.subject_views)} views · {compact(figures.posts_about)} posts · "
+    line = (f"{compact(figures.subject_views)} views · {compact(figures.posts_about)} posts · "
             f"{compact(figures.views_of_posts_about)} views of them · {compact(figures.combined_views)} combined · "
             f"{compact(figures.unique_viewers)} unique viewers (±{pct:.1f} %)")
+    listeners = figures.listeners
+    if listeners and listeners.peak_minute is not None:
+        from zoneinfo import ZoneInfo
+
+        local = listeners.peak_minute.astimezone(ZoneInfo(figures.time_zone))
+        line += f" · peak {compact(listeners.peak_listeners)} listeners at {local:%H:%M} {local.tzname()}"
+    return line

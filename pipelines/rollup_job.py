@@ -261,6 +261,10 @@ def build(t_env, settings: Settings, bounded: bool):
         "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
         "links STRING, tags STRING",
     ))
+    t_env.execute_sql(kafka_sink_ddl(
+        settings, "presence_valid", settings.topics.presence_valid,
+        "event_id STRING, event_time_ms BIGINT, space_id BIGINT, listener_id BIGINT, action STRING",
+    ))
     statements = t_env.create_statement_set()
     statements.add_insert_sql(f"INSERT INTO dead_letter {dead_letter_sql(decoded.values())}")
     statements.add_insert_sql(
@@ -272,6 +276,10 @@ def build(t_env, settings: Settings, bounded: bool):
     statements.add_insert_sql(
         "INSERT INTO posts_valid SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
         f"FROM {q(decoded['post'])} WHERE reject_reason IS NULL"
+    )
+    statements.add_insert_sql(
+        "INSERT INTO presence_valid SELECT event_id, event_time_ms, space_id, listener_id, action "
+        f"FROM {q(decoded['presence'])} WHERE reject_reason IS NULL"
     )
     return statements
 

@@ -66,7 +66,7 @@ def test_arrival_is_out_of_order_within_the_bound_except_late_events(night):
 
 
 def test_every_event_is_valid_against_its_schema_and_inside_the_window(events):
-    validators = {t: jsonschema.Draft202012Validator(schemas.load_schema(t)) for t in ("view", "impression", "post")}
+    validators = {t: jsonschema.Draft202012Validator(schemas.load_schema(t)) for t in generator.TYPE_NAMES}
     for _, event_type, payload in events:
         validators[event_type].validate(payload)
         assert NIGHT_START_MS <= payload["event_time"] < NIGHT_END_MS
@@ -103,3 +103,15 @@ def test_malformed_records_fail_schema_validation():
             continue
         validator = jsonschema.Draft202012Validator(schemas.load_schema(event_type))
         assert not validator.is_valid(payload), reason
+
+
+def test_listeners_follow_the_night_and_sessions_rebuild_from_presence_events(night, events):
+    from pipelines import listeners
+
+    truth = ground_truth(night, SCALE)
+    assert truth.peak_listeners > truth.listeners_per_minute[generator.FLOOD_DELAY_MINUTES + 5] > 0
+    assert sum(truth.listeners_per_minute[: generator.FLOOD_DELAY_MINUTES]) == 0, "nobody listens before the start"
+    presence = sorted((p["listener_id"], p["event_time"], p["action"]) for _, t, p in events if t == "presence")
+    rebuilt = listeners.concurrent_per_minute(
+        [(b, e) for _, b, e in listeners.sessions(presence)], NIGHT_START_MS, generator.NIGHT_MINUTES)
+    assert rebuilt.tolist() == truth.listeners_per_minute
