@@ -154,6 +154,11 @@ def cmd_demo(args, settings: Settings) -> int:
     stats = run_pipeline(settings, bounded=True)
     elapsed = time.monotonic() - produced
     client = _connect(settings)
+    from pipelines.backfill import hours_with_events, rebuild_hour
+
+    # The night is over: rebuild its hours from the archive, as the hourly backfill would,
+    # so events that came later than the stream's watermark are counted too.
+    rebuilt = [rebuild_hour(client, hour) for hour in hours_with_events(client)]
     subject = query.post_figures(client, SUBJECT_POST_ID)
     totals = query.all_posts_totals(client)
     print()
@@ -164,6 +169,14 @@ def cmd_demo(args, settings: Settings) -> int:
     print(f"  all posts: {totals['views']:,} views, {totals['impressions']:,} impressions "
           f"across {totals['posts']:,} posts")
     print(f"  rejected to the dead-letter topic: {stats.dead_letters:,}")
+    print(f"  hours rebuilt from the archive after the stream: {len(rebuilt)} "
+          f"({sum(r.seconds for r in rebuilt):.1f} s)")
+    from pipelines.subjects import load_subjects
+
+    for tracked in load_subjects().values():
+        start, end = query.parse_range("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
+        figures = query.subject_figures(client, tracked, start, end)
+        print(f"  {tracked.name}, 7:47 PM to 10:47 PM ET: {query.headline(figures)}")
     print(f"  pipeline: {truth.deliveries:,} records in {elapsed:.1f} s = "
           f"{truth.deliveries / elapsed:,.0f} events/s (Flink job start-up included)")
     target = settings.clickhouse
@@ -172,6 +185,7 @@ def cmd_demo(args, settings: Settings) -> int:
     print(f"  clickhouse-client --port {target.port} --user analyst --password analyst "
           f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
     print(f"  viewcount query post {SUBJECT_POST_ID}")
+    print('  viewcount query subject space-2024-08-12 --from "2024-08-12 19:47" --to "2024-08-12 22:47" --minutes')
     print("  make down    # stop Kafka and ClickHouse")
     return 0
 
