@@ -401,7 +401,7 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
 def produce(settings: Settings, night: Night, rate: float | None = None,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Send the night to Kafka in arrival order, keyed by post_id; returns records delivered."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import Producer
 
     producer = Producer({
         "bootstrap.servers": settings.kafka_bootstrap,

@@ -6,8 +6,8 @@ event_id with the same event_time, so it always falls in the same window), and e
 row carries the distinct viewer ids, which the loader turns into a DataSketches HLL sketch.
 
 Outputs go to Kafka with Flink's exactly-once (transactional) sink, committed on checkpoints:
-dead letters, validated events for the archive, and post-minute rollups. `pipelines.loader`
-upserts them into ClickHouse. Kept apart: `decode_sql` / `post_minute_sql` (the transformation,
+dead letters, validated events for the archive, post-minute rollups, and the validated post
+creations and Space presence events. `pipelines.loader` upserts them into ClickHouse. Kept apart: `decode_sql` / `post_minute_sql` (the transformation,
 testable on in-memory rows) and `run` (the Kafka wiring).
 """
 

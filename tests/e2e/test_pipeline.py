@@ -98,14 +98,23 @@ def test_malformed_records_are_dead_lettered_with_reasons_and_change_no_count(ni
 NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
 
 
-def test_backfill_rebuilds_stream_rows_identically_and_counts_late_events(night, clickhouse):
+@pytest.fixture(scope="module")
+def backfilled(night, clickhouse):
+    """The stream's rows, then every hour of the night rebuilt from the archive."""
     from pipelines.backfill import hours_with_events, rebuild_hour
 
-    truth, _ = night
     before = _post_minute_rows(clickhouse)
     hours = hours_with_events(clickhouse)
     for hour in hours:
         rebuild_hour(clickhouse, hour)
+    return before, hours
+
+
+def test_backfill_rebuilds_stream_rows_identically_and_counts_late_events(night, backfilled, clickhouse):
+    from pipelines.backfill import rebuild_hour
+
+    truth, _ = night
+    before, hours = backfilled
     after = _post_minute_rows(clickhouse)
     late = {(r[0], r[1]) for r in truth.post_minutes if r[5] or r[6]}
     same = [key for key in before if key not in late]
@@ -123,7 +132,7 @@ def _post_minute_rows(client):
     return {(p, w.decode()): (v, i, s) for p, w, v, i, s in rows}
 
 
-def test_the_nights_headline_figures_through_the_query_api(night, clickhouse):
+def test_the_nights_headline_figures_through_the_query_api(night, backfilled, clickhouse):
     from pipelines.subjects import get_subject
 
     truth, _ = night
@@ -141,7 +150,8 @@ def test_the_nights_headline_figures_through_the_query_api(night, clickhouse):
     assert listeners.unique_listeners_lower <= truth.unique_listeners <= listeners.unique_listeners_upper
 
 
-def test_viewcount_query_prints_the_headline_and_explains_bad_questions(night, stack_settings, capsys, monkeypatch):
+def test_viewcount_query_prints_the_headline_and_explains_bad_questions(night, backfilled, stack_settings, capsys,
+                                                                       monkeypatch):
     from pipelines import cli
 
     monkeypatch.setenv("VIEWCOUNT_CLICKHOUSE_URL", stack_settings.clickhouse_url)

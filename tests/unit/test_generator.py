@@ -10,7 +10,13 @@ import pytest
 
 from pipelines import generator, schemas
 from pipelines.generator import (
-    MAX_DISORDER_MS, NIGHT_END_MS, NIGHT_START_MS, SUBJECT_POST_ID, build_night, ground_truth, night_events,
+    MAX_DISORDER_MS,
+    NIGHT_END_MS,
+    NIGHT_START_MS,
+    SUBJECT_POST_ID,
+    build_night,
+    ground_truth,
+    night_events,
 )
 
 SCALE = 50_000
