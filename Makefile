@@ -73,8 +73,15 @@ test-unit: venv jars ## unit tests only (no services)
 test-integration: up ## tests that need the services
 	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
 
+bench: up ## benchmarks (bench/results/): the pipeline and its stages and peers at 1:1000, the backfill at 1:100
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.backfill
+
 lint: venv ## ruff
 	$(BIN)/ruff check pipelines tests dagster_project bench
+
+dagster: up ## the Dagster UI on 127.0.0.1:3000 against the local stack (backfills, hourly reconciliation)
+	$(BIN)/viewcount dagster
 
 clean: down ## stop services and delete all local state (data, jars, venv)
 	rm -rf $(STATE) $(VENV)

@@ -124,7 +124,7 @@ def cmd_query_subject(args, settings: Settings) -> int:
         start, end = query.parse_range(args.start, args.end, zone)
     else:
         start, end = query.ALL_TIME
-    figures = query.subject_figures(_connect(settings), subject, start, end)
+    figures = query.subject_figures(_connect(settings), subject, start, end, with_minutes=args.minutes)
     print(f"{subject.name}, {_local(start, zone)} to {_local(end, zone)} ({zone}):")
     print(query.headline(figures))
     if args.minutes:
@@ -139,6 +139,21 @@ def _local(moment, zone: str) -> str:
 
     return "the start" if moment == ALL_TIME[0] else "the end" if moment == ALL_TIME[1] else (
         moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"))
+
+
+def cmd_dagster(args, settings: Settings) -> int:
+    """The Dagster UI (webserver + daemon for the schedule) on loopback, against these settings."""
+    import os
+    import shutil
+
+    home = settings.state_dir / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(home.resolve()),
+           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    print(f"Dagster UI on http://127.0.0.1:{args.port} (Ctrl-C to stop); state in {home}")
+    os.execvpe(dagster, [dagster, "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
+                         "-p", str(args.port)], env)
 
 
 def cmd_demo(args, settings: Settings) -> int:
@@ -221,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--tz", help="time zone of --from/--to and of the output (default: the subject's)")
     subject.add_argument("--minutes", action="store_true", help="also print the per-minute rows")
     subject.set_defaults(func=cmd_query_subject)
+
+    dagster = sub.add_parser("dagster", help="the Dagster UI for backfills and reconciliation, on loopback")
+    dagster.add_argument("--port", type=int, default=3000)
+    dagster.set_defaults(func=cmd_dagster)
 
     demo = sub.add_parser("demo", help="generate the night, run the pipeline, print the figures")
     demo.add_argument("--scale", type=int, default=1000)

@@ -14,8 +14,10 @@ POST_MINUTE = "post_minute"
 POSTS = "posts"
 DEAD_LETTERS = "dead_letters"
 SPACE_PRESENCE = "space_presence"
+POST_SURFACE_MINUTE = "post_surface_minute"
+POST_HOUR = "post_hour"
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE})
+WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE, POST_HOUR})
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"
@@ -63,6 +65,16 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
                 ) from exc
             raise
     return client
+
+
+def sibling(client):
+    """Another connection with the same server, user and database: a connection cannot write
+    while it is still streaming a SELECT."""
+    from clickhouse_driver import Client
+
+    c = client.connection
+    return Client(host=c.host, port=c.port, user=c.user, password=c.password, database=c.database,
+                  connect_timeout=5, send_receive_timeout=300)
 
 
 def wait_ready(settings: Settings, timeout_s: float = 60.0) -> None:

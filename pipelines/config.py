@@ -34,6 +34,11 @@ class Topics:
         return f"{self.prefix}.events-valid"
 
     @property
+    def post_surface_minute(self) -> str:
+        """Per post, minute, surface and action rollups."""
+        return f"{self.prefix}.post-surface-minute"
+
+    @property
     def posts_valid(self) -> str:
         """Validated post creations, for the posts table (conversation attribution)."""
         return f"{self.prefix}.posts-valid"
@@ -55,6 +60,7 @@ class Topics:
             self.posts_valid,
             self.presence_valid,
             self.post_minute,
+            self.post_surface_minute,
         ]
 
 

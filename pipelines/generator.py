@@ -84,6 +84,7 @@ class GroundTruth:
     deliveries: int
     duplicate_deliveries: int
     late_events: int
+    subject_views_by_surface: dict[str, int] = field(default_factory=dict)
     listeners_per_minute: list[int] = field(default_factory=list)
     peak_listeners: int = 0
     peak_minute: str = ""
@@ -348,7 +349,7 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
     frame = pd.DataFrame({
         "kind": night.kind[first], "post_id": night.post_id[first], "viewer_id": night.viewer_id[first],
         "minute": (night.event_time[first] // 60_000) * 60, "late": night.late[first],
-        "index": night.event_index[first],
+        "index": night.event_index[first], "surface": night.surface[first],
     })
     views = frame[frame.kind == VIEW]
     impressions = frame[frame.kind == IMPRESSION]
@@ -390,6 +391,8 @@ def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
         views=len(views), impressions=len(impressions),
         unique_viewers=int(views.viewer_id.nunique()),
         deliveries=len(night.kind), duplicate_deliveries=int(night.duplicate.sum()),
+        subject_views_by_surface={
+            _enum("view", "surface")[int(i)]: int(n) for i, n in views[subject].surface.value_counts().items()},
         listeners_per_minute=curve.tolist(), peak_listeners=int(curve.max()),
         peak_minute=datetime.fromtimestamp((NIGHT_START_MS + int(curve.argmax()) * 60_000) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
         unique_listeners=len(night.listener_sessions),

@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 import orjson
 
 from pipelines import sketches
-from pipelines.clickhouse import DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, POSTS, SPACE_PRESENCE, insert_rows
+from pipelines.clickhouse import (
+    DEAD_LETTERS, EVENTS_RAW, POST_MINUTE, POST_SURFACE_MINUTE, POSTS, SPACE_PRESENCE, insert_rows,
+)
 from pipelines.config import Settings
 
 log = logging.getLogger("viewcount.loader")
@@ -31,6 +33,7 @@ EVENTS_RAW_COLUMNS = (
 DEAD_LETTER_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at",
 )
+POST_SURFACE_COLUMNS = ("post_id", "window_start", "surface", "action", "views", "impressions", "version")
 PRESENCE_COLUMNS = ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id")
 POSTS_COLUMNS = ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version")
 POST_MINUTE_COLUMNS = (
@@ -75,10 +78,19 @@ def post_row(record: dict, version: int) -> tuple:
     )
 
 
+def _window_start(text: str) -> datetime:
+    return datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+def surface_row(record: dict, version: int) -> tuple:
+    return (record["post_id"], _window_start(record["window_start"]), record["surface"], record["action"] or "",
+            record["views"], record["impressions"], version)
+
+
 def rollup_row(record: dict, version: int) -> tuple:
     viewer_ids = record.get("viewer_ids") or ()
     sketch = sketches.sketch_of(viewer_ids)
-    window_start = datetime.strptime(record["window_start"][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    window_start = _window_start(record["window_start"])
     return (
         record["post_id"], window_start, record["views"], record["impressions"],
         sketches.to_bytes(sketch), sketch.get_estimate(), version,
@@ -93,8 +105,8 @@ class Loader:
         self.client = client
         self.stats = LoaderStats()
         topics = settings.topics
-        self.topics = [topics.events_valid, topics.post_minute, topics.posts_valid, topics.presence_valid,
-                       topics.dead_letter]
+        self.topics = [topics.events_valid, topics.post_minute, topics.post_surface_minute, topics.posts_valid,
+                       topics.presence_valid, topics.dead_letter]
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": group_id or f"{topics.prefix}.loader",
@@ -112,7 +124,7 @@ class Loader:
     def load_batch(self, max_records: int = 100_000, max_wait_s: float = 1.0) -> int:
         """Consume up to max_records (or max_wait_s), write them, then commit. Returns records read."""
         topics = self.settings.topics
-        events, rollups, posts, presence, dead_letters = [], [], [], [], []
+        events, rollups, surfaces, posts, presence, dead_letters = [], [], [], [], [], []
         now = datetime.now(UTC).replace(microsecond=0)
         read = 0
         deadline = time.monotonic() + max_wait_s
@@ -137,6 +149,8 @@ class Loader:
                 elif topic == topics.post_minute:
                     rollups.append(rollup_row(record, message.offset()))
                     self.stats.duplicate_deliveries += record["deliveries"] - record["views"] - record["impressions"]
+                elif topic == topics.post_surface_minute:
+                    surfaces.append(surface_row(record, message.offset()))
                 elif topic == topics.posts_valid:
                     posts.append(post_row(record, message.offset()))
                 elif topic == topics.presence_valid:
@@ -149,6 +163,8 @@ class Loader:
             insert_rows(self.client, EVENTS_RAW, EVENTS_RAW_COLUMNS, events)
         if rollups:
             insert_rows(self.client, POST_MINUTE, POST_MINUTE_COLUMNS, rollups)
+        if surfaces:
+            insert_rows(self.client, POST_SURFACE_MINUTE, POST_SURFACE_COLUMNS, surfaces)
         if posts:
             insert_rows(self.client, POSTS, POSTS_COLUMNS, posts)
         if presence:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -99,8 +99,8 @@ class SubjectFigures:
     unique_viewers: float
     unique_viewers_lower: float
     unique_viewers_upper: float
-    minutes: object  # pandas.DataFrame: window_start, subject_views, views_of_posts_about, combined_views,
-    #                  unique_viewers, unique_viewers_lower, unique_viewers_upper
+    minutes: object  # pandas.DataFrame or None: window_start, subject_views, views_of_posts_about,
+    #                  combined_views, unique_viewers, unique_viewers_lower, unique_viewers_upper
     listeners: ListenerFigures | None = None
     time_zone: str = "UTC"
 
@@ -155,56 +155,107 @@ def conversation_posts(client, subject) -> tuple[set[int], dict[int, datetime]]:
     return posts_about(subject, ((r[0], r[1], r[2], r[3], r[4]) for r in rows)), created
 
 
-def subject_figures(client, subject, start: datetime, end: datetime) -> SubjectFigures:
+ROW_COLUMNS = ["post_id", "window_start", "views", "impressions", "sketch"]
+
+
+def subject_figures(client, subject, start: datetime, end: datetime, with_minutes: bool = False) -> SubjectFigures:
     """The published figures of a subject in [start, end): exact counts, unique viewers as the
-    union of every minute sketch of the root and the posts about it."""
+    union of the sketches of the root and the posts about it. Whole hours that were rebuilt
+    are read from post_hour (one row per post and hour), the rest from post_minute; the
+    per-minute frame (minute rows throughout) only when with_minutes."""
     import pandas as pd
 
     about, created = conversation_posts(client, subject)
     members = [{"post_id": subject.root_post_id}] + [{"post_id": p} for p in about]
-    rows = client.execute(
-        query_text("conversation_minutes"), {"from": start, "to": end},
-        external_tables=[{"name": "conversation_posts", "structure": [("post_id", "UInt64")], "data": members}],
-        settings={"strings_as_bytes": True},
-    )
+    external = [{"name": "conversation_posts", "structure": [("post_id", "UInt64")], "data": members}]
+
+    def fetch(name: str, segment_start: datetime, segment_end: datetime) -> list[tuple]:
+        return client.execute(query_text(name), {"from": segment_start, "to": segment_end},
+                              external_tables=external, settings={"strings_as_bytes": True})
+
+    hours = _whole_hours(client, start, end)
+    rows, spans = [], []
+    for segment_start, segment_end in _uncovered(start, end, hours):
+        found = fetch("conversation_minutes", segment_start, segment_end)
+        rows += found
+        spans += [(_utc_of(r[1]), _utc_of(r[1]) + timedelta(minutes=1)) for r in found]
+    if hours:
+        found = fetch("conversation_hours", min(hours), max(hours) + HOUR)
+        rows += [r for r in found if _utc_of(r[1]) in hours]
+        spans += [(_utc_of(r[1]), _utc_of(r[1]) + HOUR) for r in found]
     if not rows:
         raise QueryError(
             f"no rows for subject {subject.id} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: "
             "check the range (times are in the subject's zone unless --tz says otherwise) and that the pipeline ran"
         )
-    frame = pd.DataFrame(rows, columns=["post_id", "window_start", "views", "impressions", "sketch"])
-    frame["is_root"] = frame.post_id == subject.root_post_id
+    totals = pd.DataFrame(rows, columns=ROW_COLUMNS)
+    totals["is_root"] = totals.post_id == subject.root_post_id
+    minutes = None
+    if with_minutes:
+        detail = pd.DataFrame(fetch("conversation_minutes", start, end), columns=ROW_COLUMNS)
+        minutes = _per_minute(detail.assign(is_root=detail.post_id == subject.root_post_id))
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(totals.sketch))
+    subject_views = int(totals.views[totals.is_root].sum())
+    related_views = int(totals.views[~totals.is_root].sum())
+    naive = (start.replace(tzinfo=None), end.replace(tzinfo=None))
+    posts_created = sum(1 for p in about if p in created and naive[0] <= created[p] < naive[1])
+    data_start, data_end = min(s for s, _ in spans), max(e for _, e in spans)
+    return SubjectFigures(
+        subject_id=subject.id, start=start, end=end, subject_views=subject_views,
+        posts_about=posts_created, views_of_posts_about=related_views,
+        combined_views=subject_views + related_views, unique_viewers=estimate,
+        unique_viewers_lower=lower, unique_viewers_upper=upper, minutes=minutes,
+        listeners=space_listeners(client, subject.space_id, max(start, data_start), min(end, data_end))
+        if subject.space_id else None,
+        time_zone=subject.time_zone,
+    )
+
+
+def _uncovered(start: datetime, end: datetime, hours: set[datetime]) -> list[tuple[datetime, datetime]]:
+    """[start, end) minus the covered hours, as a list of segments."""
+    segments, cursor = [], start
+    for hour in sorted(hours):
+        if cursor < hour:
+            segments.append((cursor, hour))
+        cursor = max(cursor, hour + HOUR)
+    if cursor < end:
+        segments.append((cursor, end))
+    return segments
+
+
+HOUR = timedelta(hours=1)
+
+
+def _utc_of(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _hour_of(moment: datetime) -> datetime:
+    return _utc_of(moment).replace(minute=0, second=0, microsecond=0)
+
+
+def _whole_hours(client, start: datetime, end: datetime) -> set[datetime]:
+    """Hours lying wholly inside [start, end) that have post_hour rows."""
+    first = _hour_of(start) + (HOUR if _hour_of(start) < start else timedelta(0))
+    last = _hour_of(end)  # exclusive
+    if last <= first:
+        return set()
+    rebuilt = {_utc_of(h) for (h,) in client.execute(query_text("rebuilt_hours"), {"from": first, "to": last})}
+    return {h for h in rebuilt if first <= h < last}
+
+
+def _per_minute(frame):
+    import pandas as pd
+
     per_minute = []
     for window_start, group in frame.groupby("window_start", sort=True):
         estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(group.sketch))
         root_views = int(group.views[group.is_root].sum())
         per_minute.append((window_start, root_views, int(group.views.sum()) - root_views, int(group.views.sum()),
                            estimate, lower, upper))
-    minutes = pd.DataFrame(per_minute, columns=[
+    return pd.DataFrame(per_minute, columns=[
         "window_start", "subject_views", "views_of_posts_about", "combined_views",
         "unique_viewers", "unique_viewers_lower", "unique_viewers_upper"])
-    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(frame.sketch))
-    subject_views = int(frame.views[frame.is_root].sum())
-    related_views = int(frame.views[~frame.is_root].sum())
-    naive = (start.replace(tzinfo=None), end.replace(tzinfo=None))
-    posts_created = sum(1 for p in about if p in created and naive[0] <= created[p] < naive[1])
-    return SubjectFigures(
-        subject_id=subject.id, start=start, end=end, subject_views=subject_views,
-        posts_about=posts_created, views_of_posts_about=related_views,
-        combined_views=subject_views + related_views, unique_viewers=estimate,
-        unique_viewers_lower=lower, unique_viewers_upper=upper, minutes=minutes,
-        listeners=space_listeners(client, subject.space_id, *_data_range(minutes, start, end)) if subject.space_id else None,
-        time_zone=subject.time_zone,
-    )
-
-
-def _data_range(minutes, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """[start, end) narrowed to the minutes that have rows (an open range stays finite)."""
-    from datetime import timedelta
-
-    first = minutes.window_start.min().to_pydatetime().replace(tzinfo=UTC)
-    last = minutes.window_start.max().to_pydatetime().replace(tzinfo=UTC) + timedelta(minutes=1)
-    return max(start, first), min(end, last)
 
 
 def compact(n: float) -> str:
@@ -230,3 +281,29 @@ def headline(figures: SubjectFigures) -> str:
         local = listeners.peak_minute.astimezone(ZoneInfo(figures.time_zone))
         line += f" · peak {compact(listeners.peak_listeners)} listeners at {local:%H:%M} {local.tzname()}"
     return line
+
+
+def breakdown(client, post_id: int, by: str, start: datetime = ALL_TIME[0], end: datetime = ALL_TIME[1]):
+    """A post's views and impressions by surface, or its impressions by action, as a DataFrame."""
+    import pandas as pd
+
+    queries = {"surface": ("views_by_surface", ["surface", "views", "impressions"]),
+               "action": ("impressions_by_action", ["action", "impressions"])}
+    if by not in queries:
+        raise QueryError(f"breakdown by {by!r}: choose one of {', '.join(queries)}")
+    name, columns = queries[by]
+    rows = client.execute(query_text(name), {"post_id": post_id, "from": start, "to": end})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def top_posts(client, subject, start: datetime, end: datetime, limit: int = 10):
+    """The subject's most viewed posts about it (root included) in [start, end), as a DataFrame."""
+    import pandas as pd
+
+    about, _ = conversation_posts(client, subject)
+    members = [{"post_id": subject.root_post_id}] + [{"post_id": p} for p in about]
+    rows = client.execute(
+        query_text("top_posts"), {"from": start, "to": end, "limit": int(limit)},
+        external_tables=[{"name": "conversation_posts", "structure": [("post_id", "UInt64")], "data": members}],
+    )
+    return pd.DataFrame(rows, columns=["post_id", "views", "impressions"])

@@ -151,6 +151,17 @@ CREATE TABLE {q(table)} (
 ) WITH ({_options(options)})"""
 
 
+def post_surface_minute_sql(valid_events_view: str) -> str:
+    """Per post, 1-minute window, surface and action: views and impressions, deduplicated."""
+    return f"""
+SELECT post_id, window_start, surface, action,
+  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {q('views')},
+  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions
+FROM TABLE(TUMBLE(TABLE {q(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
+GROUP BY post_id, window_start, window_end, surface, action
+"""
+
+
 def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str:
     options = {
         "connector": "kafka",
@@ -257,6 +268,11 @@ def build(t_env, settings: Settings, bounded: bool):
         "deliveries BIGINT, viewer_ids ARRAY<BIGINT>",
     ))
     t_env.execute_sql(kafka_sink_ddl(
+        settings, "post_surface_minute", settings.topics.post_surface_minute,
+        f"post_id BIGINT, window_start TIMESTAMP(3), surface STRING, action STRING, {q('views')} BIGINT, "
+        "impressions BIGINT",
+    ))
+    t_env.execute_sql(kafka_sink_ddl(
         settings, "posts_valid", settings.topics.posts_valid,
         "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
         "links STRING, tags STRING",
@@ -271,6 +287,7 @@ def build(t_env, settings: Settings, bounded: bool):
         f"INSERT INTO events_valid SELECT {', '.join(q(c) for c in VALID_EVENT_COLUMNS)} FROM valid_events"
     )
     statements.add_insert_sql(f"INSERT INTO post_minute {post_minute_sql('valid_events')}")
+    statements.add_insert_sql(f"INSERT INTO post_surface_minute {post_surface_minute_sql('valid_events')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
     statements.add_insert_sql(

@@ -27,7 +27,8 @@ def test_every_migration_statement_runs_on_current_clickhouse(session):
         for statement in migration.statements():
             session.query(statement)
     tables = session.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
-    assert str(tables).split() == ['"dead_letters"', '"events_raw"', '"post_minute"', '"posts"', '"space_presence"']
+    assert str(tables).split() == [f'"{name}"' for name in (
+        "dead_letters", "events_raw", "post_hour", "post_minute", "post_surface_minute", "posts", "space_presence")]
 
 
 def test_a_higher_version_replaces_a_window_row(session):

@@ -1,0 +1,145 @@
+"""Benchmark: time and peak memory of backfilling one hour and three hours of the night at 1:100.
+
+    .venv/bin/python -m bench.backfill [--scale 100] [--runs 3]
+
+Fills a database of its own (viewcount_bench) on the configured ClickHouse with the night's
+archive (events_raw, duplicates included, as the stream delivers it), then runs each backfill
+in a fresh child process, so that its peak RSS is its own. Writes bench/results/backfill.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.clickhouse import connect
+from pipelines.config import Settings
+from pipelines.generator import IMPRESSION, VIEW, build_night, event_id
+from pipelines.migrate import apply_migrations
+
+RESULTS = Path(__file__).parent / "results"
+DATABASE = "viewcount_bench"
+# The night's three busiest UTC hours, and the busiest one alone.
+ONE_HOUR = ["2024-08-13T02:00:00+00:00"]
+THREE_HOURS = ["2024-08-13T00:00:00+00:00", "2024-08-13T01:00:00+00:00", "2024-08-13T02:00:00+00:00"]
+
+
+def bench_settings() -> Settings:
+    base = Settings.from_env()
+    t = base.clickhouse
+    return replace(base, clickhouse_url=f"clickhouse://{t.user}:{t.password}@{t.host}:{t.port}/{DATABASE}")
+
+
+def fill_archive(settings: Settings, scale: int, seed: int) -> int:
+    admin = connect(settings, database="default")
+    admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    apply_migrations(admin, DATABASE)
+    client = connect(settings)
+    night = build_night(scale, seed)
+    counted = np.flatnonzero((night.kind == VIEW) | (night.kind == IMPRESSION))
+    columns = "event_type, event_id, event_time, event_time_ms, post_id, author_id, viewer_id, surface, client, action"
+    step = 500_000
+    for start in range(0, len(counted), step):
+        take = counted[start:start + step]
+        ms = night.event_time[take]
+        kinds = night.kind[take]
+        client.execute(f"INSERT INTO events_raw ({columns}) VALUES", [
+            np.where(kinds == VIEW, "view", "impression").tolist(),
+            [event_id(seed, i) for i in night.event_index[take].tolist()],
+            [datetime.fromtimestamp(s, UTC) for s in (ms // 1000).tolist()],
+            ms.tolist(), night.post_id[take].tolist(), night.author_id[take].tolist(),
+            night.viewer_id[take].tolist(), ["home"] * len(take), ["ios"] * len(take),
+            np.where(kinds == VIEW, "", "like").tolist(),
+        ], columnar=True)
+    return len(counted)
+
+
+CHILD = """
+import json, sys, time, resource
+from datetime import datetime
+from pipelines.backfill import rebuild_hour
+from pipelines.clickhouse import connect
+from pipelines.config import Settings
+from dataclasses import replace
+settings = replace(Settings.from_env(), clickhouse_url=sys.argv[1])
+client = connect(settings)
+started = time.monotonic()
+reports = [rebuild_hour(client, datetime.fromisoformat(h)) for h in sys.argv[2:]]
+print(json.dumps({"seconds": time.monotonic() - started, "rows": sum(r.rows for r in reports),
+                  "views": sum(r.views for r in reports),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_backfill(settings: Settings, hours: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, settings.clickhouse_url, *hours],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=20240812)
+    args = parser.parse_args(argv)
+    settings = bench_settings()
+    started = time.monotonic()
+    archived = fill_archive(settings, args.scale, args.seed)
+    fill_seconds = time.monotonic() - started
+    results = {}
+    for name, hours in (("one hour", ONE_HOUR), ("three hours", THREE_HOURS)):
+        runs = [run_backfill(settings, hours) for _ in range(args.runs)]
+        results[name] = {
+            "hours": hours, "rows": runs[0]["rows"], "views": runs[0]["views"],
+            "seconds": spread([r["seconds"] for r in runs]),
+            "peak_rss_mib": spread([r["peak_rss_mib"] for r in runs]),
+            "views_per_second": spread([r["views"] / r["seconds"] for r in runs]),
+        }
+    report = {
+        "command": f".venv/bin/python -m bench.backfill --scale {args.scale} --runs {args.runs}",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
+        "scale": args.scale, "archived_events": archived, "fill_seconds": round(fill_seconds, 1),
+        "results": results,
+        "ratio_three_to_one_hour": {
+            "seconds": results["three hours"]["seconds"]["median"] / results["one hour"]["seconds"]["median"],
+            "peak_rss": results["three hours"]["peak_rss_mib"]["median"] / results["one hour"]["peak_rss_mib"]["median"],
+            "views": results["three hours"]["views"] / results["one hour"]["views"],
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "backfill.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Backfill at 1:{args.scale}", "", f"`{report['command']}` ({report['when']}); "
+             f"{archived:,} archived events (duplicates included), filled in {fill_seconds:.0f} s.", "",
+             "| backfill | rows | views | seconds min / median / max | peak RSS MiB min / median / max | views/s (median) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        s, m = r["seconds"], r["peak_rss_mib"]
+        lines.append(f"| {name} | {r['rows']:,} | {r['views']:,} | {s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f} "
+                     f"| {m['min']:.0f} / {m['median']:.0f} / {m['max']:.0f} | {r['views_per_second']['median']:,.0f} |")
+    ratio = report["ratio_three_to_one_hour"]
+    lines += ["", f"Three hours vs one: {ratio['views']:.2f}x the views, {ratio['seconds']:.2f}x the time, "
+              f"{ratio['peak_rss']:.2f}x the peak memory (memory stays flat: the hour streams through)."]
+    (RESULTS / "backfill.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Benchmark: the pipeline end to end, each stage alone, two peers, and the headline query.
+
+    .venv/bin/python -m bench.pipeline [--scale 1000] [--runs 3]      (make bench)
+
+Every figure is measured in this one run on this machine, min / median / max over --runs,
+and reported as ratios to its neighbours: ours to Kafka's own consume limit, each peer to ours.
+Writes bench/results/pipeline.{md,json,png}. Needs the local stack (make up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines.config import Settings, Topics
+
+RESULTS = Path(__file__).parent / "results"
+PERF_RECORDS = 1_000_000
+PERF_RECORD_BYTES = 200  # about the size of a view event as JSON
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
+
+
+def isolated(settings: Settings, tag: str) -> Settings:
+    """Settings with a topic prefix and a database of their own."""
+    t = settings.clickhouse
+    return replace(settings, topics=Topics(prefix=f"bench{tag}"),
+                   clickhouse_url=f"clickhouse://{t.user}:{t.password}@{t.host}:{t.port}/bench_{tag}")
+
+
+def prepare(settings: Settings) -> None:
+    from pipelines.clickhouse import connect
+    from pipelines.migrate import apply_migrations
+    from pipelines.stack import create_topics
+
+    create_topics(settings)
+    apply_migrations(connect(settings, database="default"), settings.clickhouse.database)
+
+
+def drop(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from pipelines.clickhouse import connect
+
+    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for future in admin.delete_topics(settings.topics.all(), operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception:  # noqa: BLE001 - clean-up only
+            pass
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory of a live process (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------- stages
+
+
+def generator_alone(scale: int) -> float:
+    import orjson
+
+    from pipelines.generator import build_night, night_events
+
+    started = time.monotonic()
+    night = build_night(scale, 20240812)
+    count = sum(len(orjson.dumps(event)) > 0 for _, _, event in night_events(night))
+    return count / (time.monotonic() - started)
+
+
+def kafka_tool(settings: Settings, tool: str, args: list[str]) -> str:
+    jars = settings.jars_dir / "kafka"
+    out = subprocess.run(["java", "-Xmx512m", "-cp", f"{jars}/*", f"org.apache.kafka.tools.{tool}", *args],
+                         check=True, capture_output=True, text=True, timeout=300)
+    return out.stdout
+
+
+def kafka_produce_limit(settings: Settings, topic: str) -> float:
+    out = kafka_tool(settings, "ProducerPerformance", [
+        "--topic", topic, "--num-records", str(PERF_RECORDS), "--record-size", str(PERF_RECORD_BYTES),
+        "--throughput", "-1", "--producer-props", f"bootstrap.servers={settings.kafka_bootstrap}", "acks=all",
+        "linger.ms=20", "batch.size=1000000", "compression.type=lz4"])
+    last = [line for line in out.splitlines() if "records sent" in line][-1]
+    return float(re.search(r"([\d.]+) records/sec", last).group(1))
+
+
+def kafka_consume_limit(settings: Settings, topic: str) -> float:
+    out = kafka_tool(settings, "ConsumerPerformance", [
+        "--bootstrap-server", settings.kafka_bootstrap, "--topic", topic, "--messages", str(PERF_RECORDS),
+        "--group", f"perf-{secrets.token_hex(3)}", "--hide-header", "--timeout", "60000"])
+    fields = out.strip().splitlines()[-1].split(",")
+    return float(fields[5])  # nMsg.sec
+
+
+RUN_OURS = """
+import json, os, resource, sys, time
+from dataclasses import replace
+from pipelines.config import Settings, Topics
+from pipelines.cli import run_pipeline
+settings = replace(Settings.from_env(), topics=Topics(prefix=sys.argv[1]), clickhouse_url=sys.argv[2])
+started = time.monotonic()
+stats = run_pipeline(settings, bounded=True)
+seconds = time.monotonic() - started
+children = [int(p) for p in os.popen(f"pgrep -P {os.getpid()}").read().split()]
+def hwm(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+print(json.dumps({"seconds": seconds, "events": stats.events, "rollups": stats.rollups,
+                  "python_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "jvm_rss_mib": max([hwm(p) for p in children] or [0])}))
+"""
+
+
+def ours_end_to_end(settings: Settings, scale: int) -> dict:
+    """Produce the night as fast as the generator can, then time Flink + loader to the last row."""
+    from pipelines.generator import generate_night
+
+    truth = generate_night(settings, scale=scale, seed=20240812, progress=lambda *_: None)
+    out = subprocess.run([sys.executable, "-c", RUN_OURS, settings.topics.prefix, settings.clickhouse_url],
+                         check=True, capture_output=True, text=True, timeout=1200)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["records"] = truth.deliveries
+    result["events_per_s"] = truth.deliveries / result["seconds"]
+    return result
+
+
+def loader_alone(settings: Settings) -> float:
+    """The loader over the job's committed output already in Kafka, into a fresh database."""
+    from pipelines.clickhouse import connect
+    from pipelines.loader import Loader
+
+    target = replace(settings, clickhouse_url=settings.clickhouse_url + "_loader")
+    prepare(target)
+    loader = Loader(target, connect(target), group_id=f"bench-loader-{secrets.token_hex(3)}")
+    started = time.monotonic()
+    records = 0
+    while True:
+        read = loader.load_batch()
+        records += read
+        if read == 0 and loader.caught_up():
+            break
+    seconds = time.monotonic() - started
+    loader.close()
+    connect(target, database="default").execute(f"DROP DATABASE IF EXISTS {target.clickhouse.database}")
+    return records / seconds
+
+
+def python_peer(settings: Settings) -> float:
+    """A plain kafka-python consumer: decode, dedupe on event_id, count per post-minute, HLL, insert."""
+    import orjson
+    from kafka import KafkaConsumer
+
+    from pipelines import sketches
+    from pipelines.clickhouse import connect
+
+    client = connect(settings)
+    client.execute("CREATE TABLE IF NOT EXISTS peer_post_minute (post_id UInt64, window_start DateTime, "
+                   "views UInt64, impressions UInt64, sketch String) ENGINE = MergeTree ORDER BY (post_id, window_start)")
+    topics = [settings.topics.source("view"), settings.topics.source("impression")]
+    consumer = KafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=f"peer-{secrets.token_hex(3)}",
+                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000,
+                             max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024)
+    seen: set[str] = set()
+    windows: dict[tuple, list] = {}
+    started = time.monotonic()
+    records = 0
+    for message in consumer:
+        records += 1
+        try:
+            event = orjson.loads(message.value)
+            key = (event["post_id"], event["event_time"] // 60_000 * 60)
+            event_id = event["event_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        window = windows.setdefault(key, [0, 0, []])
+        if "action" in event:
+            window[1] += 1
+        else:
+            window[0] += 1
+            window[2].append(event["viewer_id"])
+    idle = 5.0  # consumer_timeout_ms: the loop ends 5 s after the last record
+    rows = [(post, datetime.fromtimestamp(minute, UTC), v, i, sketches.to_bytes(sketches.sketch_of(ids)))
+            for (post, minute), (v, i, ids) in windows.items()]
+    client.execute("INSERT INTO peer_post_minute (post_id, window_start, views, impressions, sketch) VALUES", rows)
+    consumer.close()
+    return records / (time.monotonic() - started - idle)
+
+
+def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
+    """ClickHouse 18.16's own Kafka engine -> materialized view -> AggregatingMergeTree (no exact dedupe)."""
+    from pipelines.clickhouse import connect
+
+    client = connect(settings)
+    topic = settings.topics.source("view")
+    try:
+        client.execute(f"CREATE TABLE kafka_views (event_id String, event_time UInt64, post_id UInt64, "
+                       f"viewer_id UInt64) ENGINE = Kafka('{settings.kafka_bootstrap}', '{topic}', "
+                       f"'ch-peer-{secrets.token_hex(3)}', 'JSONEachRow')")
+        client.execute("CREATE TABLE ch_post_minute (post_id UInt64, window_start DateTime, "
+                       "views AggregateFunction(count), viewers AggregateFunction(uniqCombined, UInt64)) "
+                       "ENGINE = AggregatingMergeTree ORDER BY (post_id, window_start)")
+        started = time.monotonic()
+        client.execute("CREATE MATERIALIZED VIEW ch_post_minute_mv TO ch_post_minute AS SELECT post_id, "
+                       "toStartOfMinute(toDateTime(intDiv(event_time, 1000))) AS window_start, countState() AS views, "
+                       "uniqCombinedState(viewer_id) AS viewers FROM kafka_views GROUP BY post_id, window_start")
+        from confluent_kafka import Consumer, TopicPartition
+
+        probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+        meta = probe.list_topics(topic, timeout=10).topics[topic]
+        expected = sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+        probe.close()
+        deadline = time.monotonic() + 120
+        loaded = 0
+        while time.monotonic() < deadline:
+            loaded = client.execute("SELECT countMerge(views) FROM ch_post_minute")[0][0]
+            if loaded >= expected:
+                return {"events_per_s": loaded / (time.monotonic() - started), "loaded": loaded, "expected": expected}
+            time.sleep(0.5)
+        return {"error": f"loaded {loaded} of {expected} view records in 120 s", "loaded": loaded, "expected": expected}
+    except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a finding, reported as such
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+    finally:
+        for statement in ("DROP TABLE IF EXISTS ch_post_minute_mv", "DROP TABLE IF EXISTS kafka_views",
+                          "DROP TABLE IF EXISTS ch_post_minute"):
+            client.execute(statement)
+
+
+def headline_query_latency(settings: Settings, repeats: int = 20) -> dict:
+    from pipelines import query
+    from pipelines.clickhouse import connect
+    from pipelines.subjects import get_subject
+
+    client = connect(settings)
+    subject = get_subject("space-2024-08-12")
+    start, end = query.parse_range("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
+    api = []
+    for _ in range(repeats):
+        began = time.monotonic()
+        query.subject_figures(client, subject, start, end)
+        api.append(time.monotonic() - began)
+    target = settings.clickhouse
+    sql = ("SELECT sum(views), sum(impressions) FROM post_minute FINAL WHERE post_id = 1 "
+           "AND window_start >= '2024-08-12 23:47:00' AND window_start < '2024-08-13 02:47:00'")
+    cli = []
+    for _ in range(repeats):
+        began = time.monotonic()
+        subprocess.run(["clickhouse-client", "--host", target.host, "--port", str(target.port), "--user", "analyst",
+                        "--password", "analyst", "--database", target.database, "--query", sql],
+                       check=True, capture_output=True)
+        cli.append(time.monotonic() - began)
+    return {"api_p50_ms": 1000 * statistics.median(api), "api_p99_ms": 1000 * sorted(api)[int(0.99 * (len(api) - 1))],
+            "cli_p50_ms": 1000 * statistics.median(cli), "cli_p99_ms": 1000 * sorted(cli)[int(0.99 * (len(cli) - 1))]}
+
+
+# ---------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    base = Settings.from_env()
+    from pipelines import stack
+
+    figures: dict[str, list] = {k: [] for k in (
+        "generator", "kafka_produce", "kafka_consume", "ours", "loader", "python_peer")}
+    memory: dict[str, list] = {"job_jvm": [], "loader_python": []}
+    ch_peer, queries = [], []
+    for run in range(args.runs):
+        tag = f"{secrets.token_hex(3)}"
+        settings = isolated(base, tag)
+        prepare(settings)
+        print(f"run {run + 1}/{args.runs}", file=sys.stderr)
+        try:
+            figures["generator"].append(generator_alone(args.scale))
+            perf_topic = f"{settings.topics.prefix}.perf"
+            figures["kafka_produce"].append(kafka_produce_limit(settings, perf_topic))
+            figures["kafka_consume"].append(kafka_consume_limit(settings, perf_topic))
+            result = ours_end_to_end(settings, args.scale)
+            figures["ours"].append(result["events_per_s"])
+            memory["job_jvm"].append(result["jvm_rss_mib"])
+            memory["loader_python"].append(result["python_rss_mib"])
+            figures["loader"].append(loader_alone(settings))
+            figures["python_peer"].append(python_peer(settings))
+            ch_peer.append(clickhouse_kafka_engine_peer(settings))
+            queries.append(headline_query_latency(settings))
+        finally:
+            drop(settings)
+    services = {svc.name: peak_rss_mib(pid) for svc in (stack.kafka_service(base), stack.clickhouse_service(base))
+                if (pid := svc.running_pid())}
+    summary = {name: spread(values) for name, values in figures.items()}
+    ratios = {
+        "ours / kafka consume limit": summary["ours"]["median"] / summary["kafka_consume"]["median"],
+        "python peer / ours": summary["python_peer"]["median"] / summary["ours"]["median"],
+        "loader alone / ours": summary["loader"]["median"] / summary["ours"]["median"],
+        "generator alone / ours": summary["generator"]["median"] / summary["ours"]["median"],
+    }
+    ch_rates = [p["events_per_s"] for p in ch_peer if "events_per_s" in p]
+    if ch_rates:
+        summary["clickhouse_kafka_engine_peer"] = spread(ch_rates)
+        ratios["clickhouse kafka engine peer / ours"] = statistics.median(ch_rates) / summary["ours"]["median"]
+    report = {
+        "command": f".venv/bin/python -m bench.pipeline --scale {args.scale} --runs {args.runs}",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
+        "cpus": os.cpu_count(), "scale": args.scale, "events_per_second": summary, "ratios": ratios,
+        "peak_rss_mib": {**{k: spread(v) for k, v in memory.items()}, **services},
+        "clickhouse_kafka_engine_peer": ch_peer,
+        "headline_query_ms": {k: spread([q[k] for q in queries]) for k in queries[0]},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report)
+    plot(report)
+    print((RESULTS / "pipeline.md").read_text())
+    return 0
+
+
+LABELS = {
+    "generator": "generator alone (build + serialize, no Kafka)",
+    "kafka_produce": "Kafka produce limit (kafka ProducerPerformance, 200 B)",
+    "kafka_consume": "Kafka consume limit (kafka ConsumerPerformance)",
+    "ours": "ours end to end (Flink job + loader, to the last row in ClickHouse)",
+    "loader": "loader alone (job output in Kafka -> ClickHouse)",
+    "python_peer": "peer: plain kafka-python consumer (dedupe, count, HLL, insert)",
+    "clickhouse_kafka_engine_peer": "peer: ClickHouse Kafka engine -> MV -> AggregatingMergeTree (views only, no dedupe)",
+}
+
+
+def write_markdown(report: dict) -> None:
+    lines = [f"# Pipeline benchmark at 1:{report['scale']}", "",
+             f"`{report['command']}` ({report['when']}, {report['cpus']} CPUs; every service on this one box).", "",
+             "| stage | events/s min | median | max |", "|---|---|---|---|"]
+    for name, s in report["events_per_second"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {s['min']:,.0f} | {s['median']:,.0f} | {s['max']:,.0f} |")
+    lines += ["", "| ratio (medians) | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
+    lines += ["", "| peak RSS, MiB | value |", "|---|---|"]
+    for name, value in report["peak_rss_mib"].items():
+        text = f"{value['min']:.0f} / {value['median']:.0f} / {value['max']:.0f}" if isinstance(value, dict) else f"{value:.0f}"
+        lines.append(f"| {name} | {text} |")
+    lines += ["", "| headline query (3 h of the night) | min / median / max over runs, ms |", "|---|---|"]
+    for name, s in report["headline_query_ms"].items():
+        lines.append(f"| {name} | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} |")
+    errors = [p["error"] for p in report["clickhouse_kafka_engine_peer"] if "error" in p]
+    if errors:
+        lines += ["", f"ClickHouse Kafka engine peer: {errors[0]}"]
+    (RESULTS / "pipeline.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["events_per_second"])
+    medians = [report["events_per_second"][n]["median"] for n in names]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.barh([LABELS.get(n, n)[:60] for n in names], medians, color=["#888" if n != "ours" else "#c33" for n in names])
+    ax.axvline(100_000, linestyle="--", color="k", linewidth=1)
+    ax.text(100_000, -0.8, " target 100k/s", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("events/s (median, log scale)")
+    ax.set_title(f"viewcount at 1:{report['scale']}, one 2-core box")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pipeline.png", dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
