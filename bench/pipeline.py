@@ -121,9 +121,13 @@ stats = run_pipeline(settings, bounded=True)
 seconds = time.monotonic() - started
 children = [int(p) for p in os.popen(f"pgrep -P {os.getpid()}").read().split()]
 def hwm(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0
 print(json.dumps({"seconds": seconds, "events": stats.events, "rollups": stats.rollups,
                   "python_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "jvm_rss_mib": max([hwm(p) for p in children] or [0])}))
@@ -136,7 +140,9 @@ def ours_end_to_end(settings: Settings, scale: int) -> dict:
 
     truth = generate_night(settings, scale=scale, seed=20240812, progress=lambda *_: None)
     out = subprocess.run([sys.executable, "-c", RUN_OURS, settings.topics.prefix, settings.clickhouse_url],
-                         check=True, capture_output=True, text=True, timeout=1200)
+                         capture_output=True, text=True, timeout=1200)
+    if out.returncode:
+        raise RuntimeError(f"the pipeline run failed: {out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["records"] = truth.deliveries
     result["events_per_s"] = truth.deliveries / result["seconds"]
@@ -216,7 +222,7 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
     topic = settings.topics.source("view")
     try:
         client.execute(f"CREATE TABLE kafka_views (event_id String, event_time UInt64, post_id UInt64, "
-                       f"viewer_id UInt64) ENGINE = Kafka('{settings.kafka_bootstrap}', '{topic}', "
+                       f"author_id UInt64, viewer_id UInt64, surface String, client String) ENGINE = Kafka('{settings.kafka_bootstrap}', '{topic}', "
                        f"'ch-peer-{secrets.token_hex(3)}', 'JSONEachRow')")
         client.execute("CREATE TABLE ch_post_minute (post_id UInt64, window_start DateTime, "
                        "views AggregateFunction(count), viewers AggregateFunction(uniqCombined, UInt64)) "
@@ -231,14 +237,14 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
         meta = probe.list_topics(topic, timeout=10).topics[topic]
         expected = sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
         probe.close()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         loaded = 0
         while time.monotonic() < deadline:
             loaded = client.execute("SELECT countMerge(views) FROM ch_post_minute")[0][0]
             if loaded >= expected:
                 return {"events_per_s": loaded / (time.monotonic() - started), "loaded": loaded, "expected": expected}
             time.sleep(0.5)
-        return {"error": f"loaded {loaded} of {expected} view records in 120 s", "loaded": loaded, "expected": expected}
+        return {"error": f"loaded {loaded} of {expected} view records in 60 s", "loaded": loaded, "expected": expected}
     except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a finding, reported as such
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     finally:
@@ -247,7 +253,7 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
             client.execute(statement)
 
 
-def headline_query_latency(settings: Settings, repeats: int = 20) -> dict:
+def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
     from pipelines import query
     from pipelines.clickhouse import connect
     from pipelines.subjects import get_subject

@@ -30,7 +30,9 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
         "extra_windows": sum(d.extra for d in drifts),
         "count_differences": sum(d.count_differences for d in drifts),
         "views_difference": sum(d.views_difference for d in drifts),
+        "impressions_difference": sum(d.impressions_difference for d in drifts),
         "estimates_outside_bounds": sum(d.estimates_outside for d in drifts),
+        "sketches_with_other_bytes": sum(d.sketches_differ for d in drifts),
         "stream_rows": sum(d.stream_rows for d in drifts),
         "archive_rows": sum(d.archive_rows for d in drifts),
     }
@@ -51,8 +53,8 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
     # A range runs as one run (`dagster asset materialize --partition-range a...b`), hour by hour.
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="rollups",
-    description="post_minute, post_hour and post_surface_minute for the hour(s), rebuilt from events_raw "
-    "and swapped in with REPLACE PARTITION.",
+    description="Every rollup table of the hour(s) (pipelines.backfill.ROLLUP_BUILDERS: post_minute, post_hour, "
+    "post_surface_minute), rebuilt from events_raw and swapped in with REPLACE PARTITION.",
     # After the reconciliation when both run (the hourly schedule): drift is recorded, then mended.
     deps=[post_minute_reconciliation],
 )
@@ -67,10 +69,12 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
             f"hour {number}/{len(hours)} {hour:%Y-%m-%d %H:00} UTC: {report.rows} rows, "
             f"{report.views} views, {report.impressions} impressions in {report.seconds:.1f} s"
         )
+    figures: dict[str, int] = {}
+    for report in reports:
+        for name, value in report.figures.items():
+            figures[name] = figures.get(name, 0) + value
     return dg.MaterializeResult(metadata={
+        **figures,  # rows (post_minute), views, impressions, and each other table's rows
         "hours": len(reports),
-        "rows": sum(r.rows for r in reports),
-        "views": sum(r.views for r in reports),
-        "impressions": sum(r.impressions for r in reports),
         "seconds": round(sum(r.seconds for r in reports), 2),
     })

@@ -7,7 +7,6 @@ from dagster_project.resources import resources
 from dagster_project.schedules import reconcile_hourly, reconcile_job
 
 
-
 def rollups() -> dg.Definitions:
     """The rollups domain: rebuild from the archive, reconcile with the stream, hourly."""
     return dg.Definitions(

@@ -1,5 +1,6 @@
 """Resources, filled from the environment the pipeline itself reads (VIEWCOUNT_*)."""
 
+import os
 from dataclasses import replace
 
 import dagster as dg
@@ -7,24 +8,35 @@ import dagster as dg
 from pipelines.clickhouse import connect
 from pipelines.config import Settings
 
+# The local stack's defaults (`make up`), used when the variable is not set; set the variables
+# to point the same definitions at another ClickHouse or Kafka.
+DEFAULTS = Settings()
+
 
 class ClickHouseResource(dg.ConfigurableResource):
     """The ClickHouse the rollups live in: clickhouse://user:password@host:port/database."""
 
-    url: str
+    url: str = DEFAULTS.clickhouse_url
 
     def client(self):
+        """A checked clickhouse-driver client (errors say what to run or set)."""
         return connect(replace(Settings.from_env(), clickhouse_url=self.url))
 
 
 class KafkaResource(dg.ConfigurableResource):
     """The Kafka cluster of the stream (for sensors and checks that look at the topics)."""
 
-    bootstrap: str
+    bootstrap: str = DEFAULTS.kafka_bootstrap
+
+
+def _env(name: str, default: str):
+    # EnvVar keeps the value out of the run's stored config and shows its source in the UI; an
+    # unset EnvVar fails every run, so the local default stands in when the variable is absent.
+    return dg.EnvVar(name) if name in os.environ else default
 
 
 def resources() -> dict:
     return {
-        "clickhouse": ClickHouseResource(url=dg.EnvVar("VIEWCOUNT_CLICKHOUSE_URL")),
-        "kafka": KafkaResource(bootstrap=dg.EnvVar("VIEWCOUNT_KAFKA_BOOTSTRAP")),
+        "clickhouse": ClickHouseResource(url=_env("VIEWCOUNT_CLICKHOUSE_URL", DEFAULTS.clickhouse_url)),
+        "kafka": KafkaResource(bootstrap=_env("VIEWCOUNT_KAFKA_BOOTSTRAP", DEFAULTS.kafka_bootstrap)),
     }

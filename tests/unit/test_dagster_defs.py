@@ -24,3 +24,30 @@ def test_partitions_are_utc_hours_from_the_night():
 def test_resources_come_from_the_environment():
     resources = defs.resources
     assert set(resources) >= {"clickhouse", "kafka"}
+
+
+def test_resources_read_the_environment_and_fall_back_to_the_local_stack(monkeypatch):
+    from dagster_project.resources import resources
+    from pipelines.config import Settings
+
+    monkeypatch.delenv("VIEWCOUNT_CLICKHOUSE_URL", raising=False)
+    assert resources()["clickhouse"].url == Settings().clickhouse_url
+    monkeypatch.setenv("VIEWCOUNT_CLICKHOUSE_URL", "clickhouse://u:p@10.0.0.1:9000/elsewhere")
+    url = resources()["clickhouse"].url
+    assert isinstance(url, dg.EnvVar) and url.get_value() == "clickhouse://u:p@10.0.0.1:9000/elsewhere"
+
+
+def test_every_rollup_table_is_rebuilt_by_one_builder_into_an_allowlisted_staging_table():
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from pipelines import backfill
+
+    tables = [table for builder in backfill.ROLLUP_BUILDERS for table in builder.tables]
+    assert sorted(tables) == ["post_hour", "post_minute", "post_surface_minute"]
+    hour = datetime(2024, 8, 13, 1, tzinfo=UTC)
+    assert backfill.staging_name("post_minute", hour) == "post_minute_staging_2024081301"
+    with pytest.raises(ValueError, match="not a rollup table"):
+        backfill.staging_name("post_minute; DROP TABLE events_raw", hour)
+    assert backfill.backfill_version(now=1_700_000_000) > 2**62 > 10**12  # above any Kafka offset
