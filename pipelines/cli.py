@@ -60,6 +60,9 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     if not bounded:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.append(True))
+    # Bounded: the end is where the source topics end now, not where they end when the job
+    # gets there; reached, the job is drained (its last windows fire) and stops with a savepoint.
+    end = rollup_job.EndOfInput(settings) if bounded else None
     result = rollup_job.submit(settings, bounded=bounded)
     job = result.get_job_client()
     log.info("flink job %s submitted (%s)", job.get_job_id(), "bounded" if bounded else "streaming")
@@ -75,11 +78,21 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             ended.append(exc)
 
     threading.Thread(target=wait_for_job, name="flink-job-wait", daemon=True).start()
+    drained = None
+
     loader = Loader(settings, _connect(settings))
     last_report = time.monotonic()
+    last_end_check = 0.0
     try:
         while not stopping:
             read = loader.load_batch()
+            if end is not None and drained is None and time.monotonic() - last_end_check > 1.0:
+                last_end_check = time.monotonic()
+                if end.remaining() == 0:
+                    log.info("the job has consumed the topics up to their end at start; draining it")
+                    drained = rollup_job.drain(job, settings)
+            if drained is not None and drained.done() and not ended and drained.exception() is not None:
+                raise RuntimeError(f"draining the Flink job failed: {drained.exception()}")
             if time.monotonic() - last_report > report_every_s:
                 last_report = time.monotonic()
                 s = loader.stats
@@ -89,8 +102,10 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             if bounded and read == 0 and ended and loader.caught_up():
                 break
     finally:
-        if not bounded and not ended:
+        if not ended:
             job.cancel().result()
+        if end is not None:
+            end.close()
         loader.close()
     return loader.stats
 

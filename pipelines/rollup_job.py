@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -162,20 +163,27 @@ GROUP BY post_id, window_start, window_end, surface, action
 """
 
 
+def job_group_id(settings: Settings) -> str:
+    """The job's Kafka consumer group: its committed offsets are the job's progress."""
+    return f"{settings.topics.prefix}.rollup-job"
+
+
 def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str:
     options = {
         "connector": "kafka",
         "topic": topic,
         "properties.bootstrap.servers": settings.kafka_bootstrap,
-        "properties.group.id": f"{settings.topics.prefix}.rollup-job",
+        "properties.group.id": job_group_id(settings),
         "properties.isolation.level": "read_committed",
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
         "format": "raw",
     }
-    if bounded:
-        options["scan.bounded.mode"] = "latest-offset"
-    elif settings.source_idle_timeout_s:
+    # A bounded run is still a streaming source, ended by EndOfInput + drain(), not by
+    # scan.bounded.mode: a bounded Kafka source restored from a checkpoint never finishes
+    # (FLINK-31006: the restored enumerator never signals "no more splits"), and a restore
+    # after a crash is exactly when a bounded run must finish.
+    if not bounded and settings.source_idle_timeout_s:
         # Live, a partition without traffic must not hold every window open. Never when
         # catching up: a partition merely waiting for its turn to be read would be declared
         # idle, the watermark would pass it, and its events would all arrive late (measured:
@@ -207,10 +215,65 @@ def _options(options: dict[str, str]) -> str:
     return ", ".join(f"{_literal(k)} = {_literal(v)}" for k, v in options.items())
 
 
+SAVEPOINTS = "savepoints"
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest completed checkpoint (one with _metadata) under the job's checkpoint folder."""
-    completed = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
-    return max(completed, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """The newest completed restore point under the job's folder: a retained checkpoint
+    (`<job id>/chk-<n>/_metadata`) or the savepoint a drained run ended with."""
+    completed = [*checkpoint_dir.glob("*/chk-*/_metadata"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*/_metadata")]
+    if not completed:
+        return None
+    return max(completed, key=lambda p: p.stat().st_mtime_ns).parent
+
+
+class EndOfInput:
+    """The source topics' end offsets when a bounded run starts, and whether the job has consumed
+    up to them: the Kafka source commits its offsets to the consumer group on every completed
+    checkpoint, so a committed offset at the end means every event before it is in the job's
+    checkpointed state (or already in its outputs)."""
+
+    def __init__(self, settings: Settings):
+        from confluent_kafka import Consumer, TopicPartition
+
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap, "group.id": job_group_id(settings),
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+        })
+        self.ends: dict[tuple[str, int], int] = {}
+        for event_type in EVENT_TYPES:
+            topic = settings.topics.source(event_type)
+            metadata = self._consumer.list_topics(topic, timeout=30).topics[topic]
+            if metadata.error is not None:
+                raise RuntimeError(f"source topic {topic} is not readable: {metadata.error}")
+            for partition in metadata.partitions:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                self.ends[(topic, partition)] = high
+
+    def remaining(self) -> int:
+        """Events between the job's committed offsets and the ends (0: consumed up to the end)."""
+        from confluent_kafka import TopicPartition
+
+        wanted = [TopicPartition(t, p) for (t, p), end in self.ends.items() if end > 0]
+        committed = self._consumer.committed(wanted, timeout=30) if wanted else []
+        return sum(max(self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0), 0) for tp in committed)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def drain(job_client, settings: Settings):
+    """Stop the job with a savepoint after a final watermark at the end of time: every open
+    window fires and every sink commits, then the job finishes. Returns the future of the
+    savepoint's path, which the next run restores from."""
+    from pyflink.common.completable_future import CompletableFuture
+    from pyflink.java_gateway import get_gateway
+
+    target = (settings.checkpoint_dir / SAVEPOINTS).resolve()
+    # PyFlink's JobClient.stop_with_savepoint still calls the Flink 1.x signature, which Flink 2
+    # removed; call the Java client with the savepoint format it now requires.
+    canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return CompletableFuture(job_client._j_job_client.stopWithSavepoint(True, target.as_uri(), canonical), str)
 
 
 def table_environment(settings: Settings, restore: bool = True):
@@ -316,8 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    end = EndOfInput(settings) if args.bounded else None
     result = submit(settings, bounded=args.bounded)
-    log.info("job submitted: %s", result.get_job_client().get_job_id())
+    job = result.get_job_client()
+    log.info("job submitted: %s", job.get_job_id())
+    if end is not None:
+        while end.remaining():
+            if job.get_job_status().result().is_globally_terminal_state():
+                break  # failed: wait() below raises with the cause
+            time.sleep(1)
+        end.close()
+        log.info("consumed up to the end; savepoint %s", drain(job, settings).result())
     result.wait()
     return 0
 
