@@ -108,7 +108,8 @@ class Settings:
     clickhouse_url: str = "clickhouse://viewcount_writer:viewcount_writer@127.0.0.1:19000/viewcount"
     clickhouse_http_port: int = 18123
     topics: Topics = field(default_factory=Topics)
-    # The Flink job
+    # The Flink job: its name keys its consumer group and its checkpoints (one job per name and prefix).
+    job_name: str = "rollup-job"
     parallelism: int = 1
     checkpoint_interval_ms: int = 2000
     # Declared out-of-orderness: a window closes this long after its end (event time).
@@ -131,6 +132,7 @@ class Settings:
             clickhouse_url=_env("CLICKHOUSE_URL", base.clickhouse_url),
             clickhouse_http_port=int(_env("CLICKHOUSE_HTTP_PORT", str(base.clickhouse_http_port))),
             topics=Topics(prefix=_env("TOPIC_PREFIX", base.topics.prefix)),
+            job_name=_env("JOB_NAME", base.job_name),
             parallelism=int(_env("PARALLELISM", str(base.parallelism))),
             checkpoint_interval_ms=int(
                 _env("CHECKPOINT_INTERVAL_MS", str(base.checkpoint_interval_ms))
@@ -152,8 +154,8 @@ class Settings:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """The job's retained checkpoints, one folder per topic prefix (one job per prefix)."""
-        return self.state_dir / "flink" / self.topics.prefix / "checkpoints"
+        """The job's retained checkpoints and savepoints, one folder per topic prefix and job name."""
+        return self.state_dir / "flink" / self.topics.prefix / self.job_name
 
     @property
     def udf_jar(self) -> Path:

@@ -165,7 +165,7 @@ GROUP BY post_id, window_start, window_end, surface, action
 
 def job_group_id(settings: Settings) -> str:
     """The job's Kafka consumer group: its committed offsets are the job's progress."""
-    return f"{settings.topics.prefix}.rollup-job"
+    return f"{settings.topics.prefix}.{settings.job_name}"
 
 
 def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str:
@@ -192,7 +192,9 @@ def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str
     return raw_source_ddl(table, KAFKA_ORIGIN_COLUMNS, options, settings.watermark_delay_s)
 
 
-def kafka_sink_ddl(settings: Settings, table: str, topic: str, columns: str) -> str:
+def kafka_sink_ddl(settings: Settings, table: str, topic: str, columns: str, blackhole: bool = False) -> str:
+    if blackhole:  # the benchmark of the job without its sinks (bench.pipeline)
+        return f"CREATE TABLE {q(table)} ({columns}) WITH ('connector' = 'blackhole')"
     options = {
         "connector": "kafka",
         "topic": topic,
@@ -225,6 +227,19 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     if not completed:
         return None
     return max(completed, key=lambda p: p.stat().st_mtime_ns).parent
+
+
+def prune_restore_points(checkpoint_dir: Path, keep: Path) -> list[Path]:
+    """Delete every restore point but `keep` (the one a job is starting from): the folders of
+    earlier jobs' retained checkpoints and earlier savepoints. Returns what it deleted."""
+    import shutil
+
+    kept = keep if keep.parent.name == SAVEPOINTS else keep.parent
+    stale = [d for d in (*checkpoint_dir.glob("*"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*"))
+             if d.is_dir() and d.name != SAVEPOINTS and d != kept]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 class EndOfInput:
@@ -296,6 +311,9 @@ def table_environment(settings: Settings, restore: bool = True):
         # window state, Kafka offsets and the open sink transactions all come back together.
         log.info("restoring from checkpoint %s", checkpoint)
         config.set("execution.state-recovery.path", checkpoint.resolve().as_uri())
+        # Only the newest restore point is ever used: without this, every run would leave its
+        # retained checkpoints and savepoint behind for good.
+        prune_restore_points(checkpoint_dir, keep=checkpoint)
     return t_env
 
 
@@ -304,8 +322,9 @@ def register_functions(t_env) -> None:
         t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{java_class}' LANGUAGE JAVA")
 
 
-def build(t_env, settings: Settings, bounded: bool):
-    """Register sources, views and sinks; return the statement set of the job's outputs."""
+def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False):
+    """Register sources, views and sinks; return the statement set of the job's outputs
+    (blackhole: every sink discards its rows, to measure the job without them)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
@@ -316,34 +335,26 @@ def build(t_env, settings: Settings, bounded: bool):
     counted = {t: decoded[t] for t in COUNTED_TYPES}
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
 
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "dead_letter", settings.topics.dead_letter,
-        f"reason STRING, {q('topic')} STRING, {q('partition')} INT, {q('offset')} BIGINT, payload STRING",
-    ))
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "events_valid", settings.topics.events_valid,
-        "event_type STRING, event_id STRING, event_time_ms BIGINT, post_id BIGINT, author_id BIGINT, "
-        "viewer_id BIGINT, surface STRING, client STRING, action STRING",
-    ))
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "post_minute", settings.topics.post_minute,
-        f"post_id BIGINT, window_start TIMESTAMP(3), {q('views')} BIGINT, impressions BIGINT, "
-        "deliveries BIGINT, viewer_ids ARRAY<BIGINT>",
-    ))
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "post_surface_minute", settings.topics.post_surface_minute,
-        f"post_id BIGINT, window_start TIMESTAMP(3), surface STRING, action STRING, {q('views')} BIGINT, "
-        "impressions BIGINT",
-    ))
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "posts_valid", settings.topics.posts_valid,
-        "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
-        "links STRING, tags STRING",
-    ))
-    t_env.execute_sql(kafka_sink_ddl(
-        settings, "presence_valid", settings.topics.presence_valid,
-        "event_id STRING, event_time_ms BIGINT, space_id BIGINT, listener_id BIGINT, action STRING",
-    ))
+    sinks = {  # table: (topic, columns)
+        "dead_letter": (settings.topics.dead_letter,
+            f"reason STRING, {q('topic')} STRING, {q('partition')} INT, {q('offset')} BIGINT, payload STRING"),
+        "events_valid": (settings.topics.events_valid,
+            "event_type STRING, event_id STRING, event_time_ms BIGINT, post_id BIGINT, author_id BIGINT, "
+            "viewer_id BIGINT, surface STRING, client STRING, action STRING"),
+        "post_minute": (settings.topics.post_minute,
+            f"post_id BIGINT, window_start TIMESTAMP(3), {q('views')} BIGINT, impressions BIGINT, "
+            "deliveries BIGINT, viewer_ids ARRAY<BIGINT>"),
+        "post_surface_minute": (settings.topics.post_surface_minute,
+            f"post_id BIGINT, window_start TIMESTAMP(3), surface STRING, action STRING, {q('views')} BIGINT, "
+            "impressions BIGINT"),
+        "posts_valid": (settings.topics.posts_valid,
+            "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
+            "links STRING, tags STRING"),
+        "presence_valid": (settings.topics.presence_valid,
+            "event_id STRING, event_time_ms BIGINT, space_id BIGINT, listener_id BIGINT, action STRING"),
+    }
+    for table, (topic, columns) in sinks.items():
+        t_env.execute_sql(kafka_sink_ddl(settings, table, topic, columns, blackhole))
     statements = t_env.create_statement_set()
     statements.add_insert_sql(f"INSERT INTO dead_letter {dead_letter_sql(decoded.values())}")
     statements.add_insert_sql(
@@ -364,12 +375,12 @@ def build(t_env, settings: Settings, bounded: bool):
     return statements
 
 
-def submit(settings: Settings, bounded: bool):
+def submit(settings: Settings, bounded: bool, blackhole: bool = False):
     """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult."""
     t_env = table_environment(settings)
     # Window starts are UTC: the session time zone decides how TIMESTAMP_LTZ windows are cut.
     t_env.get_config().set("table.local-time-zone", "UTC")
-    return build(t_env, settings, bounded).execute()
+    return build(t_env, settings, bounded, blackhole).execute()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,45 @@
+"""Which checkpoint or savepoint a job resumes from, and that older ones are cleared away."""
+
+from __future__ import annotations
+
+import os
+
+from pipelines.rollup_job import SAVEPOINTS, latest_checkpoint, prune_restore_points
+
+
+def _restore_point(folder, mtime_s):
+    folder.mkdir(parents=True)
+    metadata = folder / "_metadata"
+    metadata.write_bytes(b"x")
+    os.utime(metadata, (mtime_s, mtime_s))
+    return folder
+
+
+def test_nothing_to_restore_in_an_empty_or_unfinished_folder(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "job-a" / "chk-3").mkdir(parents=True)  # a checkpoint still being written: no _metadata
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_the_newest_restore_point_wins_whether_checkpoint_or_savepoint(tmp_path):
+    _restore_point(tmp_path / "job-a" / "chk-9", 1_000)
+    savepoint = _restore_point(tmp_path / SAVEPOINTS / "savepoint-a-1", 2_000)
+    assert latest_checkpoint(tmp_path) == savepoint
+    newer = _restore_point(tmp_path / "job-b" / "chk-2", 3_000)  # chk-2 < chk-9, yet newer
+    assert latest_checkpoint(tmp_path) == newer
+
+
+def test_pruning_keeps_the_restore_point_in_use_and_nothing_older(tmp_path):
+    _restore_point(tmp_path / "job-a" / "chk-9", 1_000)
+    _restore_point(tmp_path / SAVEPOINTS / "savepoint-a-1", 2_000)
+    keep = _restore_point(tmp_path / "job-b" / "chk-2", 3_000)
+    _restore_point(tmp_path / "job-b" / "chk-1", 2_500)
+    deleted = prune_restore_points(tmp_path, keep)
+    assert sorted(p.name for p in deleted) == ["job-a", "savepoint-a-1"]
+    assert latest_checkpoint(tmp_path) == keep
+    assert (tmp_path / "job-b" / "chk-1").exists()  # the kept job's own history stays with it
+
+    savepoint = _restore_point(tmp_path / SAVEPOINTS / "savepoint-b-2", 4_000)
+    prune_restore_points(tmp_path, latest_checkpoint(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SAVEPOINTS]
+    assert latest_checkpoint(tmp_path) == savepoint
