@@ -73,9 +73,9 @@ test-unit: venv jars ## unit tests only (no services)
 test-integration: up ## tests that need the services
 	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
 
-bench: up ## benchmarks (bench/results/): the pipeline and its stages and peers at 1:1000, the backfill at 1:100
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.backfill
+bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
+	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
+	$(BIN)/python -m bench.backfill --scale 200 --runs 3
 
 lint: venv ## ruff
 	$(BIN)/ruff check pipelines tests dagster_project bench

@@ -15,10 +15,12 @@ import os
 import platform
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +28,9 @@ from pathlib import Path
 from pipelines.config import Settings, Topics
 
 RESULTS = Path(__file__).parent / "results"
-PERF_RECORDS = 1_000_000
+PERF_RECORDS = 500_000
 PERF_RECORD_BYTES = 200  # about the size of a view event as JSON
+CH_PEER_WAIT_S = 10  # ClickHouse 18.16's Kafka engine reads nothing from Kafka 4.1: don't wait long
 
 
 def spread(values: list[float]) -> dict:
@@ -114,10 +117,28 @@ RUN_OURS = """
 import json, os, resource, sys, time
 from dataclasses import replace
 from pipelines.config import Settings, Topics
-from pipelines.cli import run_pipeline
-settings = replace(Settings.from_env(), topics=Topics(prefix=sys.argv[1]), clickhouse_url=sys.argv[2])
+settings = replace(Settings.from_env(), topics=Topics(prefix=sys.argv[1]), clickhouse_url=sys.argv[2],
+                   job_name=sys.argv[4])
 started = time.monotonic()
-stats = run_pipeline(settings, bounded=True)
+if sys.argv[3] == "blackhole":
+    from pipelines import rollup_job
+    end = rollup_job.EndOfInput(settings)
+    total = sum(end.ends.values())
+    result = rollup_job.submit(settings, bounded=True, blackhole=True)
+    job = result.get_job_client()
+    progress = []  # (seconds, records consumed): the job's committed offsets, every checkpoint
+    while (remaining := end.remaining()):
+        progress.append((time.monotonic() - started, total - remaining))
+        if job.get_job_status().result().is_globally_terminal_state():
+            break
+        time.sleep(0.25)
+    rollup_job.drain(job, settings).result()
+    result.wait()
+    stats = {"events": total, "progress": progress}
+else:
+    from pipelines.cli import run_pipeline
+    loaded = run_pipeline(settings, bounded=True)
+    stats = {"events": loaded.events, "rollups": loaded.rollups}
 seconds = time.monotonic() - started
 children = [int(p) for p in os.popen(f"pgrep -P {os.getpid()}").read().split()]
 def hwm(pid):
@@ -128,25 +149,138 @@ def hwm(pid):
     except OSError:
         pass
     return 0
-print(json.dumps({"seconds": seconds, "events": stats.events, "rollups": stats.rollups,
+print(json.dumps({"seconds": seconds, **stats,
                   "python_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "jvm_rss_mib": max([hwm(p) for p in children] or [0])}))
 """
 
 
+def sustained(progress: list[tuple[float, int]], total: int) -> float:
+    """Records/s between 10 % and 90 % of the total: the steady rate, without the job's start
+    (planning, code generation, JIT) and its last window."""
+    (t10, n10), (t90, n90) = (next((t, n) for t, n in progress if n >= share * total) for share in (0.1, 0.9))
+    return (n90 - n10) / (t90 - t10) if t90 > t10 else float("nan")
+
+
+def run_job(settings: Settings, mode: str, job_name: str = "rollup-job",
+            watch: Callable[[], int] | None = None) -> tuple[dict, list[tuple[float, int]]]:
+    """Run the pipeline (mode "pipeline") or the job alone into blackhole sinks in a child
+    process; `watch` is polled meanwhile for the progress seen from outside."""
+    child = subprocess.Popen([sys.executable, "-c", RUN_OURS, settings.topics.prefix, settings.clickhouse_url,
+                              mode, job_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    progress = []
+    while child.poll() is None:
+        if time.monotonic() - started > 1200:
+            child.kill()
+            raise RuntimeError("the pipeline run took longer than 20 minutes")
+        if watch is not None:
+            progress.append((time.monotonic() - started, watch()))
+        time.sleep(0.25)
+    out, err = child.communicate()
+    if child.returncode:
+        raise RuntimeError(f"the {mode} run failed: {err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1]), progress
+
+
 def ours_end_to_end(settings: Settings, scale: int) -> dict:
-    """Produce the night as fast as the generator can, then time Flink + loader to the last row."""
+    """Produce the night as fast as the generator can, then time Flink + loader to the last row;
+    meanwhile count the archive's rows from outside for the sustained rate."""
+    from pipelines.clickhouse import connect
     from pipelines.generator import generate_night
 
     truth = generate_night(settings, scale=scale, seed=20240812, progress=lambda *_: None)
-    out = subprocess.run([sys.executable, "-c", RUN_OURS, settings.topics.prefix, settings.clickhouse_url],
-                         capture_output=True, text=True, timeout=1200)
-    if out.returncode:
-        raise RuntimeError(f"the pipeline run failed: {out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    client = connect(settings)
+    archive_rows = lambda: client.execute("SELECT count() FROM events_raw")[0][0]  # noqa: E731
+    result, progress = run_job(settings, "pipeline", watch=archive_rows)
+    (archived,), = client.execute("SELECT count() FROM events_raw")
     result["records"] = truth.deliveries
     result["events_per_s"] = truth.deliveries / result["seconds"]
+    # Archive rows per second, scaled to all records (posts, presence, rejects) read meanwhile.
+    result["sustained_events_per_s"] = sustained(progress, archived) * truth.deliveries / archived
     return result
+
+
+def job_alone(settings: Settings) -> dict:
+    """The Flink job over the same night, every sink a blackhole: the job's own limit."""
+    result, _ = run_job(settings, "blackhole", job_name=f"bench-blackhole-{secrets.token_hex(3)}")
+    result["events_per_s"] = result["events"] / result["seconds"]
+    result["sustained_events_per_s"] = sustained(result.pop("progress"), result["events"])
+    return result
+
+
+def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: float, periods: int,
+                      warmup_s: float = 20.0) -> dict:
+    """The live pipeline under a fixed offered load of views stamped with the time they are sent.
+
+    Archive lag: now minus the newest event time visible in events_raw, sampled every 200 ms
+    (the produce-to-queryable latency of the newest event). Window delay: when a post-minute row
+    first shows up, minus the end of its minute; a window cannot close before its end plus the
+    watermark delay. Each rate runs `periods` periods of period_s after one warm-up.
+    """
+    import orjson
+    from confluent_kafka import Producer
+
+    from pipelines.clickhouse import connect
+
+    client = connect(settings)
+    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_JOB_NAME": "bench-live"}
+    pipeline = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 1_000_000})
+    topic = settings.topics.source("view")
+    sent = 0
+    windows_seen: dict[int, float] = {}
+    results: dict[str, dict] = {}
+
+    def offer(rate: int, seconds: float, lags: list[float] | None) -> None:
+        nonlocal sent
+        began = time.monotonic()
+        next_sample = began
+        while (elapsed := time.monotonic() - began) < seconds:
+            now_ms = int(time.time() * 1000)
+            for _ in range(int(rate * elapsed) - (sent - offered_at_start[0])):
+                sent += 1
+                post = sent % 500 + 1
+                producer.produce(topic, orjson.dumps({
+                    "event_id": f"live-{sent}", "event_time": now_ms, "post_id": post, "author_id": 1,
+                    "viewer_id": sent % 200_000 + 1, "surface": "home", "client": "web"}), str(post).encode())
+            producer.poll(0)
+            if time.monotonic() >= next_sample:
+                next_sample += 0.2
+                (newest,), = client.execute("SELECT max(event_time_ms) FROM events_raw")
+                if lags is not None and newest:
+                    lags.append(time.time() - newest / 1000)
+                for (start,) in client.execute("SELECT DISTINCT toUInt32(window_start) FROM post_minute"):
+                    windows_seen.setdefault(start, time.time())
+            time.sleep(0.005)
+
+    offered_at_start = [0]
+    try:
+        for rate in rates:
+            offered_at_start[0] = sent
+            offer(rate, warmup_s, None)
+            runs = []
+            for _ in range(periods):
+                offered_at_start[0] = sent
+                lags: list[float] = []
+                offer(rate, period_s, lags)
+                lags.sort()
+                runs.append({"p50_s": lags[len(lags) // 2], "p99_s": lags[int(0.99 * (len(lags) - 1))],
+                             "samples": len(lags)})
+            results[str(rate)] = {k: spread([r[k] for r in runs]) for k in ("p50_s", "p99_s")}
+        producer.flush(30)
+    finally:
+        os.killpg(pipeline.pid, signal.SIGTERM)
+        try:
+            pipeline.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(pipeline.pid, signal.SIGKILL)
+    delays = sorted(seen - (start + 60) for start, seen in windows_seen.items())
+    return {"archive_lag_s": results, "window_delay_s": spread(delays or [float("nan")]),
+            "watermark_delay_s": settings.watermark_delay_s}
 
 
 def loader_alone(settings: Settings) -> float:
@@ -237,14 +371,14 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
         meta = probe.list_topics(topic, timeout=10).topics[topic]
         expected = sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
         probe.close()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + CH_PEER_WAIT_S
         loaded = 0
         while time.monotonic() < deadline:
             loaded = client.execute("SELECT countMerge(views) FROM ch_post_minute")[0][0]
             if loaded >= expected:
                 return {"events_per_s": loaded / (time.monotonic() - started), "loaded": loaded, "expected": expected}
             time.sleep(0.5)
-        return {"error": f"loaded {loaded} of {expected} view records in 60 s", "loaded": loaded, "expected": expected}
+        return {"error": f"loaded {loaded} of {expected} view records in {CH_PEER_WAIT_S} s", "loaded": loaded, "expected": expected}
     except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a finding, reported as such
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     finally:
@@ -287,13 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rates", type=int, nargs="+", default=[10_000, 25_000],
+                        help="offered loads (events/s) for the produce-to-queryable latency")
+    parser.add_argument("--period", type=float, default=20.0, help="seconds per latency measurement")
     args = parser.parse_args(argv)
     base = Settings.from_env()
     from pipelines import stack
 
     figures: dict[str, list] = {k: [] for k in (
-        "generator", "kafka_produce", "kafka_consume", "ours", "loader", "python_peer")}
-    memory: dict[str, list] = {"job_jvm": [], "loader_python": []}
+        "generator", "kafka_produce", "kafka_consume", "ours", "ours_sustained", "job_alone", "job_alone_sustained",
+        "loader", "python_peer")}
+    memory: dict[str, list] = {"job_jvm": [], "loader_python": [], "job_alone_jvm": []}
     ch_peer, queries = [], []
     for run in range(args.runs):
         tag = f"{secrets.token_hex(3)}"
@@ -307,14 +445,26 @@ def main(argv: list[str] | None = None) -> int:
             figures["kafka_consume"].append(kafka_consume_limit(settings, perf_topic))
             result = ours_end_to_end(settings, args.scale)
             figures["ours"].append(result["events_per_s"])
+            figures["ours_sustained"].append(result["sustained_events_per_s"])
             memory["job_jvm"].append(result["jvm_rss_mib"])
             memory["loader_python"].append(result["python_rss_mib"])
+            alone = job_alone(settings)
+            figures["job_alone"].append(alone["events_per_s"])
+            figures["job_alone_sustained"].append(alone["sustained_events_per_s"])
+            memory["job_alone_jvm"].append(alone["jvm_rss_mib"])
             figures["loader"].append(loader_alone(settings))
             figures["python_peer"].append(python_peer(settings))
             ch_peer.append(clickhouse_kafka_engine_peer(settings))
             queries.append(headline_query_latency(settings))
         finally:
             drop(settings)
+    live = isolated(base, secrets.token_hex(3))
+    prepare(live)
+    print(f"live: offered load {args.rates}", file=sys.stderr)
+    try:
+        freshness = freshness_at_load(live, tuple(args.rates), period_s=args.period, periods=args.runs)
+    finally:
+        drop(live)
     services = {svc.name: peak_rss_mib(pid) for svc in (stack.kafka_service(base), stack.clickhouse_service(base))
                 if (pid := svc.running_pid())}
     summary = {name: spread(values) for name, values in figures.items()}
@@ -322,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         "ours / kafka consume limit": summary["ours"]["median"] / summary["kafka_consume"]["median"],
         "python peer / ours": summary["python_peer"]["median"] / summary["ours"]["median"],
         "loader alone / ours": summary["loader"]["median"] / summary["ours"]["median"],
+        "job alone (blackhole sinks) / ours": summary["job_alone"]["median"] / summary["ours"]["median"],
+        "ours sustained / ours": summary["ours_sustained"]["median"] / summary["ours"]["median"],
+        "ours sustained / target 100,000": summary["ours_sustained"]["median"] / 100_000,
         "generator alone / ours": summary["generator"]["median"] / summary["ours"]["median"],
     }
     ch_rates = [p["events_per_s"] for p in ch_peer if "events_per_s" in p]
@@ -329,12 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         summary["clickhouse_kafka_engine_peer"] = spread(ch_rates)
         ratios["clickhouse kafka engine peer / ours"] = statistics.median(ch_rates) / summary["ours"]["median"]
     report = {
-        "command": f".venv/bin/python -m bench.pipeline --scale {args.scale} --runs {args.runs}",
+        "command": (f".venv/bin/python -m bench.pipeline --scale {args.scale} --runs {args.runs} "
+                    f"--rates {' '.join(map(str, args.rates))} --period {args.period:g}"),
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "scale": args.scale, "events_per_second": summary, "ratios": ratios,
         "peak_rss_mib": {**{k: spread(v) for k, v in memory.items()}, **services},
         "clickhouse_kafka_engine_peer": ch_peer,
         "headline_query_ms": {k: spread([q[k] for q in queries]) for k in queries[0]},
+        "freshness": freshness,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pipeline.json").write_text(json.dumps(report, indent=2))
@@ -349,6 +504,9 @@ LABELS = {
     "kafka_produce": "Kafka produce limit (kafka ProducerPerformance, 200 B)",
     "kafka_consume": "Kafka consume limit (kafka ConsumerPerformance)",
     "ours": "ours end to end (Flink job + loader, to the last row in ClickHouse)",
+    "ours_sustained": "ours end to end, sustained (10 % to 90 % of the archive's rows)",
+    "job_alone": "Flink job alone, blackhole sinks (start to drained)",
+    "job_alone_sustained": "Flink job alone, blackhole sinks, sustained (10 % to 90 % of offsets)",
     "loader": "loader alone (job output in Kafka -> ClickHouse)",
     "python_peer": "peer: plain kafka-python consumer (dedupe, count, HLL, insert)",
     "clickhouse_kafka_engine_peer": "peer: ClickHouse Kafka engine -> MV -> AggregatingMergeTree (views only, no dedupe)",
@@ -370,6 +528,16 @@ def write_markdown(report: dict) -> None:
     lines += ["", "| headline query (3 h of the night) | min / median / max over runs, ms |", "|---|---|"]
     for name, s in report["headline_query_ms"].items():
         lines.append(f"| {name} | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} |")
+    fresh = report["freshness"]
+    lines += ["", "| offered load, views/s | archive lag p50, s (min / median / max) | p99, s |", "|---|---|---|"]
+    for rate, lag in fresh["archive_lag_s"].items():
+        lines.append(f"| {int(rate):,} | {lag['p50_s']['min']:.1f} / {lag['p50_s']['median']:.1f} / "
+                     f"{lag['p50_s']['max']:.1f} | {lag['p99_s']['min']:.1f} / {lag['p99_s']['median']:.1f} / "
+                     f"{lag['p99_s']['max']:.1f} |")
+    w = fresh["window_delay_s"]
+    lines += ["", f"Post-minute rows appear {w['min']:.1f} / {w['median']:.1f} / {w['max']:.1f} s (min / median / max, "
+              f"{len(w['runs'])} windows) after their minute ends; the watermark alone holds a window "
+              f"{fresh['watermark_delay_s']} s."]
     errors = [p["error"] for p in report["clickhouse_kafka_engine_peer"] if "error" in p]
     if errors:
         lines += ["", f"ClickHouse Kafka engine peer: {errors[0]}"]
