@@ -185,19 +185,27 @@ class Loader:
         """True when every assigned partition has been read to its end (call after an empty batch).
 
         A transactional producer writes a commit marker after its records; a consumer may stop
-        just before that last marker, so one offset short of the end counts as the end.
+        just before that last marker, so one offset short of the end counts as the end. A
+        partition this consumer has not read a record from has no position yet: where the group
+        committed (a previous run, e.g. before a crash) is then how far it has been read.
         """
         from confluent_kafka import TopicPartition
 
         assignment = self.consumer.assignment()
         if not assignment:
             return False
-        for position in self.consumer.position(assignment):
-            _, high = self.consumer.get_watermark_offsets(
+        positions = self.consumer.position(assignment)
+        unread = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
+        committed = {(c.topic, c.partition): c.offset
+                     for c in (self.consumer.committed(unread, timeout=10) if unread else [])}
+        for position in positions:
+            low, high = self.consumer.get_watermark_offsets(
                 TopicPartition(position.topic, position.partition), timeout=5, cached=False
             )
-            current = max(position.offset, 0)
-            if current < high - 1:
+            current = position.offset
+            if current < 0:
+                current = committed.get((position.topic, position.partition), -1)
+            if max(current, low) < high - 1:
                 return False
         return True
 
