@@ -246,7 +246,8 @@ class EndOfInput:
     """The source topics' end offsets when a bounded run starts, and whether the job has consumed
     up to them: the Kafka source commits its offsets to the consumer group on every completed
     checkpoint, so a committed offset at the end means every event before it is in the job's
-    checkpointed state (or already in its outputs)."""
+    checkpointed state (or already in its outputs). Clients write the source topics without
+    transactions: a transaction's closing marker would sit past the last committed offset."""
 
     def __init__(self, settings: Settings):
         from confluent_kafka import Consumer, TopicPartition

@@ -59,3 +59,22 @@ def kafka_topics(stack_settings):
             future.result()
         except Exception:  # noqa: BLE001 - best effort clean-up
             pass
+
+
+@pytest.fixture()
+def own_stack(stack_settings, session_tag, request):
+    """Topics and a migrated database of this test's own, for a test that reads or counts
+    everything it finds (the session's topics hold the other tests' records)."""
+    from pipelines.clickhouse import connect
+    from pipelines.migrate import apply_migrations
+    from pipelines.stack import create_topics
+
+    name = f"{request.node.name.removeprefix('test_')[:10]}_{session_tag}"
+    target = stack_settings.clickhouse
+    settings = replace(stack_settings, topics=Topics(prefix=name), clickhouse_url=(
+        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"))
+    create_topics(settings)
+    admin = connect(settings, database="default")
+    apply_migrations(admin, settings.clickhouse.database)
+    yield settings
+    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")

@@ -12,12 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import Topics
 from pipelines.generator import generate_night
 
 pytestmark = pytest.mark.e2e
@@ -40,27 +38,10 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
-@pytest.fixture()
-def crash_settings(stack_settings, session_tag):
-    """Topics and a database of this test's own: it counts everything it finds."""
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
-    from pipelines.stack import create_topics
-
-    target = stack_settings.clickhouse
-    settings = replace(stack_settings, topics=Topics(prefix=f"crash{session_tag}"), clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_crash_{session_tag}"))
-    create_topics(settings)
-    admin = connect(settings, database="default")
-    apply_migrations(admin, settings.clickhouse.database)
-    yield settings
-    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
-
-
-def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(crash_settings, tmp_path):
+def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(own_stack, tmp_path):
     from pipelines.clickhouse import connect
 
-    settings = crash_settings
+    settings = own_stack
     clickhouse = connect(settings)
     truth = generate_night(settings, scale=5_000, seed=99)
     first = _run(settings, tmp_path / "first.log")

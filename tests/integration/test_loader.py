@@ -27,23 +27,26 @@ def _load_until_caught_up(loader, deadline_s: float = 60) -> int:
         assert time.monotonic() < deadline, "the loader never reported being caught up"
 
 
-def test_a_restarted_loader_with_nothing_new_to_read_is_caught_up(stack_settings, kafka_topics, clickhouse):
+def test_a_restarted_loader_with_nothing_new_to_read_is_caught_up(own_stack):
     """A partition a restarted loader reads nothing from has no consumer position: how far the
     group committed before the restart must count (a bounded run after a crash hung on this)."""
     from confluent_kafka import Producer
 
+    from pipelines.clickhouse import connect
     from pipelines.loader import Loader
 
-    producer = Producer({"bootstrap.servers": stack_settings.kafka_bootstrap})
+    settings, topics = own_stack, own_stack.topics
+    clickhouse = connect(settings)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for n in range(3):  # one key, so one partition holds all three: its end is 3
-        producer.produce(kafka_topics.events_valid, _valid_event(n), b"1")
+        producer.produce(topics.events_valid, _valid_event(n), b"1")
     assert producer.flush(30) == 0
 
-    first = Loader(stack_settings, clickhouse, group_id=f"{kafka_topics.prefix}.loader-restart")
+    first = Loader(settings, clickhouse, group_id=f"{topics.prefix}.loader-restart")
     assert _load_until_caught_up(first) == 3
     first.close()
 
-    restarted = Loader(stack_settings, clickhouse, group_id=f"{kafka_topics.prefix}.loader-restart")
+    restarted = Loader(settings, clickhouse, group_id=f"{topics.prefix}.loader-restart")
     try:
         assert _load_until_caught_up(restarted) == 0
     finally:
