@@ -126,15 +126,10 @@ if sys.argv[3] == "blackhole":
     end = rollup_job.EndOfInput(settings)
     total = sum(end.ends.values())
     result = rollup_job.submit(settings, bounded=True, blackhole=True)
-    job = result.get_job_client()
     progress = []  # (seconds, records consumed): the job's committed offsets, every checkpoint
-    while (remaining := end.remaining()):
-        progress.append((time.monotonic() - started, total - remaining))
-        if job.get_job_status().result().is_globally_terminal_state():
-            break
-        time.sleep(0.25)
-    rollup_job.drain(job, settings).result()
-    result.wait()
+    rollup_job.run_to_end(result, settings, end, poll_s=0.25,
+                          on_progress=lambda left: progress.append((time.monotonic() - started, total - left)))
+    end.close()
     stats = {"events": total, "progress": progress}
 else:
     from pipelines.cli import run_pipeline
@@ -159,8 +154,11 @@ print(json.dumps({"seconds": seconds, **stats,
 def sustained(progress: list[tuple[float, int]], total: int) -> float:
     """Records/s between 10 % and 90 % of the total: the steady rate, without the job's start
     (planning, code generation, JIT) and its last window."""
-    (t10, n10), (t90, n90) = (next((t, n) for t, n in progress if n >= share * total) for share in (0.1, 0.9))
-    return (n90 - n10) / (t90 - t10) if t90 > t10 else float("nan")
+    marks = [next(((t, n) for t, n in progress if n >= share * total), None) for share in (0.1, 0.9)]
+    if None in marks or marks[1][0] <= marks[0][0]:
+        return float("nan")  # too short a run: fewer than two progress samples between the marks
+    (t10, n10), (t90, n90) = marks
+    return (n90 - n10) / (t90 - t10)
 
 
 def run_job(settings: Settings, mode: str, job_name: str = "rollup-job",

@@ -292,6 +292,23 @@ def drain(job_client, settings: Settings):
     return CompletableFuture(job_client._j_job_client.stopWithSavepoint(True, target.as_uri(), canonical), str)
 
 
+def run_to_end(result, settings: Settings, end: EndOfInput, on_progress=None, poll_s: float = 1.0) -> str:
+    """The job alone as a bounded run: wait until it has consumed up to `end` (calling
+    on_progress(remaining) on every poll), drain it, wait for it to finish. Returns the
+    savepoint's path. (`cli.run_pipeline` does the same step by step, between loader batches.)"""
+    job = result.get_job_client()
+    while remaining := end.remaining():
+        if on_progress is not None:
+            on_progress(remaining)
+        if job.get_job_status().result().is_globally_terminal_state():
+            result.wait()  # raises with the job's failure
+            raise RuntimeError(f"the Flink job ended with {remaining} source records still unread")
+        time.sleep(poll_s)
+    savepoint = drain(job, settings).result()
+    result.wait()
+    return savepoint
+
+
 def table_environment(settings: Settings, restore: bool = True):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -393,16 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     end = EndOfInput(settings) if args.bounded else None
     result = submit(settings, bounded=args.bounded)
-    job = result.get_job_client()
-    log.info("job submitted: %s", job.get_job_id())
-    if end is not None:
-        while end.remaining():
-            if job.get_job_status().result().is_globally_terminal_state():
-                break  # failed: wait() below raises with the cause
-            time.sleep(1)
+    log.info("job submitted: %s", result.get_job_client().get_job_id())
+    if end is None:
+        result.wait()
+        return 0
+    try:
+        log.info("consumed up to the end; savepoint %s", run_to_end(result, settings, end))
+    finally:
         end.close()
-        log.info("consumed up to the end; savepoint %s", drain(job, settings).result())
-    result.wait()
     return 0
 
 
