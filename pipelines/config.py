@@ -118,6 +118,11 @@ class Settings:
     source_idle_timeout_s: int = 30
     # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
     dedupe_horizon_s: int = 3600
+    # Plausible event times, against the time the record reached Kafka (its record timestamp):
+    # further ahead (client clock skew) or further back (past the source topics' retention, so no
+    # rebuild could see it) goes to the dead letters with its reason.
+    event_max_future_s: int = 3600
+    event_max_age_s: int = 7 * 24 * 3600
     flink_connector_jar: Path | None = None
 
     @classmethod
@@ -140,6 +145,8 @@ class Settings:
             watermark_delay_s=int(_env("WATERMARK_DELAY_S", str(base.watermark_delay_s))),
             source_idle_timeout_s=int(_env("SOURCE_IDLE_TIMEOUT_S", str(base.source_idle_timeout_s))),
             dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
+            event_max_future_s=int(_env("EVENT_MAX_FUTURE_S", str(base.event_max_future_s))),
+            event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -424,13 +424,15 @@ def produce(settings: Settings, night: Night, rate: float | None = None,
     total = len(night.kind)
     started = time.monotonic()
     sent = 0
-    for _, event_type, event in night_events(night):
+    for arrival_ms, event_type, event in night_events(night):
         value = orjson.dumps(event)
         # Posts' events share a partition per post; a Space's presence spreads by listener.
         key = str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
         while True:
             try:
-                producer.produce(topics[event_type], value, key, on_delivery=delivered)
+                # The record reaches Kafka when the night's client sent it: the job checks event
+                # times against this (a replayed night is not "two years late").
+                producer.produce(topics[event_type], value, key, on_delivery=delivered, timestamp=arrival_ms)
                 break
             except BufferError:
                 producer.poll(0.05)
