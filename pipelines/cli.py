@@ -117,7 +117,7 @@ def cmd_run(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_query(args, settings: Settings) -> int:
+def cmd_query_post(args, settings: Settings) -> int:
     from pipelines import query
 
     figures = query.post_figures(_connect(settings), args.post_id)
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     query_sub = query.add_subparsers(dest="what", required=True)
     post = query_sub.add_parser("post", help="views, impressions and unique viewers of one post")
     post.add_argument("post_id", type=int)
-    post.set_defaults(func=cmd_query)
+    post.set_defaults(func=cmd_query_post)
     subject = query_sub.add_parser("subject", help="the published figures of a tracked subject")
     subject.add_argument("subject_id", help="an id from config/subjects.toml")
     subject.add_argument("--from", dest="start", help="local start, e.g. '2024-08-12 19:47'")
@@ -265,10 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The level goes on our own loggers (viewcount.*), not only on the root: opening a local
+    # Flink mini-cluster imports PyFlink's Beam worker pool, which sets the root logger to
+    # WARNING (pyflink/fn_execution/beam/beam_worker_pool_service.py) after this basicConfig,
+    # and every INFO line of ours would vanish with it. The root's handler still prints them.
+    logging.getLogger("viewcount").setLevel(level)
     for noisy in ("apache_beam", "py4j", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env()

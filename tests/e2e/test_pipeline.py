@@ -15,7 +15,8 @@ from confluent_kafka import Producer
 
 from pipelines import query, sketches
 from pipelines.cli import run_pipeline
-from pipelines.generator import generate_night, malformed_records
+from pipelines.generator import generate_night
+from pipelines.testdata import malformed_records
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -91,7 +92,7 @@ def test_malformed_records_are_dead_lettered_with_reasons_and_change_no_count(ni
     assert {topic for _, _, topic in rows} <= {kafka_topics.source(t) for t in ("view", "impression")}
     assert stats.dead_letters == len(expected)
     subject = query.post_figures(clickhouse, truth.subject_post_id)
-    late_subject = sum(r[5] for r in truth.post_minutes if r[0] == truth.subject_post_id)
+    late_subject = sum(r.late_views for r in truth.post_minutes if r.post_id == truth.subject_post_id)
     assert truth.subject_views - late_subject <= subject.views <= truth.subject_views
 
 
@@ -142,7 +143,7 @@ def test_backfill_rebuilds_stream_rows_identically_and_counts_late_events(night,
     truth, _ = night
     before, hours = backfilled
     after = _post_minute_rows(clickhouse)
-    late = {(r[0], r[1]) for r in truth.post_minutes if r[5] or r[6]}
+    late = {(r.post_id, r.window_start) for r in truth.post_minutes if r.has_late_events}
     same = [key for key in before if key not in late]
     assert same and all(after[key] == before[key] for key in same), "a rebuild changed an on-time window"
     assert sum(v[0] for v in after.values()) == truth.views
@@ -208,7 +209,7 @@ def test_reconciliation_flags_the_hours_with_late_events_and_passes_after_the_ba
     from dagster_project.assets import post_minute_reconciliation
 
     truth, _ = night
-    late_hours = {r[1][:13] for r in truth.post_minutes if r[5] or r[6]}
+    late_hours = {r.window_start[:13] for r in truth.post_minutes if r.has_late_events}
     flagged = {f"{hour:%Y-%m-%d %H}" for hour, result in drift_before_backfill.items() if not _check_passed(result)}
     assert flagged and flagged <= late_hours
     for hour in drift_before_backfill:

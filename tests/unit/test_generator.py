@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipelines import generator, schemas
+from pipelines import generator, schemas, testdata
 from pipelines.generator import (
     MAX_DISORDER_MS,
     NIGHT_END_MS,
@@ -40,8 +40,8 @@ def test_counts_are_the_published_figures_divided_by_the_scale(night):
     assert truth.combined_views == truth.subject_views + truth.related_views
     assert truth.views == truth.combined_views + truth.other_views
     assert truth.other_posts == truth.related_posts // 10
-    assert sum(row[2] for row in truth.post_minutes) == truth.views
-    assert sum(row[3] for row in truth.post_minutes) == truth.impressions
+    assert sum(row.views for row in truth.post_minutes) == truth.views
+    assert sum(row.impressions for row in truth.post_minutes) == truth.impressions
 
 
 def test_same_seed_same_stream_other_seed_other_stream(events):
@@ -100,7 +100,7 @@ def test_ground_truth_distinct_viewers_match_a_recount(events, night):
 
 
 def test_malformed_records_fail_schema_validation():
-    for event_type, raw, reason in generator.malformed_records():
+    for event_type, raw, reason in testdata.malformed_records():
         try:
             import orjson
 
@@ -121,3 +121,16 @@ def test_listeners_follow_the_night_and_sessions_rebuild_from_presence_events(ni
     rebuilt = listeners.concurrent_per_minute(
         [(b, e) for _, b, e in listeners.sessions(presence)], NIGHT_START_MS, generator.NIGHT_MINUTES)
     assert rebuilt.tolist() == truth.listeners_per_minute
+
+
+def test_ground_truth_round_trips_through_its_file_with_typed_post_minutes(night, tmp_path):
+    truth = ground_truth(night, SCALE)
+    path = tmp_path / "truth.json"
+    truth.write(path)
+    again = generator.GroundTruth.read(path)
+    assert again == truth
+    first = again.post_minutes[0]
+    assert isinstance(first, generator.PostMinute)
+    assert first.window_start.endswith(":00") and first.views + first.impressions > 0
+    late = [row for row in again.post_minutes if row.has_late_events]
+    assert sum(row.late_views + row.late_impressions for row in late) == truth.late_events > 0

@@ -111,11 +111,11 @@ def backfilled_hour(night, client, dagster_resources):
     truth, before = night
     views_by_hour: dict[str, int] = {}
     for row in truth.post_minutes:
-        views_by_hour[row[1][:13]] = views_by_hour.get(row[1][:13], 0) + row[2]
+        views_by_hour[row.window_start[:13]] = views_by_hour.get(row.window_start[:13], 0) + row.views
     hour = datetime.strptime(max(views_by_hour, key=views_by_hour.get), "%Y-%m-%d %H").replace(tzinfo=UTC)
     # The busiest on-time window of the hour gets one more view, straight into the archive.
-    post_id, window = max(((r[0], r[1]) for r in truth.post_minutes
-                           if in_hour((r[0], r[1]), hour) and not (r[5] or r[6])),
+    post_id, window = max(((r.post_id, r.window_start) for r in truth.post_minutes
+                           if in_hour((r.post_id, r.window_start), hour) and not r.has_late_events),
                           key=lambda key: before[key][0])
     ((author_id,),) = client.execute("SELECT any(author_id) FROM events_raw WHERE post_id = %(p)s", {"p": post_id})
     moment = datetime.strptime(window, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) + timedelta(seconds=30)
@@ -130,7 +130,7 @@ def backfilled_hour(night, client, dagster_resources):
 def test_an_on_time_window_is_rebuilt_byte_for_byte_as_the_stream_wrote_it(night, backfilled_hour):
     truth, before = night
     hour, seeded, _, _, after = backfilled_hour
-    late = {(r[0], r[1]) for r in truth.post_minutes if r[5] or r[6]}
+    late = {(r.post_id, r.window_start) for r in truth.post_minutes if r.has_late_events}
     on_time = [key for key in before if in_hour(key, hour) and key not in late and key != seeded]
     assert len(on_time) > 1000
     changed = [key for key in on_time if after[key] != before[key]]
@@ -140,7 +140,8 @@ def test_an_on_time_window_is_rebuilt_byte_for_byte_as_the_stream_wrote_it(night
 def test_late_events_are_counted_exactly_after_the_backfill_of_their_hour(night, backfilled_hour):
     truth, before = night
     hour, seeded, _, rollups, after = backfilled_hour
-    expected = {(r[0], r[1]): (r[2], r[3]) for r in truth.post_minutes if in_hour((r[0], r[1]), hour)}
+    expected = {(r.post_id, r.window_start): (r.views, r.impressions) for r in truth.post_minutes
+                if in_hour((r.post_id, r.window_start), hour)}
     expected[seeded] = (expected[seeded][0] + 1, expected[seeded][1])
     got = {key: value[:2] for key, value in after.items() if in_hour(key, hour)}
     assert got == expected
@@ -183,7 +184,7 @@ def test_the_reconciliation_flagged_the_late_archived_view_and_passes_after_the_
     assert not passed
     # The archive has every event; the stream missed the seeded view and whatever late events
     # came behind its watermark: the views difference is exactly that.
-    hour_truth = sum(r[2] for r in truth.post_minutes if in_hour((r[0], r[1]), hour)) + 1
+    hour_truth = sum(r.views for r in truth.post_minutes if in_hour((r.post_id, r.window_start), hour)) + 1
     assert metadata["views_difference"] == hour_truth - sum(v[0] for k, v in before.items() if in_hour(k, hour))
     assert metadata["count_differences"] >= 1
     passed, metadata = check_passed(materialize(post_minute_reconciliation, hour, dagster_resources))
