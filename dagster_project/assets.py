@@ -6,7 +6,7 @@ import dagster as dg
 
 from dagster_project.partitions import hourly
 from dagster_project.resources import ClickHouseResource
-from pipelines import backfill
+from pipelines import backfill, reconcile
 
 
 def _hours(context: dg.AssetExecutionContext):
@@ -23,8 +23,8 @@ def _hours(context: dg.AssetExecutionContext):
                                    description="no count differs; every unique estimate within the other's bounds")],
 )
 def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource):
-    client = clickhouse.client()
-    drifts = [backfill.compare_hour(client, hour) for hour in _hours(context)]
+    with clickhouse.client() as client:
+        drifts = [reconcile.compare_hour(client, hour) for hour in _hours(context)]
     totals = {
         "missing_windows": sum(d.missing for d in drifts),
         "extra_windows": sum(d.extra for d in drifts),
@@ -59,16 +59,16 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
     deps=[post_minute_reconciliation],
 )
 def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource) -> dg.MaterializeResult:
-    client = clickhouse.client()
     hours = _hours(context)
     reports = []
-    for number, hour in enumerate(hours, start=1):
-        report = backfill.rebuild_hour(client, hour)
-        reports.append(report)
-        context.log.info(
-            f"hour {number}/{len(hours)} {hour:%Y-%m-%d %H:00} UTC: {report.rows} rows, "
-            f"{report.views} views, {report.impressions} impressions in {report.seconds:.1f} s"
-        )
+    with clickhouse.client() as client:
+        for number, hour in enumerate(hours, start=1):
+            report = backfill.rebuild_hour(client, hour)
+            reports.append(report)
+            context.log.info(
+                f"hour {number}/{len(hours)} {hour:%Y-%m-%d %H:00} UTC: {report.rows} rows, "
+                f"{report.views} views, {report.impressions} impressions in {report.seconds:.1f} s"
+            )
     figures: dict[str, int] = {}
     for report in reports:
         for name, value in report.figures.items():

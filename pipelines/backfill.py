@@ -8,16 +8,19 @@ version grows).
 
 Each rollup table family is a `RollupBuilder` in `ROLLUP_BUILDERS`: a new rollup (per subject,
 per surface, listeners, ...) is one more builder with the tables it owns and how it fills their
-staging copies; `rebuild_hour` stages and swaps whatever the builders own.
+staging copies; `rebuild_hour` stages and swaps whatever the builders own. How the stream's
+rows compare with a rebuild, without writing it, is `pipelines.reconcile`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from functools import cache
+from typing import NamedTuple, Protocol
 
 from pipelines import sketches
 from pipelines.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
@@ -49,18 +52,48 @@ def partition_id(hour_start: datetime) -> int:
     return int(hour_start.astimezone(UTC).strftime("%Y%m%d%H"))
 
 
-def _hour(moment: datetime) -> datetime:
+def backfill_sql(name: str, **tables: str) -> str:
+    """sql/backfill/<name>.sql with its table placeholders filled in.
+
+    One placeholder style, `%(name)s`, in every file: the names given here as `tables` are
+    identifiers (a rollup table or its staging copy, checked against the allowlist) and go into
+    the text; every other placeholder stays for the driver, which sends the value escaped."""
+    text = _backfill_sql_text(name)
+    for placeholder, table in tables.items():
+        text = text.replace(f"%({placeholder})s", _allowlisted(table))
+    return text
+
+
+@cache
+def _backfill_sql_text(name: str) -> str:
+    return (SQL_DIR / f"{name}.sql").read_text()
+
+
+_STAGING_NAME = re.compile(r"^(?P<table>[a-z_]+)_staging_\d{10}$")
+
+
+def _allowlisted(table: str) -> str:
+    staging = _STAGING_NAME.match(table)
+    if table in WRITABLE_TABLES or (staging and staging["table"] in WRITABLE_TABLES):
+        return table
+    raise ValueError(f"{table!r} is neither a table the pipeline writes nor its staging copy: "
+                     f"{sorted(WRITABLE_TABLES)}")
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The UTC hour (a partition) that an aware moment lies in."""
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC hours are partitions)")
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # The driver returns some DateTimes naive (server zone UTC), some zoned.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _window(hour_start: datetime) -> dict:
+def hour_window(hour_start: datetime) -> dict:
+    """The driver parameters `from` and `to` of an hour's queries."""
     return {"from": hour_start, "to": hour_start + timedelta(hours=1)}
 
 
@@ -79,32 +112,41 @@ class RollupBuilder(Protocol):
 
 def hour_chunks(client, hour_start: datetime) -> int:
     """How many post chunks the hour is read in: about CHUNK_EVENTS archived events each."""
-    ((events,),) = client.execute((SQL_DIR / "hour_size.sql").read_text(), _window(hour_start))
+    ((events,),) = client.execute(backfill_sql("hour_size"), hour_window(hour_start))
     return max(1, -(-events // CHUNK_EVENTS))
 
 
+class ArchivedMinute(NamedTuple):
+    """One post and minute as the archive has it: deduplicated counts and the distinct viewers."""
+
+    post_id: int
+    window_start: datetime
+    views: int
+    impressions: int
+    viewer_ids: list[int]
+
+
 def grouped_minutes(client, hour_start: datetime, chunks: int | None = None,
-                    only_chunk: int | None = None) -> Iterator[tuple[int, datetime, int, int, list[int]]]:
-    """(post_id, window_start, views, impressions, distinct viewer ids) per minute of the hour,
-    from events_raw, chunk by chunk (post_id modulo chunks), each in (post_id, window_start)
-    order. A post's minutes all lie in one chunk. Memory: one chunk of grouped minutes."""
+                    only_chunk: int | None = None) -> Iterator[ArchivedMinute]:
+    """Every post and minute of the hour, from events_raw, chunk by chunk (post_id modulo
+    chunks), each in (post_id, window_start) order. A post's minutes all lie in one chunk.
+    Memory: one chunk of grouped minutes."""
     chunks = hour_chunks(client, hour_start) if chunks is None else chunks
-    sql = (SQL_DIR / "hour_minutes.sql").read_text()
+    sql = backfill_sql("hour_minutes")
     for chunk in range(chunks) if only_chunk is None else (only_chunk,):
         for post_id, window_start, views, impressions, viewer_ids in client.execute_iter(
-            sql, {**_window(hour_start), "chunks": chunks, "chunk": chunk},
+            sql, {**hour_window(hour_start), "chunks": chunks, "chunk": chunk},
             settings={"max_block_size": READ_BLOCK_ROWS},
         ):
-            yield post_id, _utc(window_start), views, impressions, viewer_ids
+            yield ArchivedMinute(post_id, as_utc(window_start), views, impressions, viewer_ids)
 
 
 def minute_rows(client, hour_start: datetime, version: int, chunks: int | None = None,
                 only_chunk: int | None = None) -> Iterator[tuple]:
     """The hour's post_minute rows rebuilt from events_raw (chunked as `grouped_minutes`),
     exactly as the stream's loader builds them (`loader.rollup_row`: same counts, same sketch)."""
-    for post_id, window_start, views, impressions, viewer_ids in grouped_minutes(client, hour_start, chunks,
-                                                                                 only_chunk):
-        yield _row(post_id, window_start, views, impressions, viewer_ids, version)
+    for minute in grouped_minutes(client, hour_start, chunks, only_chunk):
+        yield _row(minute.post_id, minute.window_start, minute.views, minute.impressions, minute.viewer_ids, version)
 
 
 def _row(post_id: int, start: datetime, views: int, impressions: int, viewer_ids, version: int) -> tuple:
@@ -142,18 +184,19 @@ class PostViewersBuilder:
             totals["post_hour_rows"] += 1
 
         try:
-            for post_id, window_start, views, impressions, viewer_ids in grouped_minutes(client, hour_start):
-                if post_id != post:
+            for minute in grouped_minutes(client, hour_start):
+                if minute.post_id != post:
                     if post is not None:
                         close_post()
-                    post, hour_views, hour_impressions, hour_viewers = post_id, 0, 0, set()
-                add(POST_MINUTE, _row(post_id, window_start, views, impressions, viewer_ids, version))
+                    post, hour_views, hour_impressions, hour_viewers = minute.post_id, 0, 0, set()
+                add(POST_MINUTE, _row(minute.post_id, minute.window_start, minute.views, minute.impressions,
+                                      minute.viewer_ids, version))
                 totals["rows"] += 1
-                totals["views"] += views
-                totals["impressions"] += impressions
-                hour_views += views
-                hour_impressions += impressions
-                hour_viewers.update(viewer_ids)
+                totals["views"] += minute.views
+                totals["impressions"] += minute.impressions
+                hour_views += minute.views
+                hour_impressions += minute.impressions
+                hour_viewers.update(minute.viewer_ids)
             if post is not None:
                 close_post()
             for table, batch in batches.items():
@@ -173,9 +216,8 @@ class PostSurfacesBuilder:
 
     def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int) -> dict[str, int]:
         target = staging[POST_SURFACE_MINUTE]
-        client.execute((SQL_DIR / "fill_surfaces.sql").read_text().format(staging=target),
-                       {**_window(hour_start), "version": version})
-        ((rows,),) = client.execute(f"SELECT count() FROM {target}")
+        client.execute(backfill_sql("fill_surfaces", staging=target), {**hour_window(hour_start), "version": version})
+        ((rows,),) = client.execute(backfill_sql("staging_rows", staging=target))
         return {"post_surface_minute_rows": rows}
 
 
@@ -213,30 +255,28 @@ def rebuild_hour(client, hour_start: datetime, builders: tuple[RollupBuilder, ..
     empty, as it should). Tables are swapped one after the other, after all are filled.
     """
     started = time.monotonic()
-    hour_start = _hour(hour_start)
+    hour_start = hour_of(hour_start)
     version = backfill_version() if version is None else version
     partition = partition_id(hour_start)
     staging = {table: staging_name(table, hour_start) for builder in builders for table in builder.tables}
-    create = (SQL_DIR / "create_staging.sql").read_text()
     figures: dict[str, int] = {}
     try:
         for table, name in staging.items():
-            client.execute(f"DROP TABLE IF EXISTS {name}")  # a crashed run's leftovers
-            client.execute(create.format(staging=name, table=table))
+            client.execute(backfill_sql("drop_staging", staging=name))  # a crashed run's leftovers
+            client.execute(backfill_sql("create_staging", staging=name, table=table))
         for builder in builders:
             figures.update(builder.fill(client, staging, hour_start, version))
         for table, name in staging.items():
-            client.execute(f"ALTER TABLE {table} REPLACE PARTITION {partition} FROM {name}")
+            client.execute(backfill_sql("replace_partition", table=table, staging=name), {"partition": partition})
     finally:
         for name in staging.values():
-            client.execute(f"DROP TABLE IF EXISTS {name}")
+            client.execute(backfill_sql("drop_staging", staging=name))
     return HourReport(hour_start, figures.get("rows", 0), figures.get("views", 0), figures.get("impressions", 0),
                       time.monotonic() - started, figures)
 
 
 def hours_with_events(client) -> list[datetime]:
-    return [h.replace(tzinfo=UTC) for (h,) in client.execute(
-        "SELECT DISTINCT toStartOfHour(event_time) AS h FROM events_raw ORDER BY h")]
+    return [as_utc(h) for (h,) in client.execute(backfill_sql("hours_with_events"))]
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:
@@ -249,94 +289,3 @@ def hours_between(start: datetime, end: datetime) -> list[datetime]:
         hours.append(hour)
         hour += timedelta(hours=1)
     return hours
-
-
-# --- reconciliation ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Drift:
-    """How the stream's post_minute rows of an hour differ from a rebuild from the archive."""
-
-    hour_start: datetime
-    stream_rows: int
-    archive_rows: int
-    missing: int            # windows the archive has and the stream lacks
-    extra: int              # windows the stream has and the archive lacks
-    count_differences: int  # windows in both whose views or impressions differ
-    views_difference: int   # archive views - stream views, over the hour
-    impressions_difference: int
-    estimates_outside: int  # windows whose unique estimate lies outside the other's bounds
-    sketches_differ: int    # windows whose sketch bytes differ (informational: bounds decide)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.extra or self.count_differences or self.estimates_outside)
-
-
-def stream_rows(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[tuple]:
-    """(post_id, window_start, views, impressions, sketch) of post_minute FINAL, one chunk of
-    posts (as `grouped_minutes`), in key order."""
-    for post_id, window_start, views, impressions, sketch in client.execute_iter(
-        (SQL_DIR / "hour_rollups.sql").read_text(), {**_window(hour_start), "chunks": chunks, "chunk": chunk},
-        settings={"strings_as_bytes": True, "max_block_size": READ_BLOCK_ROWS},
-    ):
-        yield post_id, _utc(window_start), views, impressions, sketch
-
-
-def compare_hour(client, hour_start: datetime) -> Drift:
-    """Compare the hour's rows in post_minute with a rebuild from events_raw, computed in memory
-    and not written. Both sides come chunk by chunk in (post_id, window_start) order and are
-    walked side by side, so memory stays one chunk of each."""
-    hour_start = _hour(hour_start)
-    chunks = hour_chunks(client, hour_start)
-    tally = dict.fromkeys(("stream", "archive", "missing", "extra", "counts", "outside", "bytes",
-                           "stream_views", "archive_views", "stream_impressions", "archive_impressions"), 0)
-    second = sibling(client)
-    try:
-        for chunk in range(chunks):
-            _walk(stream_rows(second, hour_start, chunks, chunk),
-                  minute_rows(client, hour_start, 0, chunks, chunk), tally)
-    finally:
-        second.disconnect()
-    return Drift(
-        hour_start=hour_start, stream_rows=tally["stream"], archive_rows=tally["archive"],
-        missing=tally["missing"], extra=tally["extra"], count_differences=tally["counts"],
-        views_difference=tally["archive_views"] - tally["stream_views"],
-        impressions_difference=tally["archive_impressions"] - tally["stream_impressions"],
-        estimates_outside=tally["outside"], sketches_differ=tally["bytes"],
-    )
-
-
-def _walk(stream: Iterator[tuple], archive: Iterator[tuple], tally: dict[str, int]) -> None:
-    """Merge two row streams sorted by (post_id, window_start) and tally how they differ."""
-    s, a = next(stream, None), next(archive, None)
-    while s is not None or a is not None:
-        take_stream = a is None or (s is not None and s[:2] <= a[:2])
-        take_archive = s is None or (a is not None and a[:2] <= s[:2])
-        if take_stream and take_archive:
-            tally["counts"] += (s[2], s[3]) != (a[2], a[3])
-            tally["bytes"] += s[4] != a[4]
-            tally["outside"] += estimates_disagree(s[4], a[4])
-        elif take_stream:
-            tally["extra"] += 1
-        else:
-            tally["missing"] += 1
-        if take_stream:
-            tally["stream"] += 1
-            tally["stream_views"] += s[2]
-            tally["stream_impressions"] += s[3]
-            s = next(stream, None)
-        if take_archive:
-            tally["archive"] += 1
-            tally["archive_views"] += a[2]
-            tally["archive_impressions"] += a[3]
-            a = next(archive, None)
-
-
-def estimates_disagree(a: bytes, b: bytes) -> bool:
-    """True when either sketch's estimate lies outside the other's bounds (2 std devs)."""
-    if not a or not b:
-        return bool(a) != bool(b)
-    a_est, a_low, a_high = sketches.estimate_with_bounds(sketches.from_bytes(a))
-    b_est, b_low, b_high = sketches.estimate_with_bounds(sketches.from_bytes(b))
-    return not (b_low <= a_est <= b_high and a_low <= b_est <= a_high)

@@ -1,6 +1,6 @@
 -- post_surface_minute rows of one hour, counted from the archive inside the server.
 -- FINAL collapses duplicate deliveries (same event_id) before counting.
-INSERT INTO {staging} (post_id, window_start, surface, action, views, impressions, version)
+INSERT INTO %(staging)s (post_id, window_start, surface, action, views, impressions, version)
 SELECT post_id, toStartOfMinute(event_time) AS window_start, surface, action,
        countIf(event_type = 'view') AS views, countIf(event_type = 'impression') AS impressions,
        %(version)s AS version

@@ -220,7 +220,7 @@ def test_the_reconciliation_check_fails_on_a_seeded_drift_and_a_backfill_mends_i
 
 
 def test_an_hour_rebuilds_in_one_chunk_or_many_with_the_same_rows(backfilled_hour, client, monkeypatch):
-    from pipelines import backfill
+    from pipelines import backfill, reconcile
 
     hour, _, _, _, _ = backfilled_hour
     whole = list(backfill.minute_rows(client, hour, version=1))
@@ -228,7 +228,7 @@ def test_an_hour_rebuilds_in_one_chunk_or_many_with_the_same_rows(backfilled_hou
     assert backfill.hour_chunks(client, hour) > 3
     chunked = sorted(backfill.minute_rows(client, hour, version=1))
     assert chunked == sorted(whole)
-    drift = backfill.compare_hour(client, hour)
+    drift = reconcile.compare_hour(client, hour)
     assert drift.clean and drift.sketches_differ == 0 and drift.stream_rows == len(whole)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from pipelines import migrate, query
+from pipelines import backfill, migrate, query
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 
@@ -41,13 +42,58 @@ def test_a_higher_version_replaces_a_window_row(session):
     assert str(result).strip() == "6"
 
 
-def test_analyst_queries_parse_on_current_clickhouse(session):
+NIGHT = {"from": "'2024-08-12 23:00:00'", "to": "'2024-08-13 03:00:00'"}
+
+
+def _with_values(text: str, values: dict[str, str]) -> str:
+    """The driver's %(name)s placeholders replaced by SQL literals (chdb has no such driver)."""
+    return re.sub(r"%\((\w+)\)s", lambda m: values.get(m.group(1), "1"), text)
+
+
+def _rows(session, text: str) -> list[list]:
+    return json.loads(str(session.query(text, "JSONCompact")))["data"]
+
+
+def test_analyst_queries_run_on_current_clickhouse_and_read_what_was_written(session):
     for migration in migrate.migrations():
         for statement in migration.statements():
             session.query(statement)
     # The query API sends this one as external data alongside the query.
     session.query("CREATE TABLE conversation_posts (post_id UInt64) ENGINE = Memory")
-    for path in query.query_files():
-        text = re.sub(r"%\((\w+)\)s", lambda m: "'2024-08-12 23:47:00'" if m.group(1) in ("from", "to") else "1",
-                      path.read_text())
-        session.query(text)
+    session.query("INSERT INTO conversation_posts VALUES (1)")
+    session.query("INSERT INTO post_minute VALUES (1, '2024-08-12 23:47:00', 5, 2, '', 5, 10)")
+    results = {path.stem: _rows(session, _with_values(path.read_text(), NIGHT)) for path in query.query_files()}
+    assert len(results) == len(query.query_files()) >= 10
+    assert results["post_minutes"] == [["2024-08-12 23:47:00", 5, 2, ""]]
+    assert results["all_posts_totals"] == [[1, 5, 2]]
+    assert results["top_posts"] == [[1, 5, 2]]
+
+
+def _backfill_text(name: str, values: dict[str, str], **tables: str) -> str:
+    return _with_values(backfill.backfill_sql(name, **tables), values)
+
+
+def test_every_backfill_statement_runs_on_current_clickhouse(session):
+    for migration in migrate.migrations():
+        for statement in migration.statements():
+            session.query(statement)
+    session.query("INSERT INTO events_raw VALUES ('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, "
+                  "'home', 'ios', ''), ('impression', 'e2', '2024-08-13 01:02:04', 1723510924000, 7, 3, 42, "
+                  "'home', 'ios', 'like')")
+    hour = {"from": "'2024-08-13 01:00:00'", "to": "'2024-08-13 02:00:00'", "chunks": "1", "chunk": "0",
+            "version": "5", "partition": "2024081301"}
+    staging = "post_surface_minute_staging_2024081301"
+    session.query(_backfill_text("drop_staging", hour, staging=staging))
+    session.query(_backfill_text("create_staging", hour, staging=staging, table="post_surface_minute"))
+    session.query(_backfill_text("fill_surfaces", hour, staging=staging))
+    assert _rows(session, _backfill_text("staging_rows", hour, staging=staging)) == [[2]]
+    session.query(_backfill_text("replace_partition", hour, table="post_surface_minute", staging=staging))
+    session.query(_backfill_text("drop_staging", hour, staging=staging))
+    assert _rows(session, "SELECT surface, action, views, impressions FROM post_surface_minute ORDER BY action") == [
+        ["home", "", 1, 0], ["home", "like", 0, 1]]
+    assert _rows(session, _backfill_text("hour_size", hour)) == [[2]]
+    assert _rows(session, _backfill_text("hours_with_events", hour)) == [["2024-08-13 01:00:00"]]
+    assert _rows(session, _backfill_text("hour_minutes", hour)) == [[7, "2024-08-13 01:02:00", 1, 1, [42]]]
+    assert _rows(session, _backfill_text("hour_rollups", hour)) == []
+    tables = _rows(session, "SELECT name FROM system.tables WHERE database = 'viewcount' AND name LIKE '%staging%'")
+    assert tables == []

@@ -1,0 +1,145 @@
+"""How the stream's post_minute rows of an hour differ from a rebuild from the archive (written nowhere).
+
+Both sides come chunk by chunk in (post_id, window_start) order, as `pipelines.backfill` reads
+the archive, and are walked side by side: memory stays one chunk of each, whatever the hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+from pipelines import sketches
+from pipelines.backfill import READ_BLOCK_ROWS, as_utc, backfill_sql, grouped_minutes, hour_chunks, hour_of, hour_window
+from pipelines.clickhouse import sibling
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How the stream's post_minute rows of an hour differ from a rebuild from the archive."""
+
+    hour_start: datetime
+    stream_rows: int
+    archive_rows: int
+    missing: int            # windows the archive has and the stream lacks
+    extra: int              # windows the stream has and the archive lacks
+    count_differences: int  # windows in both whose views or impressions differ
+    views_difference: int   # archive views - stream views, over the hour
+    impressions_difference: int
+    estimates_outside: int  # windows whose unique estimate lies outside the other's bounds
+    sketches_differ: int    # windows whose sketch bytes differ (informational: bounds decide)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.extra or self.count_differences or self.estimates_outside)
+
+
+class MinuteRollup(NamedTuple):
+    """One post-minute row to compare: the stream's as stored, or the archive's as a rebuild
+    would write it (the same sketch module, so on-time windows have the same bytes)."""
+
+    post_id: int
+    window_start: datetime
+    views: int
+    impressions: int
+    sketch: bytes  # compact HLL of the distinct viewers
+
+    @property
+    def key(self) -> tuple[int, datetime]:
+        return self.post_id, self.window_start
+
+
+@dataclass
+class DriftCounts:
+    """Running counts of the walk; `drift(hour_start)` freezes them into a Drift."""
+
+    stream_rows: int = 0
+    archive_rows: int = 0
+    missing: int = 0
+    extra: int = 0
+    count_differences: int = 0
+    estimates_outside: int = 0
+    sketches_differ: int = 0
+    stream_views: int = 0
+    archive_views: int = 0
+    stream_impressions: int = 0
+    archive_impressions: int = 0
+
+    def drift(self, hour_start: datetime) -> Drift:
+        return Drift(
+            hour_start=hour_start, stream_rows=self.stream_rows, archive_rows=self.archive_rows,
+            missing=self.missing, extra=self.extra, count_differences=self.count_differences,
+            views_difference=self.archive_views - self.stream_views,
+            impressions_difference=self.archive_impressions - self.stream_impressions,
+            estimates_outside=self.estimates_outside, sketches_differ=self.sketches_differ,
+        )
+
+
+def stream_rollups(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[MinuteRollup]:
+    """post_minute FINAL rows of one chunk of posts (as `backfill.grouped_minutes`), in key order."""
+    for post_id, window_start, views, impressions, sketch in client.execute_iter(
+        backfill_sql("hour_rollups"), {**hour_window(hour_start), "chunks": chunks, "chunk": chunk},
+        settings={"strings_as_bytes": True, "max_block_size": READ_BLOCK_ROWS},
+    ):
+        yield MinuteRollup(post_id, as_utc(window_start), views, impressions, sketch)
+
+
+def archive_rollups(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[MinuteRollup]:
+    """The same chunk rebuilt from events_raw, as `backfill.minute_rows` would write it."""
+    for minute in grouped_minutes(client, hour_start, chunks, chunk):
+        yield MinuteRollup(minute.post_id, minute.window_start, minute.views, minute.impressions,
+                           sketches.to_bytes(sketches.sketch_of(minute.viewer_ids)))
+
+
+def compare_hour(client, hour_start: datetime) -> Drift:
+    """Compare the hour's rows in post_minute with a rebuild from events_raw, computed in memory
+    and not written."""
+    hour_start = hour_of(hour_start)
+    chunks = hour_chunks(client, hour_start)
+    counts = DriftCounts()
+    rollup_reader = sibling(client)  # both sides stream at once: one connection each
+    try:
+        for chunk in range(chunks):
+            count_differences(stream_rollups(rollup_reader, hour_start, chunks, chunk),
+                              archive_rollups(client, hour_start, chunks, chunk), counts)
+    finally:
+        rollup_reader.disconnect()
+    return counts.drift(hour_start)
+
+
+def count_differences(stream: Iterator[MinuteRollup], archive: Iterator[MinuteRollup], counts: DriftCounts) -> None:
+    """Merge two row streams sorted by (post_id, window_start) and count how they differ."""
+    stream_row, archive_row = next(stream, None), next(archive, None)
+    while stream_row is not None or archive_row is not None:
+        take_stream = archive_row is None or (stream_row is not None and stream_row.key <= archive_row.key)
+        take_archive = stream_row is None or (archive_row is not None and archive_row.key <= stream_row.key)
+        if take_stream and take_archive:
+            counts.count_differences += ((stream_row.views, stream_row.impressions)
+                                         != (archive_row.views, archive_row.impressions))
+            counts.sketches_differ += stream_row.sketch != archive_row.sketch
+            counts.estimates_outside += estimates_disagree(stream_row.sketch, archive_row.sketch)
+        elif take_stream:
+            counts.extra += 1
+        else:
+            counts.missing += 1
+        if take_stream:
+            counts.stream_rows += 1
+            counts.stream_views += stream_row.views
+            counts.stream_impressions += stream_row.impressions
+            stream_row = next(stream, None)
+        if take_archive:
+            counts.archive_rows += 1
+            counts.archive_views += archive_row.views
+            counts.archive_impressions += archive_row.impressions
+            archive_row = next(archive, None)
+
+
+def estimates_disagree(a: bytes, b: bytes) -> bool:
+    """True when either sketch's estimate lies outside the other's bounds (2 std devs)."""
+    if not a or not b:
+        return bool(a) != bool(b)
+    a_est, a_low, a_high = sketches.estimate_with_bounds(sketches.from_bytes(a))
+    b_est, b_low, b_high = sketches.estimate_with_bounds(sketches.from_bytes(b))
+    return not (b_low <= a_est <= b_high and a_low <= b_est <= a_high)
