@@ -1,6 +1,8 @@
 """Resources, filled from the environment the pipeline itself reads (VIEWCOUNT_*)."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import dagster as dg
@@ -18,15 +20,15 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     url: str = DEFAULTS.clickhouse_url
 
-    def client(self):
-        """A checked clickhouse-driver client (errors say what to run or set)."""
-        return connect(replace(Settings.from_env(), clickhouse_url=self.url))
-
-
-class KafkaResource(dg.ConfigurableResource):
-    """The Kafka cluster of the stream (for sensors and checks that look at the topics)."""
-
-    bootstrap: str = DEFAULTS.kafka_bootstrap
+    @contextmanager
+    def client(self) -> Iterator:
+        """A checked clickhouse-driver client (errors say what to run or set), disconnected
+        when the `with` block ends: `with clickhouse.client() as client: ...`."""
+        client = connect(replace(Settings.from_env(), clickhouse_url=self.url))
+        try:
+            yield client
+        finally:
+            client.disconnect()
 
 
 def _env(name: str, default: str):
@@ -38,5 +40,4 @@ def _env(name: str, default: str):
 def resources() -> dict:
     return {
         "clickhouse": ClickHouseResource(url=_env("VIEWCOUNT_CLICKHOUSE_URL", DEFAULTS.clickhouse_url)),
-        "kafka": KafkaResource(bootstrap=_env("VIEWCOUNT_KAFKA_BOOTSTRAP", DEFAULTS.kafka_bootstrap)),
     }

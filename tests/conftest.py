@@ -6,15 +6,20 @@ at; each session gets its own topic prefix and ClickHouse database, so runs neve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import time
 from dataclasses import replace
 
 import pytest
 
 from pipelines.config import Settings, Topics
 
-os.environ.setdefault("TZ", "UTC")
+# Every test runs in UTC, whatever the machine's zone: setting TZ alone changes nothing for
+# this already running process until tzset() reads it again.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +60,8 @@ def kafka_topics(stack_settings):
 
     admin = AdminClient({"bootstrap.servers": stack_settings.kafka_bootstrap})
     for future in admin.delete_topics(stack_settings.topics.all(), operation_timeout=30).values():
-        try:
+        with contextlib.suppress(Exception):  # best effort clean-up
             future.result()
-        except Exception:  # noqa: BLE001 - best effort clean-up
-            pass
 
 
 @pytest.fixture()

@@ -101,10 +101,9 @@ NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
 
 @pytest.fixture(scope="module")
 def dagster_resources(stack_settings):
-    from dagster_project.resources import ClickHouseResource, KafkaResource
+    from dagster_project.resources import ClickHouseResource
 
-    return {"clickhouse": ClickHouseResource(url=stack_settings.clickhouse_url),
-            "kafka": KafkaResource(bootstrap=stack_settings.kafka_bootstrap)}
+    return {"clickhouse": ClickHouseResource(url=stack_settings.clickhouse_url)}
 
 
 def _materialize(asset, hour, dagster_resources):

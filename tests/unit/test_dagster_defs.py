@@ -1,6 +1,7 @@
 """The Dagster entry point loads, with the backfill asset, the reconciliation check and its schedule."""
 
 import dagster as dg
+import pytest
 
 from dagster_project.definitions import defs
 from dagster_project.partitions import hourly
@@ -21,9 +22,11 @@ def test_partitions_are_utc_hours_from_the_night():
     assert keys == ["2024-08-12-23:00", "2024-08-13-00:00", "2024-08-13-01:00", "2024-08-13-02:00"]
 
 
-def test_resources_come_from_the_environment():
-    resources = defs.resources
-    assert set(resources) >= {"clickhouse", "kafka"}
+def test_every_resource_an_asset_needs_is_defined_and_none_is_left_unused():
+    from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
+
+    needed = post_minute_rollups.required_resource_keys | post_minute_reconciliation.required_resource_keys
+    assert needed - {"io_manager"} == set(defs.resources) == {"clickhouse"}  # Dagster supplies io_manager
 
 
 def test_resources_read_the_environment_and_fall_back_to_the_local_stack(monkeypatch):
@@ -40,8 +43,6 @@ def test_resources_read_the_environment_and_fall_back_to_the_local_stack(monkeyp
 def test_every_rollup_table_is_rebuilt_by_one_builder_into_an_allowlisted_staging_table():
     from datetime import UTC, datetime
 
-    import pytest
-
     from pipelines import backfill
 
     tables = [table for builder in backfill.ROLLUP_BUILDERS for table in builder.tables]
@@ -50,4 +51,26 @@ def test_every_rollup_table_is_rebuilt_by_one_builder_into_an_allowlisted_stagin
     assert backfill.staging_name("post_minute", hour) == "post_minute_staging_2024081301"
     with pytest.raises(ValueError, match="not a rollup table"):
         backfill.staging_name("post_minute; DROP TABLE events_raw", hour)
-    assert backfill.backfill_version(now=1_700_000_000) > 2**62 > 10**12  # above any Kafka offset
+    # A rebuild's version: the base (above any Kafka offset a stream row carries) plus the run's
+    # epoch seconds, so a later rebuild outranks an earlier one.
+    assert backfill.backfill_version(now=1_700_000_000) == backfill.BACKFILL_VERSION_BASE + 1_700_000_000
+    assert backfill.backfill_version(now=1_700_000_001) > backfill.backfill_version(now=1_700_000_000)
+    assert backfill.BACKFILL_VERSION_BASE == 2**62
+
+
+def test_the_clickhouse_resource_disconnects_when_its_block_ends(monkeypatch):
+    import dagster_project.resources as resources_module
+
+    disconnected = []
+
+    class Client:
+        def disconnect(self):
+            disconnected.append(True)
+
+    monkeypatch.setattr(resources_module, "connect", lambda settings: Client())
+    with resources_module.ClickHouseResource(url="clickhouse://u:p@127.0.0.1:1/db").client() as client:
+        assert isinstance(client, Client) and not disconnected
+    assert disconnected == [True]
+    with pytest.raises(RuntimeError), resources_module.ClickHouseResource().client():
+        raise RuntimeError("an asset failed")
+    assert disconnected == [True, True], "closed on failure too"
