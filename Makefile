@@ -64,7 +64,7 @@ migrate: venv ## apply pending ClickHouse migrations
 demo: up ## the reference night at 1:1000 through Kafka -> Flink -> ClickHouse, figures printed from ClickHouse
 	$(BIN)/viewcount demo
 
-test: up ## every test: unit, integration and end-to-end against the local stack
+test: lint up ## lint (ruff), then every test: unit, integration and end-to-end against the local stack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv jars ## unit tests only (no services)
