@@ -17,7 +17,8 @@ SPACE_PRESENCE = "space_presence"
 POST_SURFACE_MINUTE = "post_surface_minute"
 POST_HOUR = "post_hour"
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE, POST_HOUR})
+WRITABLE_TABLES = frozenset({
+    EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE, POST_HOUR})
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"

@@ -13,6 +13,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENT_TYPES = ("view", "impression", "post", "presence")
 
 
+# The job's outputs, each <prefix>.<suffix>: attribute of Topics -> (suffix, what it carries).
+OUTPUT_TOPICS = {
+    "dead_letter": ("dead-letter", "Rejected records with their reason, origin and bytes."),
+    "events_valid": ("events-valid", "Validated events, as the job emits them for the archive (events_raw)."),
+    "posts_valid": ("posts-valid", "Validated post creations, for the posts table (conversation attribution)."),
+    "presence_valid": ("presence-valid", "Validated Space presence events, for space_presence (listeners)."),
+    "post_minute": ("post-minute", "Per post and minute rollups, as the job emits them for ClickHouse."),
+    "post_surface_minute": ("post-surface-minute", "Per post, minute, surface and action rollups."),
+}
+
+
+def _output_topic(name: str) -> property:
+    suffix, doc = OUTPUT_TOPICS[name]
+    return property(lambda self: f"{self.prefix}.{suffix}", doc=doc)
+
+
 @dataclass(frozen=True)
 class Topics:
     """Kafka topic names. Source topics are keyed by post_id, so a post's events share a partition."""
@@ -24,44 +40,15 @@ class Topics:
             raise ValueError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
         return f"{self.prefix}.{event_type}s" if event_type != "presence" else f"{self.prefix}.presence"
 
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.prefix}.dead-letter"
-
-    @property
-    def events_valid(self) -> str:
-        """Validated events, as the job emits them for the archive (events_raw)."""
-        return f"{self.prefix}.events-valid"
-
-    @property
-    def post_surface_minute(self) -> str:
-        """Per post, minute, surface and action rollups."""
-        return f"{self.prefix}.post-surface-minute"
-
-    @property
-    def posts_valid(self) -> str:
-        """Validated post creations, for the posts table (conversation attribution)."""
-        return f"{self.prefix}.posts-valid"
-
-    @property
-    def presence_valid(self) -> str:
-        """Validated Space presence events, for space_presence (listeners)."""
-        return f"{self.prefix}.presence-valid"
-
-    @property
-    def post_minute(self) -> str:
-        """Per post and minute rollups, as the job emits them for ClickHouse."""
-        return f"{self.prefix}.post-minute"
+    dead_letter = _output_topic("dead_letter")
+    events_valid = _output_topic("events_valid")
+    posts_valid = _output_topic("posts_valid")
+    presence_valid = _output_topic("presence_valid")
+    post_minute = _output_topic("post_minute")
+    post_surface_minute = _output_topic("post_surface_minute")
 
     def all(self) -> list[str]:
-        return [self.source(t) for t in EVENT_TYPES] + [
-            self.dead_letter,
-            self.events_valid,
-            self.posts_valid,
-            self.presence_valid,
-            self.post_minute,
-            self.post_surface_minute,
-        ]
+        return [self.source(t) for t in EVENT_TYPES] + [getattr(self, name) for name in OUTPUT_TOPICS]
 
 
 @dataclass(frozen=True)

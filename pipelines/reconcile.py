@@ -16,20 +16,21 @@ from pipelines.backfill import READ_BLOCK_ROWS, as_utc, backfill_sql, grouped_mi
 from pipelines.clickhouse import sibling
 
 
-@dataclass(frozen=True)
+@dataclass
 class Drift:
-    """How the stream's post_minute rows of an hour differ from a rebuild from the archive."""
+    """How the stream's post_minute rows of an hour differ from a rebuild from the archive
+    (counted up by `count_differences`, chunk after chunk)."""
 
     hour_start: datetime
-    stream_rows: int
-    archive_rows: int
-    missing: int            # windows the archive has and the stream lacks
-    extra: int              # windows the stream has and the archive lacks
-    count_differences: int  # windows in both whose views or impressions differ
-    views_difference: int   # archive views - stream views, over the hour
-    impressions_difference: int
-    estimates_outside: int  # windows whose unique estimate lies outside the other's bounds
-    sketches_differ: int    # windows whose sketch bytes differ (informational: bounds decide)
+    stream_rows: int = 0
+    archive_rows: int = 0
+    missing: int = 0            # windows the archive has and the stream lacks
+    extra: int = 0              # windows the stream has and the archive lacks
+    count_differences: int = 0  # windows in both whose views or impressions differ
+    views_difference: int = 0   # archive views - stream views, over the hour
+    impressions_difference: int = 0
+    estimates_outside: int = 0  # windows whose unique estimate lies outside the other's bounds
+    sketches_differ: int = 0    # windows whose sketch bytes differ (informational: bounds decide)
 
     @property
     def clean(self) -> bool:
@@ -49,32 +50,6 @@ class MinuteRollup(NamedTuple):
     @property
     def key(self) -> tuple[int, datetime]:
         return self.post_id, self.window_start
-
-
-@dataclass
-class DriftCounts:
-    """Running counts of the walk; `drift(hour_start)` freezes them into a Drift."""
-
-    stream_rows: int = 0
-    archive_rows: int = 0
-    missing: int = 0
-    extra: int = 0
-    count_differences: int = 0
-    estimates_outside: int = 0
-    sketches_differ: int = 0
-    stream_views: int = 0
-    archive_views: int = 0
-    stream_impressions: int = 0
-    archive_impressions: int = 0
-
-    def drift(self, hour_start: datetime) -> Drift:
-        return Drift(
-            hour_start=hour_start, stream_rows=self.stream_rows, archive_rows=self.archive_rows,
-            missing=self.missing, extra=self.extra, count_differences=self.count_differences,
-            views_difference=self.archive_views - self.stream_views,
-            impressions_difference=self.archive_impressions - self.stream_impressions,
-            estimates_outside=self.estimates_outside, sketches_differ=self.sketches_differ,
-        )
 
 
 def stream_rollups(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[MinuteRollup]:
@@ -98,41 +73,41 @@ def compare_hour(client, hour_start: datetime) -> Drift:
     and not written."""
     hour_start = hour_of(hour_start)
     chunks = hour_chunks(client, hour_start)
-    counts = DriftCounts()
+    drift = Drift(hour_start)
     rollup_reader = sibling(client)  # both sides stream at once: one connection each
     try:
         for chunk in range(chunks):
             count_differences(stream_rollups(rollup_reader, hour_start, chunks, chunk),
-                              archive_rollups(client, hour_start, chunks, chunk), counts)
+                              archive_rollups(client, hour_start, chunks, chunk), drift)
     finally:
         rollup_reader.disconnect()
-    return counts.drift(hour_start)
+    return drift
 
 
-def count_differences(stream: Iterator[MinuteRollup], archive: Iterator[MinuteRollup], counts: DriftCounts) -> None:
-    """Merge two row streams sorted by (post_id, window_start) and count how they differ."""
+def count_differences(stream: Iterator[MinuteRollup], archive: Iterator[MinuteRollup], drift: Drift) -> None:
+    """Merge two row streams sorted by (post_id, window_start) and add how they differ to `drift`."""
     stream_row, archive_row = next(stream, None), next(archive, None)
     while stream_row is not None or archive_row is not None:
         take_stream = archive_row is None or (stream_row is not None and stream_row.key <= archive_row.key)
         take_archive = stream_row is None or (archive_row is not None and archive_row.key <= stream_row.key)
         if take_stream and take_archive:
-            counts.count_differences += ((stream_row.views, stream_row.impressions)
+            drift.count_differences += ((stream_row.views, stream_row.impressions)
                                          != (archive_row.views, archive_row.impressions))
-            counts.sketches_differ += stream_row.sketch != archive_row.sketch
-            counts.estimates_outside += estimates_disagree(stream_row.sketch, archive_row.sketch)
+            drift.sketches_differ += stream_row.sketch != archive_row.sketch
+            drift.estimates_outside += estimates_disagree(stream_row.sketch, archive_row.sketch)
         elif take_stream:
-            counts.extra += 1
+            drift.extra += 1
         else:
-            counts.missing += 1
+            drift.missing += 1
         if take_stream:
-            counts.stream_rows += 1
-            counts.stream_views += stream_row.views
-            counts.stream_impressions += stream_row.impressions
+            drift.stream_rows += 1
+            drift.views_difference -= stream_row.views
+            drift.impressions_difference -= stream_row.impressions
             stream_row = next(stream, None)
         if take_archive:
-            counts.archive_rows += 1
-            counts.archive_views += archive_row.views
-            counts.archive_impressions += archive_row.impressions
+            drift.archive_rows += 1
+            drift.views_difference += archive_row.views
+            drift.impressions_difference += archive_row.impressions
             archive_row = next(archive, None)
 
 

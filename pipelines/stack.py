@@ -253,19 +253,17 @@ def up(settings: Settings) -> list[str]:
 
 
 def down(settings: Settings) -> list[str]:
-    messages = []
-    for service in (clickhouse_service(settings), kafka_service(settings)):
-        stopped = service.stop()
-        messages.append(f"{service.name} {'stopped' if stopped else 'was not running'}")
-    return messages
+    services = (clickhouse_service(settings), kafka_service(settings))
+    return [f"{service.name} {'stopped' if service.stop() else 'was not running'}" for service in services]
 
 
 def status(settings: Settings) -> list[str]:
-    lines = []
-    for service in (kafka_service(settings), clickhouse_service(settings)):
-        pid = service.running_pid()
-        lines.append(f"{service.name}: {'running, pid ' + str(pid) if pid else 'stopped'} (log {service.log_file})")
-    return lines
+    return [_status_line(service) for service in (kafka_service(settings), clickhouse_service(settings))]
+
+
+def _status_line(service: Service) -> str:
+    pid = service.running_pid()
+    return f"{service.name}: {'running, pid ' + str(pid) if pid else 'stopped'} (log {service.log_file})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,8 @@ def test_viewcount_query_prints_the_headline_and_explains_bad_questions(night, b
     assert "swap --from and --to" in capsys.readouterr().err
     assert cli.main(["query", "subject", "space-2024-08-12", "--from", start, "--to", end, "--tz", "Mars/Olympus"]) == 2
     assert "unknown time zone" in capsys.readouterr().err
-    assert cli.main(["query", "subject", "space-2024-08-12", "--from", "2030-01-01 00:00", "--to", "2030-01-02 00:00"]) == 2
+    assert cli.main(["query", "subject", "space-2024-08-12",
+                     "--from", "2030-01-01 00:00", "--to", "2030-01-02 00:00"]) == 2
     assert "no rows for subject" in capsys.readouterr().err
 
 
@@ -225,8 +226,8 @@ def test_reconciliation_fails_on_a_seeded_drift_and_a_backfill_mends_only_that_h
     _, hours = backfilled
     target = hours[2]
     rows = clickhouse.execute(
-        "SELECT post_id, window_start, views, impressions, unique_viewers_sketch, unique_viewers FROM post_minute FINAL "
-        "WHERE window_start >= %(from)s ORDER BY post_id, window_start LIMIT 1",
+        "SELECT post_id, window_start, views, impressions, unique_viewers_sketch, unique_viewers "
+        "FROM post_minute FINAL WHERE window_start >= %(from)s ORDER BY post_id, window_start LIMIT 1",
         {"from": target}, settings={"strings_as_bytes": True})
     post_id, window_start, views, impressions, sketch, estimate = rows[0]
     insert_rows(clickhouse, POST_MINUTE, POST_MINUTE_COLUMNS,

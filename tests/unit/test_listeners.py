@@ -18,7 +18,8 @@ def test_duplicates_change_nothing_and_a_missed_join_starts_at_the_heartbeat():
 
 def test_a_long_silence_splits_sessions():
     events = [(4, 0, "join"), (4, HEARTBEAT_TIMEOUT_MS + M, "heartbeat")]
-    assert sessions(events) == [(4, 0, HEARTBEAT_TIMEOUT_MS), (4, HEARTBEAT_TIMEOUT_MS + M, HEARTBEAT_TIMEOUT_MS + M + HEARTBEAT_TIMEOUT_MS)]
+    second_start = HEARTBEAT_TIMEOUT_MS + M
+    assert sessions(events) == [(4, 0, HEARTBEAT_TIMEOUT_MS), (4, second_start, second_start + HEARTBEAT_TIMEOUT_MS)]
 
 
 def test_a_session_counts_in_every_minute_it_touches_and_not_where_it_ends():

@@ -23,22 +23,25 @@ def session(tmp_path):
     s.cleanup()
 
 
-def test_every_migration_statement_runs_on_current_clickhouse(session):
+@pytest.fixture()
+def migrated(session):
+    """A session with every migration applied, in order."""
     for migration in migrate.migrations():
         for statement in migration.statements():
             session.query(statement)
-    tables = session.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
+    return session
+
+
+def test_every_migration_statement_runs_on_current_clickhouse(migrated):
+    tables = migrated.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
     assert str(tables).split() == [f'"{name}"' for name in (
         "dead_letters", "events_raw", "post_hour", "post_minute", "post_surface_minute", "posts", "space_presence")]
 
 
-def test_a_higher_version_replaces_a_window_row(session):
-    for migration in migrate.migrations():
-        for statement in migration.statements():
-            session.query(statement)
-    session.query("INSERT INTO post_minute VALUES (7, '2024-08-12 23:47:00', 5, 1, '', 5, 10)")
-    session.query("INSERT INTO post_minute VALUES (7, '2024-08-12 23:47:00', 6, 1, '', 6, 11)")
-    result = session.query("SELECT views FROM post_minute FINAL WHERE post_id = 7", "CSV")
+def test_a_higher_version_replaces_a_window_row(migrated):
+    migrated.query("INSERT INTO post_minute VALUES (7, '2024-08-12 23:47:00', 5, 1, '', 5, 10)")
+    migrated.query("INSERT INTO post_minute VALUES (7, '2024-08-12 23:47:00', 6, 1, '', 6, 11)")
+    result = migrated.query("SELECT views FROM post_minute FINAL WHERE post_id = 7", "CSV")
     assert str(result).strip() == "6"
 
 
@@ -54,15 +57,12 @@ def _rows(session, text: str) -> list[list]:
     return json.loads(str(session.query(text, "JSONCompact")))["data"]
 
 
-def test_analyst_queries_run_on_current_clickhouse_and_read_what_was_written(session):
-    for migration in migrate.migrations():
-        for statement in migration.statements():
-            session.query(statement)
+def test_analyst_queries_run_on_current_clickhouse_and_read_what_was_written(migrated):
     # The query API sends this one as external data alongside the query.
-    session.query("CREATE TABLE conversation_posts (post_id UInt64) ENGINE = Memory")
-    session.query("INSERT INTO conversation_posts VALUES (1)")
-    session.query("INSERT INTO post_minute VALUES (1, '2024-08-12 23:47:00', 5, 2, '', 5, 10)")
-    results = {path.stem: _rows(session, _with_values(path.read_text(), NIGHT)) for path in query.query_files()}
+    migrated.query("CREATE TABLE conversation_posts (post_id UInt64) ENGINE = Memory")
+    migrated.query("INSERT INTO conversation_posts VALUES (1)")
+    migrated.query("INSERT INTO post_minute VALUES (1, '2024-08-12 23:47:00', 5, 2, '', 5, 10)")
+    results = {path.stem: _rows(migrated, _with_values(path.read_text(), NIGHT)) for path in query.query_files()}
     assert len(results) == len(query.query_files()) >= 10
     assert results["post_minutes"] == [["2024-08-12 23:47:00", 5, 2, ""]]
     assert results["all_posts_totals"] == [[1, 5, 2]]
@@ -73,27 +73,24 @@ def _backfill_text(name: str, values: dict[str, str], **tables: str) -> str:
     return _with_values(backfill.backfill_sql(name, **tables), values)
 
 
-def test_every_backfill_statement_runs_on_current_clickhouse(session):
-    for migration in migrate.migrations():
-        for statement in migration.statements():
-            session.query(statement)
-    session.query("INSERT INTO events_raw VALUES ('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, "
+def test_every_backfill_statement_runs_on_current_clickhouse(migrated):
+    migrated.query("INSERT INTO events_raw VALUES ('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, "
                   "'home', 'ios', ''), ('impression', 'e2', '2024-08-13 01:02:04', 1723510924000, 7, 3, 42, "
                   "'home', 'ios', 'like')")
     hour = {"from": "'2024-08-13 01:00:00'", "to": "'2024-08-13 02:00:00'", "chunks": "1", "chunk": "0",
             "version": "5", "partition": "2024081301"}
     staging = "post_surface_minute_staging_2024081301"
-    session.query(_backfill_text("drop_staging", hour, staging=staging))
-    session.query(_backfill_text("create_staging", hour, staging=staging, table="post_surface_minute"))
-    session.query(_backfill_text("fill_surfaces", hour, staging=staging))
-    assert _rows(session, _backfill_text("staging_rows", hour, staging=staging)) == [[2]]
-    session.query(_backfill_text("replace_partition", hour, table="post_surface_minute", staging=staging))
-    session.query(_backfill_text("drop_staging", hour, staging=staging))
-    assert _rows(session, "SELECT surface, action, views, impressions FROM post_surface_minute ORDER BY action") == [
+    migrated.query(_backfill_text("drop_staging", hour, staging=staging))
+    migrated.query(_backfill_text("create_staging", hour, staging=staging, table="post_surface_minute"))
+    migrated.query(_backfill_text("fill_surfaces", hour, staging=staging))
+    assert _rows(migrated, _backfill_text("staging_rows", hour, staging=staging)) == [[2]]
+    migrated.query(_backfill_text("replace_partition", hour, table="post_surface_minute", staging=staging))
+    migrated.query(_backfill_text("drop_staging", hour, staging=staging))
+    assert _rows(migrated, "SELECT surface, action, views, impressions FROM post_surface_minute ORDER BY action") == [
         ["home", "", 1, 0], ["home", "like", 0, 1]]
-    assert _rows(session, _backfill_text("hour_size", hour)) == [[2]]
-    assert _rows(session, _backfill_text("hours_with_events", hour)) == [["2024-08-13 01:00:00"]]
-    assert _rows(session, _backfill_text("hour_minutes", hour)) == [[7, "2024-08-13 01:02:00", 1, 1, [42]]]
-    assert _rows(session, _backfill_text("hour_rollups", hour)) == []
-    tables = _rows(session, "SELECT name FROM system.tables WHERE database = 'viewcount' AND name LIKE '%staging%'")
+    assert _rows(migrated, _backfill_text("hour_size", hour)) == [[2]]
+    assert _rows(migrated, _backfill_text("hours_with_events", hour)) == [["2024-08-13 01:00:00"]]
+    assert _rows(migrated, _backfill_text("hour_minutes", hour)) == [[7, "2024-08-13 01:02:00", 1, 1, [42]]]
+    assert _rows(migrated, _backfill_text("hour_rollups", hour)) == []
+    tables = _rows(migrated, "SELECT name FROM system.tables WHERE database = 'viewcount' AND name LIKE '%staging%'")
     assert tables == []
