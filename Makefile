@@ -9,10 +9,10 @@ STATE := $(or $(VIEWCOUNT_STATE_DIR),.state)
 JARS := $(STATE)/jars
 BIN := $(VENV)/bin
 PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
-UDF_SOURCES := $(shell find jvm/src -name '*.java')
+UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench dagster clean
+.PHONY: cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-jars: $(JARS)/.kafka $(JARS)/.flink $(JARS)/viewcount-udf.jar ## Kafka broker + tools and the Flink Kafka connector (Maven), our Flink functions (javac)
+jars: $(JARS)/.kafka $(JARS)/.flink $(JARS)/.udf-deps $(JARS)/viewcount-udf.jar ## Kafka broker + tools and the Flink Kafka connector (Maven), our Flink functions (javac)
 $(JARS)/.kafka: stack/pom.xml
 	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install -y maven"; exit 1; }
 	rm -rf $(JARS)/kafka
@@ -37,10 +37,19 @@ $(JARS)/.flink: stack/pom.xml
 	rm -rf $(JARS)/flink
 	mvn -q -B -f stack/pom.xml -P flink dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=$(abspath $(JARS))/flink
 	touch $@
-$(JARS)/viewcount-udf.jar: $(UDF_SOURCES) $(VENV)/.installed
+$(JARS)/.udf-deps: stack/pom.xml
+	rm -rf $(JARS)/udf-deps
+	mvn -q -B -f stack/pom.xml -P udf dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS))/udf-deps
+	touch $@
+$(JARS)/viewcount-udf.jar: $(UDF_SOURCES) $(VENV)/.installed $(JARS)/.udf-deps
 	rm -rf $(STATE)/build/udf && mkdir -p $(STATE)/build/udf $(JARS)
-	javac --release 17 -nowarn -cp '$(PYFLINK_LIB)/*' -d $(STATE)/build/udf $(UDF_SOURCES)
+	javac --release 17 -nowarn -cp '$(PYFLINK_LIB)/*:$(JARS)/udf-deps/*' -d $(STATE)/build/udf $(filter %.java,$(UDF_SOURCES))
+	cp -r jvm/resources/. $(STATE)/build/udf/
 	jar cf $@ -C $(STATE)/build/udf .
+$(JARS)/profiler/libasyncProfiler.so: stack/pom.xml
+	rm -rf $(JARS)/profiler && mkdir -p $(JARS)/profiler
+	mvn -q -B -f stack/pom.xml -P profiler dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS))/profiler
+	cd $(JARS)/profiler && unzip -o -j -q async-profiler-*.jar linux-x64/libasyncProfiler.so
 
 clickhouse: ## Debian's clickhouse-server and clickhouse-client (apt), if missing
 	@if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then \
@@ -76,6 +85,15 @@ test-integration: up ## tests that need the services
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
 	$(BIN)/python -m bench.backfill --scale 200 --runs 3
+
+profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
+	$(BIN)/python -m bench.profile --scale 2000
+
+cluster-up: setup ## a Flink session cluster on loopback: 1 JobManager + 2 TaskManagers (REST 127.0.0.1:18081)
+	$(BIN)/python -m pipelines.flink_cluster up
+
+cluster-down: ## stop the Flink session cluster
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.flink_cluster down; fi
 
 lint: venv ## ruff
 	$(BIN)/ruff check pipelines tests dagster_project bench

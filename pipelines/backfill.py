@@ -25,13 +25,11 @@ from typing import NamedTuple, Protocol
 from pipelines import sketches
 from pipelines.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
 from pipelines.config import REPO_ROOT
-from pipelines.loader import POST_MINUTE_COLUMNS
+from pipelines.tables import POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
 
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
-POST_HOUR_COLUMNS = ("post_id", "hour_start", "views", "impressions", "unique_viewers_sketch", "unique_viewers",
-                     "version")
 # A rebuilt row's version: BACKFILL_VERSION_BASE + the run's epoch seconds. Stream rows carry
-# their Kafka offset (far below 2**62), so a rebuild outranks the stream in ReplacingMergeTree,
+# the wall-clock milliseconds they were emitted at (far below 2**62), so a rebuild outranks the stream in ReplacingMergeTree,
 # and a later rebuild outranks an earlier one. (Within one hour's partition REPLACE PARTITION
 # swaps whole parts anyway; the version matters when a late stream row lands after a rebuild.)
 BACKFILL_VERSION_BASE = 1 << 62

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -51,69 +49,19 @@ def cmd_generate(args, settings: Settings) -> int:
     return 0
 
 
-def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0):
-    """Run the Flink job and the loader together until the job ends (bounded) or a signal."""
-    from pipelines import rollup_job
-    from pipelines.loader import Loader
-
-    stopping = []
-    if not bounded:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopping.append(True))
-    # Bounded: the end is where the source topics end now, not where they end when the job
-    # gets there; reached, the job is drained (its last windows fire) and stops with a savepoint.
-    end = rollup_job.EndOfInput(settings) if bounded else None
-    result = rollup_job.submit(settings, bounded=bounded)
-    job = result.get_job_client()
-    log.info("flink job %s submitted (%s)", job.get_job_id(), "bounded" if bounded else "streaming")
-    # A local mini-cluster shuts down with its job, so the job's end is learnt from wait(),
-    # which returns when it finished and raises when it failed.
-    ended: list[BaseException | None] = []
-
-    def wait_for_job() -> None:
-        try:
-            result.wait()
-            ended.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            ended.append(exc)
-
-    threading.Thread(target=wait_for_job, name="flink-job-wait", daemon=True).start()
-    drained = None
-
-    loader = Loader(settings, _connect(settings))
-    last_report = time.monotonic()
-    last_end_check = 0.0
-    try:
-        while not stopping:
-            read = loader.load_batch()
-            if end is not None and drained is None and time.monotonic() - last_end_check > 1.0:
-                last_end_check = time.monotonic()
-                if end.remaining() == 0:
-                    log.info("the job has consumed the topics up to their end at start; draining it")
-                    drained = rollup_job.drain(job, settings)
-            if drained is not None and drained.done() and not ended and drained.exception() is not None:
-                raise RuntimeError(f"draining the Flink job failed: {drained.exception()}")
-            if time.monotonic() - last_report > report_every_s:
-                last_report = time.monotonic()
-                s = loader.stats
-                log.info("loaded %d events, %d rollups, %d dead letters", s.events, s.rollups, s.dead_letters)
-            if ended and ended[0] is not None:
-                raise RuntimeError(f"the Flink job failed: {ended[0]}") from ended[0]
-            if bounded and read == 0 and ended and loader.caught_up():
-                break
-    finally:
-        if not ended:
-            job.cancel().result()
-        if end is not None:
-            end.close()
-        loader.close()
-    return loader.stats
-
-
 def cmd_run(args, settings: Settings) -> int:
-    stats = run_pipeline(settings, bounded=args.bounded)
-    print(f"loaded {stats.events:,} events, {stats.rollups:,} post-minute rows; "
-          f"{stats.dead_letters:,} records rejected to the dead-letter topic")
+    from dataclasses import replace
+
+    from pipelines.runner import run_pipeline
+
+    if args.cluster:
+        settings = replace(settings, flink_cluster=args.cluster)
+    if args.parallelism:
+        settings = replace(settings, parallelism=args.parallelism)
+    report = run_pipeline(settings, bounded=args.bounded)
+    what = f"{report.source_records:,} source records" if args.bounded else "the live stream"
+    print(f"ran {what} in {report.seconds:,.1f} s; {report.dead_letters:,} records rejected to the dead-letter "
+          f"topic; figures in {settings.clickhouse.describe()}")
     return 0
 
 
@@ -181,6 +129,8 @@ def cmd_demo(args, settings: Settings) -> int:
     produced = time.monotonic()
     print(f"generated the night at 1:{args.scale}: {truth.deliveries:,} records into Kafka "
           f"in {produced - started:.1f} s")
+    from pipelines.runner import run_pipeline
+
     stats = run_pipeline(settings, bounded=True)
     elapsed = time.monotonic() - produced
     client = _connect(settings)
@@ -237,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the Flink job and the ClickHouse loader")
     run.add_argument("--bounded", action="store_true", help="stop once everything in Kafka now is loaded")
+    run.add_argument("--cluster", metavar="HOST:PORT",
+                     help="submit the job to a Flink session cluster's REST address (make cluster-up: "
+                          "127.0.0.1:18081) instead of the local mini-cluster (env VIEWCOUNT_FLINK_CLUSTER)")
+    run.add_argument("--parallelism", type=int, help="the job's parallelism (env VIEWCOUNT_PARALLELISM)")
     run.set_defaults(func=cmd_run)
 
     query = sub.add_parser("query", help="figures from ClickHouse")

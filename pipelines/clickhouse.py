@@ -8,17 +8,17 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.tables import (  # noqa: F401 - the table names, re-exported for their readers
+    DEAD_LETTERS,
+    EVENTS_RAW,
+    POST_HOUR,
+    POST_MINUTE,
+    POST_SURFACE_MINUTE,
+    POSTS,
+    SPACE_PRESENCE,
+    WRITABLE_TABLES,
+)
 
-EVENTS_RAW = "events_raw"
-POST_MINUTE = "post_minute"
-POSTS = "posts"
-DEAD_LETTERS = "dead_letters"
-SPACE_PRESENCE = "space_presence"
-POST_SURFACE_MINUTE = "post_surface_minute"
-POST_HOUR = "post_hour"
-# Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({
-    EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE, POST_HOUR})
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"

@@ -106,11 +106,14 @@ class Settings:
     # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
     dedupe_horizon_s: int = 3600
     # Plausible event times, against the time the record reached Kafka (its record timestamp):
-    # further ahead (client clock skew) or further back (past the source topics' retention, so no
-    # rebuild could see it) goes to the dead letters with its reason.
+    # further ahead (client clock skew) or further back goes to the dead letters with its reason.
+    # The past bound is generous by default because replaying an archived night is normal use (the
+    # reference night is from 2024); a live deployment may tighten it to days.
     event_max_future_s: int = 3600
-    event_max_age_s: int = 7 * 24 * 3600
+    event_max_age_s: int = 5 * 365 * 24 * 3600
     flink_connector_jar: Path | None = None
+    # A standalone Flink session cluster's REST address (host:port); empty: the local mini-cluster.
+    flink_cluster: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +137,7 @@ class Settings:
             dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
             event_max_future_s=int(_env("EVENT_MAX_FUTURE_S", str(base.event_max_future_s))),
             event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
+            flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings
@@ -158,6 +162,14 @@ class Settings:
         if not jar.exists():
             raise FileNotFoundError(f"no {jar}: run `make jars` (builds jvm/ with javac)")
         return jar
+
+    @property
+    def udf_dependency_jars(self) -> list[Path]:
+        """What our Flink functions need beside Flink (DataSketches), fetched by `make jars`."""
+        found = sorted((self.jars_dir / "udf-deps").glob("*.jar"))
+        if not found:
+            raise FileNotFoundError(f"no jars under {self.jars_dir / 'udf-deps'}: run `make jars`")
+        return found
 
     @property
     def connector_jar(self) -> Path:

@@ -36,15 +36,13 @@ def produce(settings: Settings, night: Night, rate: float | None = None,
     topics = {name: settings.topics.source(name) for name in TYPE_NAMES}
     total = len(night.kind)
     started = time.monotonic()
-    for sent, (arrival_ms, event_type, event) in enumerate(night_events(night), start=1):
+    for sent, (_, event_type, event) in enumerate(night_events(night), start=1):
         value = orjson.dumps(event)
         # Posts' events share a partition per post; a Space's presence spreads by listener.
         key = str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
         while True:
             try:
-                # The record reaches Kafka when the night's client sent it: the job checks event
-                # times against this (a replayed night is not "two years late").
-                producer.produce(topics[event_type], value, key, on_delivery=delivered, timestamp=arrival_ms)
+                producer.produce(topics[event_type], value, key, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)

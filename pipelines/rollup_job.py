@@ -1,14 +1,19 @@
 """The streaming job: decode + validate, exact dedupe, 1-minute event-time windows, rollups.
 
-Everything runs as Flink SQL on the JVM (no per-row Python): the decode and the reject reasons
-are generated from schemas/*.json, duplicates collapse inside the window (a duplicate is the same
-event_id with the same event_time, so it always falls in the same window), and each post-minute
-row carries the distinct viewer ids, which the loader turns into a DataSketches HLL sketch.
+Everything runs as Flink SQL on the JVM (no per-row Python). Each source record is decoded once,
+by our `viewcount-event` format (jvm/: typed columns, the reject reason and the payload in one pass
+over its bytes, with rules generated from schemas/*.json); an event time implausible against the
+record's Kafka time is a reject too, and never moves the watermark. Duplicates collapse inside the
+window (a duplicate is the same event_id with the same event_time, so it always falls in the same
+window), and each post-minute row carries its viewers' DataSketches HLL sketch, built in the job
+with the conventions of `pipelines.sketches`.
 
 Outputs go to Kafka with Flink's exactly-once (transactional) sink, committed on checkpoints:
-dead letters, validated events for the archive, post-minute rollups, and the validated post
-creations and Space presence events. `pipelines.loader` upserts them into ClickHouse. Kept apart: `decode_sql` / `post_minute_sql` (the transformation,
-testable on in-memory rows) and `run` (the Kafka wiring).
+dead letters, validated events for the archive, post-minute and post-surface-minute rollups, and
+the validated post creations and Space presence events. ClickHouse's Kafka engine loads the archive
+and the rollups itself (`pipelines.streams`); `pipelines.loader` upserts the rest. Kept apart:
+the transformation (`decode_sql`, `post_minute_sql`, ..., testable on in-memory rows), the Kafka
+wiring (`build`, `submit`) and the running of a job (`pipelines.runner`).
 """
 
 from __future__ import annotations
@@ -21,22 +26,29 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipelines import schemas
+from pipelines import schemas, sketches
 from pipelines.config import EVENT_TYPES, Settings
+from pipelines.tables import (
+    DEAD_LETTER,
+    EVENTS_VALID,
+    OUTPUTS,
+    POST_MINUTE_ROWS,
+    POST_SURFACE_MINUTE_ROWS,
+    POSTS_VALID,
+    PRESENCE_VALID,
+    VALID_EVENT_FIELDS,
+    Output,
+)
 
 log = logging.getLogger("viewcount.rollup_job")
 
 # Event types whose events are counted per post and minute (posts are archived by a later job).
 COUNTED_TYPES = ("view", "impression")
 WINDOW = "INTERVAL '1' MINUTE"
-# Columns of a validated event, the archive's row; action is empty for views.
-VALID_EVENT_COLUMNS = (
-    "event_type", "event_id", "event_time_ms", "post_id", "author_id", "viewer_id",
-    "surface", "client", "action",
-)
+EVENT_FORMAT = "viewcount-event"  # jvm/: dev.viewcount.flink.EventFormatFactory
 
 
-def q(identifier: str) -> str:
+def quoted(identifier: str) -> str:
     """Quote a Flink SQL identifier (`views`, `offset`, ... are reserved words)."""
     return "`" + identifier.replace("`", "``") + "`"
 
@@ -47,16 +59,23 @@ def _literal(value: str) -> str:
 
 # Java functions of jvm/ (built into the job's UDF jar by `make jars`).
 JAVA_FUNCTIONS = {
-    "json_fields": "dev.viewcount.flink.JsonFields",
-    "json_long": "dev.viewcount.flink.JsonLong",
+    "event_time_of": "dev.viewcount.flink.PlausibleTime",
+    "implausible_time": "dev.viewcount.flink.TimeReason",
+    "viewer_sketch": "dev.viewcount.flink.ViewerSketch",
+    "emit_version": "dev.viewcount.flink.EmitVersion",
 }
 # Hints added to a missing-field reason, where the absence has a meaning of its own.
 MISSING_HINTS = {"viewer_id": " (logged-out traffic is not counted)"}
 FLINK_TYPES = {"integer": "BIGINT", "string": "STRING", "array": "STRING"}
 
 
+def column_of(field: str) -> str:
+    """The job's column for a schema field: event_time is carried as epoch milliseconds."""
+    return "event_time_ms" if field == "event_time" else field
+
+
 def validation_spec(schema: dict) -> list[dict]:
-    """The schema's rules in the form json_fields (jvm/) enforces: one entry per field, in order."""
+    """The schema's rules in the form the viewcount-event format (jvm/) enforces, field by field."""
     required = set(schema.get("required", []))
     spec = []
     for name, rules in schema["properties"].items():
@@ -64,7 +83,7 @@ def validation_spec(schema: dict) -> list[dict]:
         kinds = [t for t in ([types] if isinstance(types, str) else types) if t != "null"]
         if len(kinds) != 1 or kinds[0] not in FLINK_TYPES:
             raise ValueError(f"schema field {name!r} has a type the job cannot decode: {types}")
-        entry = {"name": name, "kind": kinds[0], "required": name in required}
+        entry = {"name": name, "column": column_of(name), "kind": kinds[0], "required": name in required}
         entry.update({k: rules[k] for k in ("enum", "minimum", "minLength", "maxLength") if k in rules})
         if name in MISSING_HINTS:
             entry["missingHint"] = MISSING_HINTS[name]
@@ -72,95 +91,103 @@ def validation_spec(schema: dict) -> list[dict]:
     return spec
 
 
-def decode_sql(event_type: str, source_table: str) -> str:
-    """SELECT over a raw source table: reject_reason, the schema's fields typed, Kafka origin."""
+def source_columns(event_type: str) -> str:
+    """A source table's physical columns, as the viewcount-event format fills them."""
     spec = validation_spec(schemas.load_schema(event_type))
-    columns = [
-        f"CAST(fields.f{i} AS {FLINK_TYPES[field['kind']]}) AS "
-        + q(field["name"] + "_ms" if field["name"] == "event_time" else field["name"])
-        for i, field in enumerate(spec)
-    ]
-    spec_text = json.dumps(spec, separators=(",", ":"))
-    parsed = (
-        f"SELECT json_fields(payload, {_literal(spec_text)}) AS fields, payload, {q('topic')}, "
-        f"{q('partition')}, {q('offset')}, event_time FROM {q(source_table)}"
-    )
+    columns = [f"{quoted(f['column'])} {FLINK_TYPES[f['kind']]}" for f in spec]
+    return ", ".join(["reject_reason STRING", *columns, "payload STRING"])
+
+
+def event_source_ddl(table: str, event_type: str, origin_columns: str, options: dict[str, str],
+                     settings: Settings) -> str:
+    """A source of decoded events with their origin columns (topic, partition, offset, kafka_time)
+    and the event-time watermark every window is cut by."""
+    spec_text = json.dumps(validation_spec(schemas.load_schema(event_type)), separators=(",", ":"))
+    options = {**options, "format": EVENT_FORMAT, f"{EVENT_FORMAT}.spec": spec_text}
+    return f"""
+CREATE TABLE {quoted(table)} (
+  {source_columns(event_type)},{origin_columns},
+  -- A rejected record, or one with an implausible time, keeps the watermark at its Kafka time.
+  event_time AS event_time_of(reject_reason, event_time_ms, kafka_time, {int(settings.event_max_future_s)},
+                              {int(settings.event_max_age_s)}),
+  WATERMARK FOR event_time AS event_time - INTERVAL '{int(settings.watermark_delay_s)}' SECOND
+) WITH ({_options(options)})"""
+
+
+def decode_sql(event_type: str, source_table: str, settings: Settings) -> str:
+    """SELECT over a source table: reject_reason (the format's, or an implausible time), the
+    schema's fields typed, the event time, the payload and the Kafka origin."""
+    columns = ", ".join(quoted(column_of(f)) for f in schemas.fields(event_type))
+    time_reason = (f"implausible_time(event_time_ms, kafka_time, {int(settings.event_max_future_s)}, "
+                   f"{int(settings.event_max_age_s)})")
     return (
-        f"SELECT CAST({_literal(event_type)} AS STRING) AS event_type, fields.reason AS reject_reason, "
-        + ", ".join(columns)
-        + f", event_time, payload, {q('topic')}, {q('partition')}, {q('offset')} FROM ({parsed})"
+        f"SELECT CAST({_literal(event_type)} AS STRING) AS event_type, "
+        f"COALESCE(reject_reason, {time_reason}) AS reject_reason, {columns}, event_time, payload, "
+        f"{quoted('topic')}, {quoted('partition')}, {quoted('offset')} FROM {quoted(source_table)}"
     )
 
 
 def valid_events_sql(decoded_views: dict[str, str]) -> str:
-    """UNION ALL of the valid counted events, in VALID_EVENT_COLUMNS order plus event_time."""
+    """UNION ALL of the valid counted events, in VALID_EVENT_FIELDS order plus event_time."""
     selects = []
     for event_type, view in decoded_views.items():
-        fields = set(schemas.fields(event_type))
+        fields = {column_of(f) for f in schemas.fields(event_type)}
         columns = [
-            q(c) if c in fields or c in ("event_type", "event_time_ms") else f"'' AS {q(c)}"
-            for c in VALID_EVENT_COLUMNS
+            quoted(c) if c in fields or c == "event_type" else f"'' AS {quoted(c)}"
+            for c in VALID_EVENT_FIELDS
         ]
         selects.append(
-            f"SELECT {', '.join(columns)}, event_time FROM {q(view)} WHERE reject_reason IS NULL"
+            f"SELECT {', '.join(columns)}, event_time FROM {quoted(view)} WHERE reject_reason IS NULL"
         )
     return " UNION ALL ".join(selects)
 
 
 def dead_letter_sql(decoded_views: Iterable[str]) -> str:
     return " UNION ALL ".join(
-        f"SELECT reject_reason AS reason, {q('topic')}, {q('partition')}, {q('offset')}, payload "
-        f"FROM {q(view)} WHERE reject_reason IS NOT NULL"
+        f"SELECT reject_reason AS reason, {quoted('topic')}, {quoted('partition')}, {quoted('offset')}, payload "
+        f"FROM {quoted(view)} WHERE reject_reason IS NOT NULL"
         for view in decoded_views
     )
 
 
 def post_minute_sql(valid_events_view: str) -> str:
     """Per post and 1-minute event-time window: views, impressions (both exact, deduplicated on
-    event_id), the raw deliveries behind them, and the distinct viewers of its views."""
+    event_id), the raw deliveries behind them, and the sketch of the distinct viewers of its views
+    (hex of its compact bytes, with its estimate), versioned by the time it is emitted."""
     return f"""
-SELECT post_id, window_start,
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {q('views')},
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions,
-  COUNT(*) AS deliveries,
-  ARRAY_AGG(DISTINCT viewer_id) FILTER (WHERE event_type = 'view') AS viewer_ids
-FROM TABLE(TUMBLE(TABLE {q(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
-GROUP BY post_id, window_start, window_end
+SELECT post_id, window_start, {quoted('views')}, impressions, deliveries,
+  viewers.sketch AS unique_viewers_sketch, viewers.estimate AS unique_viewers,
+  emit_version() AS version
+FROM (
+  SELECT post_id, window_start,
+    COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {quoted('views')},
+    COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions,
+    COUNT(*) AS deliveries,
+    viewer_sketch(ARRAY_AGG(DISTINCT viewer_id) FILTER (WHERE event_type = 'view'), {sketches.LG_K},
+                  {_literal(sketches.TARGET_TYPE_NAME)}) AS viewers
+  FROM TABLE(TUMBLE(TABLE {quoted(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
+  GROUP BY post_id, window_start, window_end
+)
 """
-
-
-KAFKA_ORIGIN_COLUMNS = f"""
-  {q('topic')} STRING METADATA VIRTUAL,
-  {q('partition')} INT METADATA VIRTUAL,
-  {q('offset')} BIGINT METADATA VIRTUAL,
-  kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"""
-
-
-def raw_source_ddl(
-    table: str, origin_columns: str, options: dict[str, str], watermark_delay_s: int,
-    fallback_time: str = "kafka_time",
-) -> str:
-    """A source of raw event payloads with their origin columns (topic, partition, offset) and
-    the event-time watermark every window is cut by."""
-    return f"""
-CREATE TABLE {q(table)} (
-  payload STRING,{origin_columns},
-  -- A record without a readable event_time goes to the dead letters; its Kafka time only keeps
-  -- the watermark well-defined.
-  event_time AS COALESCE(TO_TIMESTAMP_LTZ(json_long(payload, 'event_time'), 3), {fallback_time}),
-  WATERMARK FOR event_time AS event_time - INTERVAL '{int(watermark_delay_s)}' SECOND
-) WITH ({_options(options)})"""
 
 
 def post_surface_minute_sql(valid_events_view: str) -> str:
     """Per post, 1-minute window, surface and action: views and impressions, deduplicated."""
     return f"""
 SELECT post_id, window_start, surface, action,
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {q('views')},
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions
-FROM TABLE(TUMBLE(TABLE {q(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
+  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {quoted('views')},
+  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions,
+  emit_version() AS version
+FROM TABLE(TUMBLE(TABLE {quoted(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
 GROUP BY post_id, window_start, window_end, surface, action
 """
+
+
+KAFKA_ORIGIN_COLUMNS = f"""
+  {quoted('topic')} STRING METADATA VIRTUAL,
+  {quoted('partition')} INT METADATA VIRTUAL,
+  {quoted('offset')} BIGINT METADATA VIRTUAL,
+  kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"""
 
 
 def job_group_id(settings: Settings) -> str:
@@ -168,16 +195,15 @@ def job_group_id(settings: Settings) -> str:
     return f"{settings.topics.prefix}.{settings.job_name}"
 
 
-def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str:
+def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool) -> str:
     options = {
         "connector": "kafka",
-        "topic": topic,
+        "topic": settings.topics.source(event_type),
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "properties.group.id": job_group_id(settings),
         "properties.isolation.level": "read_committed",
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
-        "format": "raw",
     }
     # A bounded run is still a streaming source, ended by EndOfInput + drain(), not by
     # scan.bounded.mode: a bounded Kafka source restored from a checkpoint never finishes
@@ -189,19 +215,20 @@ def source_ddl(settings: Settings, table: str, topic: str, bounded: bool) -> str
         # idle, the watermark would pass it, and its events would all arrive late (measured:
         # at 5 s, 94 % of the night's views were dropped as late in a bounded run).
         options["scan.watermark.idle-timeout"] = f"{settings.source_idle_timeout_s} s"
-    return raw_source_ddl(table, KAFKA_ORIGIN_COLUMNS, options, settings.watermark_delay_s)
+    return event_source_ddl(table, event_type, KAFKA_ORIGIN_COLUMNS, options, settings)
 
 
-def kafka_sink_ddl(settings: Settings, table: str, topic: str, columns: str, blackhole: bool = False) -> str:
+def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False) -> str:
+    columns = ", ".join(f"{quoted(f.name)} {f.flink}" for f in output.fields)
     if blackhole:  # the benchmark of the job without its sinks (bench.pipeline)
-        return f"CREATE TABLE {q(table)} ({columns}) WITH ('connector' = 'blackhole')"
+        return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ('connector' = 'blackhole')"
     options = {
         "connector": "kafka",
-        "topic": topic,
+        "topic": getattr(settings.topics, output.topic),
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "format": "json",
         "sink.delivery-guarantee": "exactly-once",
-        "sink.transactional-id-prefix": f"{settings.topics.prefix}.{table}",
+        "sink.transactional-id-prefix": f"{settings.topics.prefix}.{settings.job_name}.{output.name}",
         "properties.transaction.timeout.ms": "600000",
         "properties.max.request.size": "67108864",
         "properties.compression.type": "lz4",
@@ -210,7 +237,7 @@ def kafka_sink_ddl(settings: Settings, table: str, topic: str, columns: str, bla
         "properties.linger.ms": "50",
         "properties.batch.size": "1048576",
     }
-    return f"CREATE TABLE {q(table)} ({columns}) WITH ({_options(options)})"
+    return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ({_options(options)})"
 
 
 def _options(options: dict[str, str]) -> str:
@@ -250,32 +277,18 @@ class EndOfInput:
     transactions: a transaction's closing marker would sit past the last committed offset."""
 
     def __init__(self, settings: Settings):
-        from confluent_kafka import Consumer, TopicPartition
+        from pipelines.kafka import TopicEnds
 
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap, "group.id": job_group_id(settings),
-            "enable.auto.commit": False, "isolation.level": "read_committed",
-        })
-        self.ends: dict[tuple[str, int], int] = {}
-        for event_type in EVENT_TYPES:
-            topic = settings.topics.source(event_type)
-            metadata = self._consumer.list_topics(topic, timeout=30).topics[topic]
-            if metadata.error is not None:
-                raise RuntimeError(f"source topic {topic} is not readable: {metadata.error}")
-            for partition in metadata.partitions:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-                self.ends[(topic, partition)] = high
+        self._ends = TopicEnds(settings, job_group_id(settings),
+                               [settings.topics.source(t) for t in EVENT_TYPES])
+        self.ends = self._ends.ends
 
     def remaining(self) -> int:
         """Events between the job's committed offsets and the ends (0: consumed up to the end)."""
-        from confluent_kafka import TopicPartition
-
-        wanted = [TopicPartition(t, p) for (t, p), end in self.ends.items() if end > 0]
-        committed = self._consumer.committed(wanted, timeout=30) if wanted else []
-        return sum(max(self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0), 0) for tp in committed)
+        return self._ends.remaining()
 
     def close(self) -> None:
-        self._consumer.close()
+        self._ends.close()
 
 
 def drain(job_client, settings: Settings):
@@ -295,7 +308,7 @@ def drain(job_client, settings: Settings):
 def run_to_end(result, settings: Settings, end: EndOfInput, on_progress=None, poll_s: float = 1.0) -> str:
     """The job alone as a bounded run: wait until it has consumed up to `end` (calling
     on_progress(remaining) on every poll), drain it, wait for it to finish. Returns the
-    savepoint's path. (`cli.run_pipeline` does the same step by step, between loader batches.)"""
+    savepoint's path. (`pipelines.runner` does the same with the loader beside it.)"""
     job = result.get_job_client()
     while remaining := end.remaining():
         if on_progress is not None:
@@ -309,6 +322,12 @@ def run_to_end(result, settings: Settings, end: EndOfInput, on_progress=None, po
     return savepoint
 
 
+def job_jars(settings: Settings) -> list[Path]:
+    """What the job's classloader needs beside Flink: the Kafka connector, our functions and format,
+    and their dependencies (the DataSketches jars)."""
+    return [settings.connector_jar, settings.udf_jar, *settings.udf_dependency_jars]
+
+
 def table_environment(settings: Settings, restore: bool = True):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -316,14 +335,24 @@ def table_environment(settings: Settings, restore: bool = True):
     config = t_env.get_config()
     checkpoint_dir = settings.checkpoint_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix})")
-    config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in (settings.connector_jar, settings.udf_jar)))
+    if settings.flink_cluster:
+        # A standalone session cluster (make cluster-up, or any other): the job's jars travel with
+        # it; its parallelism must be set here (the cluster's default is not the client's).
+        host, _, port = settings.flink_cluster.rpartition(":")
+        config.set("execution.target", "remote")
+        config.set("rest.address", host or "127.0.0.1")
+        config.set("rest.port", port)
+    config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix}.{settings.job_name})")
+    config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in job_jars(settings)))
     config.set("parallelism.default", str(settings.parallelism))
+    config.set("pipeline.object-reuse", "true")
     config.set("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")
     config.set("execution.checkpointing.mode", "EXACTLY_ONCE")
     config.set("execution.checkpointing.dir", checkpoint_dir.resolve().as_uri())
     config.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set("execution.checkpointing.num-retained", "2")
+    # Window starts are UTC: the session time zone decides how TIMESTAMP_LTZ windows are cut.
+    config.set("table.local-time-zone", "UTC")
     if restore and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
         # After a crash (kill -9) the new process continues from the last completed checkpoint:
         # window state, Kafka offsets and the open sink transactions all come back together.
@@ -347,48 +376,30 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False):
     decoded = {}
     for event_type in EVENT_TYPES:
         source = f"source_{event_type}"
-        t_env.execute_sql(source_ddl(settings, source, settings.topics.source(event_type), bounded))
+        t_env.execute_sql(source_ddl(settings, source, event_type, bounded))
         decoded[event_type] = f"decoded_{event_type}"
-        t_env.execute_sql(f"CREATE TEMPORARY VIEW {q(decoded[event_type])} AS {decode_sql(event_type, source)}")
+        t_env.execute_sql(
+            f"CREATE TEMPORARY VIEW {quoted(decoded[event_type])} AS {decode_sql(event_type, source, settings)}")
     counted = {t: decoded[t] for t in COUNTED_TYPES}
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
-
-    sinks = {  # table: (topic, columns)
-        "dead_letter": (settings.topics.dead_letter,
-            f"reason STRING, {q('topic')} STRING, {q('partition')} INT, {q('offset')} BIGINT, payload STRING"),
-        "events_valid": (settings.topics.events_valid,
-            "event_type STRING, event_id STRING, event_time_ms BIGINT, post_id BIGINT, author_id BIGINT, "
-            "viewer_id BIGINT, surface STRING, client STRING, action STRING"),
-        "post_minute": (settings.topics.post_minute,
-            f"post_id BIGINT, window_start TIMESTAMP(3), {q('views')} BIGINT, impressions BIGINT, "
-            "deliveries BIGINT, viewer_ids ARRAY<BIGINT>"),
-        "post_surface_minute": (settings.topics.post_surface_minute,
-            f"post_id BIGINT, window_start TIMESTAMP(3), surface STRING, action STRING, {q('views')} BIGINT, "
-            "impressions BIGINT"),
-        "posts_valid": (settings.topics.posts_valid,
-            "post_id BIGINT, author_id BIGINT, created_ms BIGINT, reply_to BIGINT, quote_of BIGINT, "
-            "links STRING, tags STRING"),
-        "presence_valid": (settings.topics.presence_valid,
-            "event_id STRING, event_time_ms BIGINT, space_id BIGINT, listener_id BIGINT, action STRING"),
-    }
-    for table, (topic, columns) in sinks.items():
-        t_env.execute_sql(kafka_sink_ddl(settings, table, topic, columns, blackhole))
+    for output in OUTPUTS:
+        t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole))
     statements = t_env.create_statement_set()
-    statements.add_insert_sql(f"INSERT INTO dead_letter {dead_letter_sql(decoded.values())}")
+    statements.add_insert_sql(f"INSERT INTO {DEAD_LETTER.name} {dead_letter_sql(decoded.values())}")
     statements.add_insert_sql(
-        f"INSERT INTO events_valid SELECT {', '.join(q(c) for c in VALID_EVENT_COLUMNS)} FROM valid_events"
+        f"INSERT INTO {EVENTS_VALID.name} SELECT {', '.join(quoted(c) for c in VALID_EVENT_FIELDS)} FROM valid_events"
     )
-    statements.add_insert_sql(f"INSERT INTO post_minute {post_minute_sql('valid_events')}")
-    statements.add_insert_sql(f"INSERT INTO post_surface_minute {post_surface_minute_sql('valid_events')}")
+    statements.add_insert_sql(f"INSERT INTO {POST_MINUTE_ROWS.name} {post_minute_sql('valid_events')}")
+    statements.add_insert_sql(f"INSERT INTO {POST_SURFACE_MINUTE_ROWS.name} {post_surface_minute_sql('valid_events')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
     statements.add_insert_sql(
-        "INSERT INTO posts_valid SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
-        f"FROM {q(decoded['post'])} WHERE reject_reason IS NULL"
+        f"INSERT INTO {POSTS_VALID.name} SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
+        f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL"
     )
     statements.add_insert_sql(
-        "INSERT INTO presence_valid SELECT event_id, event_time_ms, space_id, listener_id, action "
-        f"FROM {q(decoded['presence'])} WHERE reject_reason IS NULL"
+        f"INSERT INTO {PRESENCE_VALID.name} SELECT event_id, event_time_ms, space_id, listener_id, action "
+        f"FROM {quoted(decoded['presence'])} WHERE reject_reason IS NULL"
     )
     return statements
 
@@ -396,17 +407,15 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False):
 def submit(settings: Settings, bounded: bool, blackhole: bool = False):
     """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult."""
     t_env = table_environment(settings)
-    # Window starts are UTC: the session time zone decides how TIMESTAMP_LTZ windows are cut.
-    t_env.get_config().set("table.local-time-zone", "UTC")
     return build(t_env, settings, bounded, blackhole).execute()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the viewcount rollup job (Flink SQL on PyFlink).")
+    parser = argparse.ArgumentParser(description="Run the viewcount rollup job alone (Flink SQL on PyFlink).")
     parser.add_argument("--bounded", action="store_true",
                         help="read the topics up to their current end, close every window, then stop")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     settings = Settings.from_env()
     end = EndOfInput(settings) if args.bounded else None
     result = submit(settings, bounded=args.bounded)

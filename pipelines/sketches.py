@@ -12,6 +12,8 @@ from datasketches import hll_sketch, hll_union, tgt_hll_type
 
 LG_K = 12
 TARGET_TYPE = tgt_hll_type.HLL_4
+# The same type by name, for the job's sketches on the JVM (datasketches-java TgtHllType).
+TARGET_TYPE_NAME = TARGET_TYPE.name
 # Bounds are reported at two standard deviations (about 95 %).
 BOUNDS_NUM_STD = 2
 

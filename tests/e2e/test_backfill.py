@@ -62,8 +62,8 @@ def client(settings):
 @pytest.fixture(scope="module")
 def night(settings, client):
     """The night through the stream; returns the ground truth and the stream's rows."""
-    from pipelines.cli import run_pipeline
     from pipelines.generator import generate_night
+    from pipelines.runner import run_pipeline
 
     truth = generate_night(settings, scale=SCALE, seed=SEED)
     run_pipeline(settings, bounded=True)
@@ -106,7 +106,7 @@ def backfilled_hour(night, client, dagster_resources):
     before, then the hour rebuilt through Dagster, and every row after."""
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
     from pipelines.clickhouse import EVENTS_RAW, insert_rows
-    from pipelines.loader import EVENTS_RAW_COLUMNS
+    from pipelines.tables import EVENTS_RAW_COLUMNS
 
     truth, before = night
     views_by_hour: dict[str, int] = {}
@@ -198,7 +198,7 @@ def test_the_reconciliation_check_fails_on_a_seeded_drift_and_a_backfill_mends_i
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
     from pipelines.backfill import BACKFILL_VERSION_BASE
     from pipelines.clickhouse import POST_MINUTE, insert_rows
-    from pipelines.loader import POST_MINUTE_COLUMNS
+    from pipelines.tables import POST_MINUTE_COLUMNS
 
     hour, _, _, _, _ = backfilled_hour  # rebuilt, so the stream and the archive agree exactly
     assert check_passed(materialize(post_minute_reconciliation, hour, dagster_resources))[0]

@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Producer
 
 from pipelines import query, sketches
-from pipelines.cli import run_pipeline
 from pipelines.generator import generate_night
+from pipelines.runner import run_pipeline
 from pipelines.testdata import malformed_records
 
 pytestmark = pytest.mark.e2e
@@ -221,7 +221,7 @@ def test_reconciliation_fails_on_a_seeded_drift_and_a_backfill_mends_only_that_h
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
     from pipelines.backfill import BACKFILL_VERSION_BASE
     from pipelines.clickhouse import POST_MINUTE, insert_rows
-    from pipelines.loader import POST_MINUTE_COLUMNS
+    from pipelines.tables import POST_MINUTE_COLUMNS
 
     _, hours = backfilled
     target = hours[2]

@@ -11,7 +11,7 @@ from clickhouse_driver import errors as ch_errors
 
 from pipelines import migrate
 from pipelines.clickhouse import POST_MINUTE, ClickHouseUnavailable, connect, insert_rows
-from pipelines.loader import POST_MINUTE_COLUMNS
+from pipelines.tables import POST_MINUTE_COLUMNS
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2024, 8, 12, 23, 47, tzinfo=UTC)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import backfill, reconcile, sketches
 from pipelines.clickhouse import EVENTS_RAW, POST_MINUTE, connect, insert_rows
-from pipelines.loader import EVENTS_RAW_COLUMNS, POST_MINUTE_COLUMNS
+from pipelines.tables import EVENTS_RAW_COLUMNS, POST_MINUTE_COLUMNS
 
 pytestmark = pytest.mark.integration
 HOUR = datetime(2024, 8, 13, 1, tzinfo=UTC)

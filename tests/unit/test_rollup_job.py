@@ -7,13 +7,16 @@ mode, without Kafka: the wiring is tested end to end elsewhere.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 
 import orjson
 import pytest
 
-from pipelines import rollup_job, schemas
+from pipelines import rollup_job, schemas, sketches
 from pipelines.config import Settings
+
+SETTINGS = Settings.from_env()
 
 T0 = 1723506420000  # 2024-08-12 23:47:00 UTC
 
@@ -31,23 +34,28 @@ def t_env():
 
     settings = Settings.from_env()
     env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    env.get_config().set("pipeline.jars", settings.udf_jar.resolve().as_uri())
+    env.get_config().set("pipeline.jars", ";".join(
+        jar.resolve().as_uri() for jar in (settings.udf_jar, *settings.udf_dependency_jars)))
     env.get_config().set("parallelism.default", "1")
     env.get_config().set("table.local-time-zone", "UTC")
     rollup_job.register_functions(env)
     return env
 
 
-def load(t_env, tmp_path, name, event_type, lines):
+def load(t_env, tmp_path, name, event_type, lines, arrival_ms=T0):
+    """A source table of the job's format over a file of payloads; the file's modification time
+    stands in for the records' Kafka time."""
     path = tmp_path / f"{name}.jsonl"
     path.write_text("\n".join(lines) + "\n")
+    os.utime(path, ns=(arrival_ms * 1_000_000, arrival_ms * 1_000_000))
     origin = f"""
-  {rollup_job.q('topic')} AS 'file', {rollup_job.q('partition')} AS 0,
-  {rollup_job.q('offset')} AS CAST(0 AS BIGINT)"""
-    t_env.execute_sql(rollup_job.raw_source_ddl(
-        name, origin, {"connector": "filesystem", "path": str(path), "format": "raw"}, 10,
-        fallback_time="TO_TIMESTAMP_LTZ(0, 3)"))
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW decoded_{name} AS {rollup_job.decode_sql(event_type, name)}")
+  {rollup_job.quoted('topic')} STRING METADATA FROM 'file.name' VIRTUAL, {rollup_job.quoted('partition')} AS 0,
+  {rollup_job.quoted('offset')} AS CAST(0 AS BIGINT),
+  kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'file.modification-time' VIRTUAL"""
+    t_env.execute_sql(rollup_job.event_source_ddl(
+        name, event_type, origin, {"connector": "filesystem", "path": str(path)}, SETTINGS))
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW decoded_{name} AS "
+                      f"{rollup_job.decode_sql(event_type, name, SETTINGS)}")
     return f"decoded_{name}"
 
 
@@ -76,6 +84,13 @@ def test_validation_spec_follows_the_schema_file():
         (view("a", at_ms=-5), "event_time is below its minimum 0"),
         (view(""), "event_id is shorter than 1"),
         (view("a", post_id=1.5), "post_id must be an integer"),
+        (view("a", post_id=10).replace('"post_id":10', '"post_id":18446744073709551616'), "post_id does not fit in 64 bits"),
+        ('{"event_id": NaN}', "not a JSON object"),
+        (view("a", at_ms=T0 + 3_600_001), "event_time is more than 3600 s ahead of its arrival"),
+        (view("a", at_ms=T0 - SETTINGS.event_max_age_s * 1000 - 1),
+         f"event_time is more than {SETTINGS.event_max_age_s} s before its arrival"),
+        (view("a", at_ms=4_070_908_800_000), "event_time is more than 3600 s ahead of its arrival"),  # 2099
+        (view("a", at_ms=0), f"event_time is more than {SETTINGS.event_max_age_s} s before its arrival"),  # 1970
     ],
 )
 def test_malformed_views_are_rejected_with_their_reason(t_env, tmp_path, payload, reason):
@@ -103,12 +118,13 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
     decoded = {"view": load(t_env, tmp_path, "dup_views", "view", lines),
                "impression": load(t_env, tmp_path, "dup_impressions", "impression", impressions)}
     t_env.execute_sql(f"CREATE TEMPORARY VIEW dup_valid AS {rollup_job.valid_events_sql(decoded)}")
-    result = rows(t_env, f"SELECT post_id, window_start, `views`, impressions, deliveries, viewer_ids "
+    result = rows(t_env, f"SELECT post_id, window_start, `views`, impressions, deliveries, unique_viewers_sketch "
                          f"FROM ({rollup_job.post_minute_sql('dup_valid')})")
     by_key = {(r[0], r[1]): r for r in result}
     first = by_key[(10, datetime(2024, 8, 12, 23, 47))]
     assert first[2:5] == (3, 1, 6)
-    assert sorted(first[5]) == [1, 2]
+    # The job's sketch is the one pipelines.sketches builds from the same viewers, byte for byte.
+    assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1]))
     assert by_key[(10, datetime(2024, 8, 12, 23, 48))][2:4] == (1, 0)
     assert by_key[(11, datetime(2024, 8, 12, 23, 47))][2:4] == (1, 0)
     assert len(result) == 3

@@ -1,0 +1,122 @@
+"""A standalone Flink session cluster on loopback: one JobManager and TaskManagers as processes.
+
+`make cluster-up` / `make cluster-down` (`python -m pipelines.flink_cluster up|down|status`). It is
+the apache-flink wheel's own distribution (pyflink/bin, pyflink/lib) run with a conf folder of ours
+under the state folder; `viewcount run --cluster 127.0.0.1:<rest port>` submits the same job to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from string import Template
+
+from pipelines.config import REPO_ROOT, Settings
+
+TEMPLATE = REPO_ROOT / "stack" / "flink" / "config.yaml.template"
+REST_PORT, RPC_PORT, BLOB_PORT = 18081, 16123, 16124
+
+
+class ClusterError(RuntimeError):
+    """The cluster did not come up or cannot be reached; the message says what to do."""
+
+
+def _flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+def _home(settings: Settings) -> Path:
+    return settings.state_dir / "flink-cluster"
+
+
+def address(settings: Settings) -> str:
+    return f"127.0.0.1:{REST_PORT}"
+
+
+def render_conf(settings: Settings) -> Path:
+    conf = _home(settings) / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    for sub in ("log", "pid"):
+        (_home(settings) / sub).mkdir(parents=True, exist_ok=True)
+    # The wheel's java options (module opens Flink needs on Java 17) are kept as they are.
+    shipped = (_flink_home() / "conf" / "config.yaml").read_text()
+    java_opts = next(line.split("all:", 1)[1].strip() for line in shipped.splitlines() if "all: --add" in line)
+    values = {"state_dir": str(settings.state_dir.resolve()), "java_opts": java_opts,
+              "rest_port": REST_PORT, "rpc_port": RPC_PORT, "blob_port": BLOB_PORT}
+    (conf / "config.yaml").write_text(Template(TEMPLATE.read_text()).substitute(values))
+    for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties"):
+        shutil.copy(_flink_home() / "conf" / name, conf / name)
+    return conf
+
+
+def overview(timeout_s: float = 2.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{REST_PORT}/overview", timeout=timeout_s) as answer:
+            return json.loads(answer.read())
+    except OSError:
+        return None
+
+
+def _script(settings: Settings, name: str, *args: str) -> None:
+    env = {**os.environ, "FLINK_CONF_DIR": str(render_conf(settings)), "FLINK_HOME": str(_flink_home())}
+    script = _flink_home() / "bin" / name
+    subprocess.run(["bash", str(script), *args], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def up(settings: Settings, taskmanagers: int = 2, timeout_s: float = 120.0) -> list[str]:
+    """Start the JobManager and `taskmanagers` TaskManagers (idempotent); wait until they registered."""
+    running = overview()
+    if running is None:
+        _script(settings, "jobmanager.sh", "start")
+        running = {"taskmanagers": 0}
+    for _ in range(taskmanagers - running.get("taskmanagers", 0)):
+        _script(settings, "taskmanager.sh", "start")
+    deadline = time.monotonic() + timeout_s
+    while (now := overview()) is None or now.get("taskmanagers", 0) < taskmanagers:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the Flink cluster did not come up with {taskmanagers} TaskManagers in "
+                               f"{timeout_s:.0f} s: see {_home(settings) / 'log'}")
+        time.sleep(0.5)
+    return [f"flink cluster up at http://{address(settings)}: {now['taskmanagers']} TaskManagers, "
+            f"{now['slots-total']} slots; submit with `viewcount run --cluster {address(settings)} --parallelism 2`"]
+
+
+def down(settings: Settings) -> list[str]:
+    if not (_home(settings) / "conf").exists():
+        return ["flink cluster: not set up"]
+    _script(settings, "taskmanager.sh", "stop-all")
+    _script(settings, "jobmanager.sh", "stop-all")
+    return ["flink cluster stopped"]
+
+
+def status(settings: Settings) -> list[str]:
+    now = overview()
+    if now is None:
+        return [f"flink cluster: not running at {address(settings)}"]
+    return [f"flink cluster at {address(settings)}: {now['taskmanagers']} TaskManagers, "
+            f"{now['slots-available']}/{now['slots-total']} slots free, {now['jobs-running']} jobs running"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--taskmanagers", type=int, default=2)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    lines = up(settings, args.taskmanagers) if args.command == "up" else (
+        down(settings) if args.command == "down" else status(settings))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

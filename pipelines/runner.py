@@ -1,0 +1,152 @@
+"""The runner: the Flink job, ClickHouse's Kafka consumers and the loader, run together.
+
+`run_pipeline(settings, bounded)` is the one way the pipeline runs (`viewcount run`, the demo,
+the tests, the benchmarks). Live, it runs until SIGINT/SIGTERM. Bounded, the end is where the
+source topics end when it starts: once the job has consumed up to there it is drained (every open
+window fires, every sink commits, a savepoint is kept for the next run), and the run ends when
+ClickHouse's consumers and the loader have loaded everything the job wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from pipelines import rollup_job, streams
+from pipelines.config import Settings
+from pipelines.loader import Loader, LoaderStats
+
+log = logging.getLogger("viewcount.runner")
+# A bounded run gives up when ClickHouse's consumers commit nothing for this long after the job ended.
+CLICKHOUSE_STALL_S = 180.0
+
+
+@dataclass
+class RunReport:
+    """What one run did: source records it set out to read (bounded), what the loader wrote."""
+
+    source_records: int
+    loader: LoaderStats
+    seconds: float
+
+    @property
+    def dead_letters(self) -> int:
+        return self.loader.dead_letters
+
+
+class _JobWatch:
+    """The job's end, learnt from wait() in a thread: a local mini-cluster shuts down with its job,
+    so its status cannot be asked for afterwards; wait() returns when it finished and raises when
+    it failed."""
+
+    def __init__(self, result):
+        self.ended = threading.Event()
+        self.failure: BaseException | None = None
+        threading.Thread(target=self._wait, args=(result,), name="flink-job-wait", daemon=True).start()
+
+    def _wait(self, result) -> None:
+        try:
+            result.wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.failure = exc
+        self.ended.set()
+
+    def raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise RuntimeError(f"the Flink job failed: {self.failure}") from self.failure
+
+
+class _Progress:
+    """Periodic progress lines: records left, rate, ETA (plain log lines: they read the same in a
+    terminal and in CI logs)."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.started = self.last = time.monotonic()
+        self.first_left: int | None = None
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_s
+
+    def report(self, what: str, left: int | None, loader: LoaderStats) -> None:
+        self.last = now = time.monotonic()
+        elapsed = now - self.started
+        text = f"{what}; loader: {loader.posts:,} posts, {loader.dead_letters:,} dead letters"
+        if left is not None:
+            if self.first_left is None:
+                self.first_left = left
+            done = self.first_left - left
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = f", about {left / rate:,.0f} s left" if rate > 0 and left else ""
+            text = f"{what}: {left:,} source records left ({rate:,.0f}/s{eta}); " + text.split("; ", 1)[1]
+        log.info("%s", text)
+
+
+def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
+    """Run the Flink job, ClickHouse's consumers and the loader until the job ends (bounded) or a signal."""
+    from pipelines.clickhouse import connect
+
+    started = time.monotonic()
+    stopping = threading.Event()
+    if not bounded:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+    client = connect(settings)
+    created = streams.ensure(client, settings)
+    if created:
+        log.info("ClickHouse now loads %s from Kafka itself", ", ".join(created))
+    end = rollup_job.EndOfInput(settings) if bounded else None
+    total = sum(end.ends.values()) if end is not None else 0
+    result = rollup_job.submit(settings, bounded=bounded)
+    job = result.get_job_client()
+    log.info("flink job %s submitted (%s%s)", job.get_job_id(), "bounded" if bounded else "streaming",
+             f", on the cluster at {settings.flink_cluster}" if settings.flink_cluster else "")
+    watch = _JobWatch(result)
+    loader = Loader(settings, client)
+    progress = _Progress(report_every_s)
+    drained = None
+    clickhouse: streams.Progress | None = None
+    clickhouse_left, clickhouse_since = None, time.monotonic()
+    try:
+        while not stopping.is_set():
+            read = loader.load_batch()
+            watch.raise_if_failed()
+            left = end.remaining() if end is not None and drained is None else 0
+            if end is not None and drained is None and left == 0:
+                log.info("the job has consumed the topics up to their end at start; draining it")
+                drained = rollup_job.drain(job, settings)
+            if drained is not None and drained.done() and not watch.ended.is_set() and drained.exception():
+                if "Not all required tasks are currently running" not in str(drained.exception()):
+                    raise RuntimeError(f"draining the Flink job failed: {drained.exception()}")
+                # Asked before every task was up (a short run on a busy machine): ask again.
+                log.info("the job's tasks are not all running yet; draining again")
+                drained = rollup_job.drain(job, settings)
+            if bounded and watch.ended.is_set():
+                if clickhouse is None:  # the job has written everything: the ends are final now
+                    clickhouse = streams.Progress(settings)
+                now_left = clickhouse.remaining()
+                if now_left != clickhouse_left:
+                    clickhouse_left, clickhouse_since = now_left, time.monotonic()
+                elif time.monotonic() - clickhouse_since > CLICKHOUSE_STALL_S:
+                    raise RuntimeError(
+                        f"ClickHouse's Kafka consumers committed nothing for {CLICKHOUSE_STALL_S:.0f} s with "
+                        f"{now_left:,} records left: see {settings.clickhouse.describe()}'s log "
+                        "(.state/clickhouse/log/) and `SELECT * FROM system.tables WHERE engine = 'Kafka'`")
+                if now_left == 0 and read == 0 and loader.caught_up():
+                    break
+            if progress.due():
+                if clickhouse is not None:
+                    progress.report(f"ClickHouse loading the job's output: {clickhouse_left:,} records left",
+                                    None, loader.stats)
+                else:
+                    progress.report("job", left if end is not None else None, loader.stats)
+    finally:
+        if not watch.ended.is_set():
+            job.cancel().result()
+        for closeable in (end, clickhouse, loader):
+            if closeable is not None:
+                closeable.close()
+    return RunReport(source_records=total, loader=loader.stats, seconds=time.monotonic() - started)

@@ -1,0 +1,82 @@
+"""ClickHouse's own Kafka consumers for the job's high-volume outputs (sql/streams/).
+
+Every valid event and every rollup row goes from the job's transactional Kafka sinks straight into
+ClickHouse: a Kafka engine table per output reads the topic (read_committed) and a materialized
+view writes its blocks into the target table. No Python touches those records. The consumers live
+in the database, so they keep loading whether or not a runner is up; `ensure` creates them for a
+topic prefix (again, if they point at another prefix) and `Progress` says how far they are.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.config import REPO_ROOT, Settings
+from pipelines.kafka import TopicEnds
+from pipelines.tables import OUTPUTS, Output
+
+log = logging.getLogger("viewcount.streams")
+SQL_DIR = REPO_ROOT / "sql" / "streams"
+LOADED_BY_CLICKHOUSE = tuple(o for o in OUTPUTS if o.clickhouse_loads)
+
+
+def queue_table(output: Output) -> str:
+    return f"{output.name}_queue"
+
+
+def loader_view(output: Output) -> str:
+    return f"{output.name}_loader"
+
+
+def group_id(settings: Settings, output: Output, consumer: str = "clickhouse") -> str:
+    return f"{settings.topics.prefix}.{consumer}.{output.name}"
+
+
+def _queue_sql(output: Output) -> str:
+    columns = ", ".join(f"{f.name} {f.clickhouse}" for f in output.fields)
+    return (SQL_DIR / "queue.sql").read_text().replace("{queue}", queue_table(output)).replace("{columns}", columns)
+
+
+def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
+    """Create the Kafka tables and their views in the client's database (idempotent); a consumer
+    left pointing at another topic (another prefix) is replaced. Returns what it created.
+    `consumer` names the consumer groups (another name reads the topics again from the start)."""
+    created = []
+    for output in LOADED_BY_CLICKHOUSE:
+        topic = getattr(settings.topics, output.topic)
+        queue = queue_table(output)
+        existing = client.execute(
+            "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = %(name)s",
+            {"name": queue})
+        if existing and f"'{topic}'" not in existing[0][0]:
+            log.info("replacing ClickHouse's consumer %s: it reads another topic than %s", queue, topic)
+            client.execute(f"DROP TABLE IF EXISTS {loader_view(output)}")
+            client.execute(f"DROP TABLE IF EXISTS {queue}")
+            existing = []
+        if not existing:
+            client.execute(_queue_sql(output), {"broker": settings.kafka_bootstrap, "topic": topic,
+                                                "group": group_id(settings, output, consumer)})
+            created.append(queue)
+        client.execute((SQL_DIR / f"{output.name}.sql").read_text())
+    return created
+
+
+class Progress:
+    """How many records of the job's outputs ClickHouse's consumers have still to commit, up to
+    where the topics end now (call once the job has stopped writing them)."""
+
+    def __init__(self, settings: Settings, consumer: str = "clickhouse"):
+        self._ends = [TopicEnds(settings, group_id(settings, o, consumer), [getattr(settings.topics, o.topic)],
+                                transactional=True) for o in LOADED_BY_CLICKHOUSE]
+
+    @property
+    def total(self) -> int:
+        """Offsets up to the ends (records, and the transactions' markers)."""
+        return sum(sum(ends.ends.values()) for ends in self._ends)
+
+    def remaining(self) -> int:
+        return sum(ends.remaining() for ends in self._ends)
+
+    def close(self) -> None:
+        for ends in self._ends:
+            ends.close()

@@ -1,0 +1,98 @@
+"""The column registry: every ClickHouse table's columns and every job output's fields, in one place.
+
+Readers and writers (the job's sinks, ClickHouse's Kafka consumers, the loader, the backfill, the
+tests) take their column lists from here; the tables themselves are created by sql/migrations/.
+An event field is defined in schemas/ and carried through the job under the names below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVENTS_RAW = "events_raw"
+POST_MINUTE = "post_minute"
+POSTS = "posts"
+DEAD_LETTERS = "dead_letters"
+SPACE_PRESENCE = "space_presence"
+POST_SURFACE_MINUTE = "post_surface_minute"
+POST_HOUR = "post_hour"
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
+                 "viewer_id", "surface", "client", "action"),
+    POST_MINUTE: ("post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
+                  "unique_viewers", "version"),
+    POST_HOUR: ("post_id", "hour_start", "views", "impressions", "unique_viewers_sketch",
+                "unique_viewers", "version"),
+    POST_SURFACE_MINUTE: ("post_id", "window_start", "surface", "action", "views", "impressions", "version"),
+    POSTS: ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version"),
+    SPACE_PRESENCE: ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id"),
+    DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
+}
+# Tables the pipeline may write; identifiers in SQL text come only from here.
+WRITABLE_TABLES = frozenset(TABLE_COLUMNS)
+EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]
+POST_MINUTE_COLUMNS = TABLE_COLUMNS[POST_MINUTE]
+POST_HOUR_COLUMNS = TABLE_COLUMNS[POST_HOUR]
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field of a job output: its name, its Flink SQL type, its type in a ClickHouse Kafka table."""
+
+    name: str
+    flink: str
+    clickhouse: str
+
+
+def _fields(*specs: str) -> tuple[Field, ...]:
+    return tuple(Field(*spec.split()) for spec in specs)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of the job: a Kafka topic (`Topics.<topic>`) and the fields of its records.
+    `table` is the ClickHouse table it ends in: loaded by ClickHouse's own Kafka engine when
+    `clickhouse_loads`, else by pipelines.loader."""
+
+    name: str
+    topic: str
+    fields: tuple[Field, ...]
+    table: str
+    clickhouse_loads: bool
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+
+# The job's outputs. The high-volume ones (every valid event, every rollup row) go from Kafka to
+# ClickHouse without Python: ClickHouse's Kafka engine reads them (pipelines.streams).
+EVENTS_VALID = Output("events_valid", "events_valid", _fields(
+    "event_type STRING String", "event_id STRING String", "event_time_ms BIGINT UInt64",
+    "post_id BIGINT UInt64", "author_id BIGINT UInt64", "viewer_id BIGINT UInt64",
+    "surface STRING String", "client STRING String", "action STRING String",
+), EVENTS_RAW, clickhouse_loads=True)
+POST_MINUTE_ROWS = Output("post_minute", "post_minute", _fields(
+    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "views BIGINT UInt64",
+    "impressions BIGINT UInt64", "deliveries BIGINT UInt64", "unique_viewers_sketch STRING String",
+    "unique_viewers DOUBLE Float64", "version BIGINT UInt64",
+), POST_MINUTE, clickhouse_loads=True)
+POST_SURFACE_MINUTE_ROWS = Output("post_surface_minute", "post_surface_minute", _fields(
+    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "surface STRING String",
+    "action STRING String", "views BIGINT UInt64", "impressions BIGINT UInt64", "version BIGINT UInt64",
+), POST_SURFACE_MINUTE, clickhouse_loads=True)
+POSTS_VALID = Output("posts_valid", "posts_valid", _fields(
+    "post_id BIGINT UInt64", "author_id BIGINT UInt64", "created_ms BIGINT UInt64", "reply_to BIGINT UInt64",
+    "quote_of BIGINT UInt64", "links STRING String", "tags STRING String",
+), POSTS, clickhouse_loads=False)
+PRESENCE_VALID = Output("presence_valid", "presence_valid", _fields(
+    "event_id STRING String", "event_time_ms BIGINT UInt64", "space_id BIGINT UInt64",
+    "listener_id BIGINT UInt64", "action STRING String",
+), SPACE_PRESENCE, clickhouse_loads=False)
+DEAD_LETTER = Output("dead_letter", "dead_letter", _fields(
+    "reason STRING String", "topic STRING String", "partition INT Int32", "offset BIGINT Int64",
+    "payload STRING String",
+), DEAD_LETTERS, clickhouse_loads=False)
+OUTPUTS = (DEAD_LETTER, EVENTS_VALID, POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, POSTS_VALID, PRESENCE_VALID)
+VALID_EVENT_FIELDS = EVENTS_VALID.field_names
