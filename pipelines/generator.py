@@ -466,7 +466,8 @@ def _tty_progress(sent: int, total: int) -> None:
 def generate_night(settings: Settings, scale: int = 1000, seed: int = 20240812,
                    rate: float | None = None, truth_path: Path | None = None,
                    produce_to_kafka: bool = True, truth_detail: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> GroundTruth:
+                   progress: Callable[[int, int], None] | None = None,
+                   via: str | None = None, via_key: str = "") -> GroundTruth:
     night = build_night(scale, seed)
     truth = ground_truth(night, scale, detail=truth_detail)
     if truth_path is not None:
@@ -474,7 +475,12 @@ def generate_night(settings: Settings, scale: int = 1000, seed: int = 20240812,
     if produce_to_kafka:
         if progress is None and sys.stderr.isatty():
             progress = _tty_progress
-        produce(settings, night, rate=rate, progress=progress)
+        if via:  # through the HTTP collector at this URL, as client batches (pipelines/collector_client.py)
+            from pipelines.collector_client import send_night
+
+            send_night(via, via_key, ((t, e) for _, t, e in night_events(night)), len(night.kind), progress, rate=rate)
+        else:
+            produce(settings, night, rate=rate, progress=progress)
     return truth
 
 
