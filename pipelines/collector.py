@@ -731,25 +731,24 @@ class CollectorProcess:
         """kill -9 of every process of the collector at once: no flush, no goodbye."""
         import signal
 
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        # The group is signalled only while its leader is not yet reaped, so its id cannot have
+        # been reused by someone else's process group.
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         import signal
         import subprocess
 
-        if self.process.poll() is None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)  # the supervisor and its workers
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
-            except ProcessLookupError:
-                pass
-        # Workers outlive a supervisor killed alone: make sure none is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> CollectorProcess:
         return self.wait_ready()

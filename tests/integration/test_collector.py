@@ -281,13 +281,13 @@ def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings
     """A Kafka of our own (other ports), stopped under the collector: answers are 503 with
     Retry-After within the ack timeout, memory stays bounded, and it recovers when Kafka is back."""
     from pipelines.collector import free_port
-    from pipelines.stack import create_topics, kafka_service, start_kafka
+    from pipelines.stack import create_topics, kafka_service
 
     (tmp_path / "jars").symlink_to(stack_settings.jars_dir.resolve())
     own = replace(stack_settings, state_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}",
                   kafka_controller_port=free_port(), topics=Topics(prefix="down"), topic_partitions=2)
-    start_kafka(own)
     service = kafka_service(own)
+    _start_broker(own)
     try:
         create_topics(own)
         with CollectorProcess(own, KEYS, workers=1, ack_timeout_s=2, max_queued_events=5_000,
@@ -298,9 +298,11 @@ def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings
                 return orjson.dumps([envelope("view", view(f"down-{tag}-{i}", padding="x" * 400))
                                      for i in range(500)])
 
-            assert client.post(batch("before")).status == 200
+            deadline = time.monotonic() + 60
+            while (reply := client.post(batch("before"))).status != 200:  # a new broker: first leaders, producer id
+                assert reply.status == 503 and time.monotonic() < deadline, reply.body
             baseline = collector.rss_bytes()
-            service.stop()
+            _stop_broker(service)
             statuses, slowest = [], 0.0
             for n in range(200):  # 100,000 events of ~0.5 KB offered to a collector without Kafka
                 started = time.monotonic()
@@ -315,11 +317,42 @@ def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings
             assert slowest < 2 + 1.5, "a request waited longer than the ack timeout"
             assert grown < 64 * 1024 * 1024, f"memory grew by {grown / 2**20:.0f} MiB while Kafka was down"
 
-            start_kafka(own)
+            _start_broker(own)
             deadline = time.monotonic() + 60
             while (reply := client.post(batch("after"))).status != 200:
                 assert reply.status == 503 and time.monotonic() < deadline, reply.body
                 time.sleep(0.5)  # polling interval: the collector probes Kafka about once a second
             assert reply.body["accepted"] == 500
     finally:
-        service.stop()
+        _stop_broker(service)
+
+
+def _start_broker(settings: Settings) -> None:
+    from pipelines.stack import StackError, start_kafka
+
+    try:
+        start_kafka(settings)
+    except StackError as exc:  # seen once on the shared 2-core machine: a JVM gone without a word; once more
+        if "exited during start-up" not in str(exc):
+            raise
+        start_kafka(settings)
+
+
+def _stop_broker(service) -> None:
+    """SIGTERM to our broker, then reap it: it is this process's child, and a zombie would look alive
+    to Service.stop for its whole timeout."""
+    import os
+    import signal
+
+    pid = service.running_pid()
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.1)  # polling interval for the broker's exit
+    service.pid_file.unlink(missing_ok=True)
