@@ -349,10 +349,13 @@ def _stop_broker(service) -> None:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            break
-        time.sleep(0.1)  # polling interval for the broker's exit
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.1)  # polling interval for the broker's exit
+    except ChildProcessError:
+        pass  # already reaped (subprocess reaps a finished child it no longer holds)
     service.pid_file.unlink(missing_ok=True)
