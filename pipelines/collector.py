@@ -69,6 +69,7 @@ class CollectorSettings:
     max_queued_events: int = 100_000           # per worker: events handed to the producer, not yet acknowledged
     retry_after_s: int = 2
     linger_ms: int = 2
+    max_connections: int = 512                 # per worker; more get uvicorn's 503 (bounds requests in flight)
     keys: str = ""                             # "name=key,name2=key2"; else the keys file
     keys_file: Path | None = None
 
@@ -86,6 +87,7 @@ class CollectorSettings:
             max_queued_events=int(_env("MAX_QUEUED_EVENTS", str(base.max_queued_events))),
             retry_after_s=int(_env("RETRY_AFTER_S", str(base.retry_after_s))),
             linger_ms=int(_env("LINGER_MS", str(base.linger_ms))),
+            max_connections=int(_env("MAX_CONNECTIONS", str(base.max_connections))),
             keys=_env("KEYS", ""),
             keys_file=Path(_env("KEYS_FILE", str(default_keys_file(settings)))),
         )
@@ -594,13 +596,14 @@ def serve(settings: Settings, config: CollectorSettings) -> None:
     os.environ["VIEWCOUNT_COLLECTOR_METRICS_DIR"] = str(folder)
     # Workers are new processes: they read the same settings from the environment.
     for name in ("host", "port", "workers", "max_body_bytes", "max_events_per_batch", "max_event_bytes",
-                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms"):
+                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections"):
         os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
     log.warning("collector on http://%s:%d%s (%d workers) -> Kafka at %s, topics %s.*", config.host, config.port,
                 PATH, config.workers, settings.kafka_bootstrap, settings.topics.prefix)
     try:
         uvicorn.run("pipelines.collector:create_app", factory=True, host=config.host, port=config.port,
                     workers=config.workers, loop="uvloop", http="httptools", access_log=False,
+                    limit_concurrency=config.max_connections,
                     log_level="warning", timeout_graceful_shutdown=int(config.ack_timeout_s) + 5)
     finally:
         for path in folder.glob("*"):
