@@ -138,9 +138,8 @@ def new_write_key(settings: Settings, name: str) -> str:
     path = default_keys_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(24)
-    with open(path, "a") as out:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as out:
         out.write(f"{name} {key}\n")
-    path.chmod(0o600)
     return key
 
 
