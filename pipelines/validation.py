@@ -60,7 +60,8 @@ def _article(kind: str) -> str:
 class FieldRule:
     """One entry of the job's validation spec, checked as JsonFields checks it."""
 
-    __slots__ = ("name", "kind", "required", "allowed", "minimum", "min_length", "max_length", "missing")
+    __slots__ = ("name", "kind", "required", "allowed", "minimum", "min_length", "max_length", "missing",
+                 "simple_integer", "simple_string")
 
     def __init__(self, entry: dict):
         self.name = entry["name"]
@@ -71,8 +72,19 @@ class FieldRule:
         self.min_length = entry.get("minLength")
         self.max_length = entry.get("maxLength")
         self.missing = f"missing required field {self.name}{entry.get('missingHint', '')}"
+        self.simple_integer = self.kind == "integer" and self.minimum is not None and self.allowed is None \
+            and self.min_length is None and self.max_length is None
+        self.simple_string = self.kind == "string" and self.minimum is None
 
     def reason(self, value: object) -> str | None:
+        # The common valid cases first, cheaply (type() is exact: a bool is not an int here).
+        exact = type(value)
+        if exact is int and self.simple_integer and _LONG_MIN <= value <= _LONG_MAX and value >= self.minimum:
+            return None
+        if exact is str and self.simple_string and (self.allowed is None or value in self.allowed) \
+                and (self.min_length is None or len(value) >= self.min_length) \
+                and (self.max_length is None or len(value) <= self.max_length):
+            return None
         kind = _kind(value)
         if kind is None:
             return self.missing if self.required else None
