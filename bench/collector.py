@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import secrets
 import statistics
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(base, topics=Topics(prefix=f"benchcoll{secrets.token_hex(3)}"))
     create_topics(settings)
     report: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
-                    "cores": multiprocessing.cpu_count(), "workers": args.workers, "clients": args.clients,
+                    "cores": multiprocessing.cpu_count(), "load_average_at_start": os.getloadavg()[0],
+                    "workers": args.workers, "clients": args.clients,
                     "seconds_per_phase": args.seconds}
     try:
         report["kafka_produce_events_per_s"] = kafka_limit(settings, args.kafka_records)
@@ -219,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.topics.all(), operation_timeout=30)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "collector.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# Collector benchmark ({report['when']}, {report['cores']} cores, {args.workers} workers, "
-             f"clients {args.clients}, {args.seconds:g} s per phase)", "",
+    lines = [f"# Collector benchmark ({report['when']}, {report['cores']} cores, load average "
+             f"{report['load_average_at_start']:.1f} at start, {args.workers} workers, clients {args.clients}, "
+             f"{args.seconds:g} s per phase)", "",
              "| what | events/s | ratio to Kafka | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|",
              f"| Kafka produce limit | {report['kafka_produce_events_per_s']:,.0f} | 1.00 | | | |"]
     for row in report["throughput"]:
