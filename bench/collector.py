@@ -17,6 +17,7 @@ matter more than the absolute figures. Writes bench/results/collector.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -217,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['non_2xx']} non-2xx",
                       flush=True)
     finally:
-        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(
+        deleting = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(
             settings.topics.all(), operation_timeout=30)
+        for future in deleting.values():  # wait: the process may end before the admin client sends it
+            with contextlib.suppress(Exception):
+                future.result()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "collector.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Collector benchmark ({report['when']}, {report['cores']} cores, load average "
