@@ -85,6 +85,7 @@ test-integration: up ## tests that need the services
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
 	$(BIN)/python -m bench.backfill --scale 200 --runs 3
+	$(BIN)/python -m bench.collector --seconds 8
 
 profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
 	$(BIN)/python -m bench.profile --scale 2000

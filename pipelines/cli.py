@@ -43,6 +43,7 @@ def cmd_generate(args, settings: Settings) -> int:
     truth = generate_night(
         settings, scale=args.scale, seed=args.seed, rate=args.rate,
         truth_path=Path(args.truth) if args.truth else None,
+        via=args.via, via_key=args.key or os.environ.get("VIEWCOUNT_COLLECTOR_KEY", ""),
     )
     print(f"produced {truth.deliveries:,} records ({truth.duplicate_deliveries:,} duplicate deliveries) "
           f"at 1:{args.scale}" + (f"; ground truth in {args.truth}" if args.truth else ""))
@@ -183,7 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=20240812)
     generate.add_argument("--rate", type=float, default=None, help="events/s (default: as fast as possible)")
     generate.add_argument("--truth", help="write the ground-truth JSON here")
+    generate.add_argument("--via", metavar="URL", help="send through the HTTP collector at URL (docs/collector.md)")
+    generate.add_argument("--key", help="the collector write key (default: VIEWCOUNT_COLLECTOR_KEY)")
     generate.set_defaults(func=cmd_generate)
+
+    from pipelines import collector
+
+    collect = sub.add_parser("collect", help="the HTTP collector: clients' event batches into Kafka")
+    collect.set_defaults(func=collector.run)
+    collector.add_arguments(collect)
 
     run = sub.add_parser("run", help="run the Flink job and the ClickHouse loader")
     run.add_argument("--bounded", action="store_true", help="stop once everything in Kafka now is loaded")

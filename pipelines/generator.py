@@ -7,6 +7,7 @@ The night and its ground truth live in `pipelines.night`, the Kafka producer in
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipelines.config import Settings
@@ -45,18 +46,25 @@ __all__ = [
 def generate_night(settings: Settings, scale: int = 1000, seed: int = 20240812,
                    rate: float | None = None, truth_path: Path | None = None,
                    produce_to_kafka: bool = True, truth_detail: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> GroundTruth:
+                   progress: Callable[[int, int], None] | None = None,
+                   via: str | None = None, via_key: str = "") -> GroundTruth:
     """Build the night at 1:`scale`, write its ground truth to `truth_path` (if given), send it
-    to Kafka. Without a `progress(sent, total)` callback, progress shows as a bar on a terminal
-    and as periodic log lines elsewhere (`pipelines.progress`)."""
+    to Kafka, or through the HTTP collector at `via` as client batches. Without a
+    `progress(sent, total)` callback, progress shows as a bar on a terminal and as periodic log
+    lines elsewhere (`pipelines.progress`)."""
     night = build_night(scale, seed)
     truth = ground_truth(night, scale, detail=truth_detail)
     if truth_path is not None:
         truth.write(truth_path)
     if produce_to_kafka:
-        if progress is not None:
-            produce(settings, night, rate=rate, progress=progress)
-        else:
-            with Progress("producing the night", total=len(night.kind)) as shown:
-                produce(settings, night, rate=rate, progress=lambda sent, _total: shown.set(sent))
+        shown = Progress("producing the night", total=len(night.kind)) if progress is None else nullcontext()
+        with shown:
+            report = progress or (lambda sent, _total: shown.set(sent))
+            if via:  # through the HTTP collector at this URL (pipelines/collector_client.py)
+                from pipelines.collector_client import send_night
+
+                send_night(via, via_key, ((t, e) for _, t, e in night_events(night)), len(night.kind), report,
+                           rate=rate)
+            else:
+                produce(settings, night, rate=rate, progress=report)
     return truth

@@ -1,0 +1,106 @@
+"""End to end through the HTTP collector: the night at 1:1000 posted in client batches to
+`viewcount collect`, then the job and loader (bounded), then the same exact figures as the direct
+path (tests/e2e/test_pipeline.py): counts against the ground truth exactly, sketches within bounds.
+
+The night is of 2024 and reaches the collector now, so both the collector and the job run with
+VIEWCOUNT_EVENT_MAX_AGE_S widened to ten years (docs/collector.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import pytest
+
+from pipelines import query
+from pipelines.collector import CollectorProcess
+from pipelines.config import Topics
+from pipelines.generator import generate_night
+from pipelines.runner import run_pipeline
+
+pytestmark = pytest.mark.e2e
+SCALE = 1_000
+SEED = 1208
+TEN_YEARS_S = 10 * 365 * 24 * 3600
+KEY = "night-client-key-0123456789"
+NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
+
+
+@pytest.fixture(scope="module")
+def via_http(stack_settings, session_tag):
+    """Topics and a database of this module's own; the night sent through a collector."""
+    from confluent_kafka.admin import AdminClient
+
+    from pipelines.clickhouse import connect
+    from pipelines.migrate import apply_migrations
+    from pipelines.stack import create_topics
+
+    target = stack_settings.clickhouse
+    settings = replace(
+        stack_settings, topics=Topics(prefix=f"collnight{session_tag}"), event_max_age_s=TEN_YEARS_S,
+        clickhouse_url=(f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
+                        f"viewcount_collnight_{session_tag}"))
+    create_topics(settings)
+    admin = connect(settings, database="default")
+    apply_migrations(admin, settings.clickhouse.database)
+    try:
+        with CollectorProcess(settings, {"night": KEY}, workers=2) as collector:
+            truth = generate_night(settings, scale=SCALE, seed=SEED, via=collector.url, via_key=KEY)
+        stats = run_pipeline(settings, bounded=True)
+        yield settings, truth, stats, connect(settings)
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        kafka = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # best effort clean-up
+                future.result()
+
+
+def test_every_event_sent_over_http_reaches_the_archive_once(via_http):
+    _, truth, stats, clickhouse = via_http
+    counts = dict(clickhouse.execute("SELECT event_type, count() FROM events_raw FINAL GROUP BY event_type"))
+    assert counts == {"view": truth.views, "impression": truth.impressions}
+    (distinct,), = clickhouse.execute("SELECT uniqExact(event_id) FROM events_raw")
+    assert distinct == truth.views + truth.impressions
+    assert stats.dead_letters == 0, "the collector forwarded only what the job accepts"
+
+
+def test_every_post_minute_matches_ground_truth_as_on_the_direct_path(via_http):
+    _, truth, _, clickhouse = via_http
+    stream = {
+        (post_id, str(window_start)): (views, impressions)
+        for post_id, window_start, views, impressions in clickhouse.execute(
+            "SELECT post_id, window_start, views, impressions FROM post_minute FINAL")
+    }
+    exact = 0
+    for post_id, window_start, views, impressions, _, late_views, late_impressions in truth.post_minutes:
+        got = stream.pop((post_id, window_start), (0, 0))
+        if late_views == 0 and late_impressions == 0:
+            assert got == (views, impressions), (post_id, window_start)
+            exact += 1
+        else:
+            assert views - late_views <= got[0] <= views, (post_id, window_start)
+            assert impressions - late_impressions <= got[1] <= impressions, (post_id, window_start)
+    assert stream == {}, "rows in ClickHouse that the night does not have"
+    assert exact > 0.95 * len(truth.post_minutes)
+
+
+def test_the_nights_headline_figures_through_the_collector(via_http):
+    from pipelines.backfill import hours_with_events, rebuild_hour
+    from pipelines.subjects import get_subject
+
+    _, truth, _, clickhouse = via_http
+    for hour in hours_with_events(clickhouse):  # late events, as the hourly rebuild counts them
+        rebuild_hour(clickhouse, hour)
+    start, end = query.parse_range(*NIGHT)
+    figures = query.subject_figures(clickhouse, get_subject("space-2024-08-12"), start, end)
+    assert figures.subject_views == truth.subject_views == 73_000
+    assert figures.posts_about == truth.related_posts == 4_000
+    assert figures.views_of_posts_about == truth.related_views == 998_000
+    assert figures.combined_views == truth.combined_views == 1_071_000
+    assert figures.unique_viewers_lower <= truth.conversation_unique_viewers <= figures.unique_viewers_upper
+    listeners = figures.listeners
+    assert listeners.peak_listeners == truth.peak_listeners
+    assert listeners.minutes.listeners.tolist() == truth.listeners_per_minute
+    assert listeners.unique_listeners_lower <= truth.unique_listeners <= listeners.unique_listeners_upper
