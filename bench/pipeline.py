@@ -10,6 +10,7 @@ Writes bench/results/pipeline.{md,json,png}. Needs the local stack (make up).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,10 +63,8 @@ def drop(settings: Settings) -> None:
     connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for future in admin.delete_topics(settings.topics.all(), operation_timeout=30).values():
-        try:
+        with contextlib.suppress(Exception):  # clean-up only
             future.result()
-        except Exception:  # noqa: BLE001 - clean-up only
-            pass
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -328,9 +327,11 @@ def python_peer(settings: Settings) -> float:
 
     client = connect(settings)
     client.execute("CREATE TABLE IF NOT EXISTS peer_post_minute (post_id UInt64, window_start DateTime, "
-                   "views UInt64, impressions UInt64, sketch String) ENGINE = MergeTree ORDER BY (post_id, window_start)")
+                   "views UInt64, impressions UInt64, sketch String) "
+                   "ENGINE = MergeTree ORDER BY (post_id, window_start)")
     topics = [settings.topics.source("view"), settings.topics.source("impression")]
-    consumer = KafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=f"peer-{secrets.token_hex(3)}",
+    consumer = KafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap,
+                             group_id=f"peer-{secrets.token_hex(3)}",
                              auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000,
                              max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024)
     seen: set[str] = set()
@@ -370,7 +371,8 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
     topic = settings.topics.source("view")
     try:
         client.execute(f"CREATE TABLE kafka_views (event_id String, event_time UInt64, post_id UInt64, "
-                       f"author_id UInt64, viewer_id UInt64, surface String, client String) ENGINE = Kafka('{settings.kafka_bootstrap}', '{topic}', "
+                       f"author_id UInt64, viewer_id UInt64, surface String, client String) "
+                       f"ENGINE = Kafka('{settings.kafka_bootstrap}', '{topic}', "
                        f"'ch-peer-{secrets.token_hex(3)}', 'JSONEachRow')")
         client.execute("CREATE TABLE ch_post_minute (post_id UInt64, window_start DateTime, "
                        "views AggregateFunction(count), viewers AggregateFunction(uniqCombined, UInt64)) "
@@ -392,7 +394,8 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
             if loaded >= expected:
                 return {"events_per_s": loaded / (time.monotonic() - started), "loaded": loaded, "expected": expected}
             time.sleep(0.5)
-        return {"error": f"loaded {loaded} of {expected} view records in {CH_PEER_WAIT_S} s", "loaded": loaded, "expected": expected}
+        return {"error": f"loaded {loaded} of {expected} view records in {CH_PEER_WAIT_S} s",
+                "loaded": loaded, "expected": expected}
     except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a finding, reported as such
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     finally:
@@ -536,7 +539,8 @@ LABELS = {
     "job_alone_sustained": "Flink job alone, blackhole sinks, sustained (10 % to 90 % of offsets)",
     "loader": "ClickHouse loading the job output alone (its Kafka engine: valid events + rollups)",
     "python_peer": "peer: plain kafka-python consumer (dedupe, count, HLL, insert)",
-    "clickhouse_kafka_engine_peer": "peer: ClickHouse Kafka engine -> MV -> AggregatingMergeTree (views only, no dedupe)",
+    "clickhouse_kafka_engine_peer":
+        "peer: ClickHouse Kafka engine -> MV -> AggregatingMergeTree (views only, no dedupe)",
 }
 
 
@@ -550,7 +554,8 @@ def write_markdown(report: dict) -> None:
     lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
     lines += ["", "| peak RSS, MiB | value |", "|---|---|"]
     for name, value in report["peak_rss_mib"].items():
-        text = f"{value['min']:.0f} / {value['median']:.0f} / {value['max']:.0f}" if isinstance(value, dict) else f"{value:.0f}"
+        text = (f"{value['min']:.0f} / {value['median']:.0f} / {value['max']:.0f}" if isinstance(value, dict)
+                else f"{value:.0f}")
         lines.append(f"| {name} | {text} |")
     lines += ["", "| headline query (3 h of the night) | min / median / max over runs, ms |", "|---|---|"]
     for name, s in report["headline_query_ms"].items():

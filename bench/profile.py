@@ -25,7 +25,8 @@ from pipelines.config import Settings
 
 # Frame families a reader of the flame graph asks about, matched on the frame's text, first match wins.
 FAMILIES = (
-    ("JIT compiler", ("CompileBroker", "C2Compiler", "C1Compiler", "Compile::", "[C2 CompilerThre", "[C1 CompilerThre")),
+    ("JIT compiler", ("CompileBroker", "C2Compiler", "C1Compiler", "Compile::", "[C2 CompilerThre",
+                      "[C1 CompilerThre")),
     ("GC", ("G1", "GC Thread", "ParallelGC", "[GC")),
     ("decode (our format)", ("dev/viewcount/flink/EventFormat", "dev.viewcount.flink.EventFormat",
                              "dev/viewcount/flink/JsonFields", "dev.viewcount.flink.JsonFields",

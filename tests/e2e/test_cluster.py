@@ -44,7 +44,8 @@ def _stack(base, name: str):
 
 
 def _run(settings, log, *flags: str) -> None:
-    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix, "VIEWCOUNT_STATE_DIR": str(settings.state_dir),
+    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+           "VIEWCOUNT_STATE_DIR": str(settings.state_dir),
            "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
     with log.open("wb") as out:
         done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--bounded", *flags], env=env,

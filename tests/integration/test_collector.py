@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pipelines.collector import CollectorProcess
 from pipelines.collector_client import CollectorClient, envelope
 from pipelines.config import Settings, Topics
-from pipelines.generator import malformed_records
+from pipelines.testdata import malformed_records
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-0123456789abcdef"

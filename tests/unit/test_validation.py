@@ -10,7 +10,8 @@ import pytest
 
 from pipelines import validation
 from pipelines.config import Settings
-from pipelines.generator import build_night, malformed_records, night_events
+from pipelines.generator import build_night, night_events
+from pipelines.testdata import malformed_records
 
 
 @pytest.mark.parametrize(("event_type", "raw", "expected"), malformed_records())
