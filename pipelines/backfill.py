@@ -30,8 +30,9 @@ from pipelines.tables import POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
 # A rebuilt row's version: BACKFILL_VERSION_BASE + the run's epoch seconds. Stream rows carry
 # the wall-clock milliseconds they were emitted at (far below 2**62), so a rebuild outranks the
-# stream in ReplacingMergeTree, and a later rebuild outranks an earlier one. (Within one hour's partition REPLACE PARTITION
-# swaps whole parts anyway; the version matters when a late stream row lands after a rebuild.)
+# stream in ReplacingMergeTree, and a later rebuild outranks an earlier one. (Within one hour's
+# partition REPLACE PARTITION swaps whole parts anyway; the version matters when a late stream
+# row lands after a rebuild.)
 BACKFILL_VERSION_BASE = 1 << 62
 STAGING_BATCH_ROWS = 50_000
 READ_BLOCK_ROWS = 16_384
