@@ -66,8 +66,10 @@ class Output:
         return tuple(f.name for f in self.fields)
 
 
-# The job's outputs. The high-volume ones (every valid event, every rollup row) go from Kafka to
-# ClickHouse without Python: ClickHouse's Kafka engine reads them (pipelines.streams).
+# The job's outputs. The high-volume ones (every valid event, every rollup row, every listener's
+# presence) go from Kafka to ClickHouse without Python: ClickHouse's Kafka engine reads them
+# (pipelines.streams). Posts (nullable links) and dead letters (counted by reason) go through
+# pipelines.loader.
 EVENTS_VALID = Output("events_valid", "events_valid", _fields(
     "event_type STRING String", "event_id STRING String", "event_time_ms BIGINT UInt64",
     "post_id BIGINT UInt64", "author_id BIGINT UInt64", "viewer_id BIGINT UInt64",
@@ -89,7 +91,7 @@ POSTS_VALID = Output("posts_valid", "posts_valid", _fields(
 PRESENCE_VALID = Output("presence_valid", "presence_valid", _fields(
     "event_id STRING String", "event_time_ms BIGINT UInt64", "space_id BIGINT UInt64",
     "listener_id BIGINT UInt64", "action STRING String",
-), SPACE_PRESENCE, clickhouse_loads=False)
+), SPACE_PRESENCE, clickhouse_loads=True)
 DEAD_LETTER = Output("dead_letter", "dead_letter", _fields(
     "reason STRING String", "topic STRING String", "partition INT Int32", "offset BIGINT Int64",
     "payload STRING String",
