@@ -16,8 +16,15 @@ DEAD_LETTERS = "dead_letters"
 SPACE_PRESENCE = "space_presence"
 POST_SURFACE_MINUTE = "post_surface_minute"
 POST_HOUR = "post_hour"
+# Subject rollups (pipelines/subject_rollups.py, migration 0010).
+SUBJECT_POSTS = "subject_posts"
+SUBJECT_ROLLUP = "subject_rollup"
+SUBJECT_REFRESH_STATE = "subject_refresh_state"
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE, POST_HOUR})
+WRITABLE_TABLES = frozenset({EVENTS_RAW, POST_MINUTE, POSTS, DEAD_LETTERS, SPACE_PRESENCE, POST_SURFACE_MINUTE,
+                             POST_HOUR, SUBJECT_POSTS, SUBJECT_ROLLUP, SUBJECT_REFRESH_STATE})
+# The read-only ClickHouse user dashboards (viewcount serve) connect as (stack/clickhouse/users.xml).
+DASHBOARD_USER = ("dashboard", "dashboard")
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"
@@ -65,6 +72,13 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
                 ) from exc
             raise
     return client
+
+
+def connect_dashboard(settings: Settings, check: bool = True):
+    """The one way dashboards reach ClickHouse: read-only, as the dashboard user, in the
+    configured database. Where dashboards read from is decided here and nowhere else."""
+    user, password = DASHBOARD_USER
+    return connect(settings, user=user, password=password, check=check)
 
 
 def sibling(client):

@@ -307,3 +307,136 @@ def top_posts(client, subject, start: datetime, end: datetime, limit: int = 10):
         external_tables=[{"name": "conversation_posts", "structure": [("post_id", "UInt64")], "data": members}],
     )
     return pd.DataFrame(rows, columns=["post_id", "views", "impressions"])
+
+
+# --- from the subject rollups (pipelines/subject_rollups.py) ----------------------------------
+
+DAY = timedelta(days=1)
+GRAIN_LENGTH = {"minute": timedelta(minutes=1), "hour": HOUR, "day": DAY}
+HEADLINE_COLUMNS = [
+    "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
+    "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
+    "unique_viewers_sketch", "listeners", "unique_listeners_sketch",
+]
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1)
+    seconds = int((moment - epoch).total_seconds())
+    return epoch + timedelta(seconds=seconds - seconds % int(step.total_seconds()))
+
+
+def grain_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
+    """How subject_headline.sql covers [start, end): minutes at the edges, whole UTC hours, whole
+    UTC days; start <= hour_from <= day_from <= day_to <= hour_to <= end (naive UTC)."""
+    start, end = _naive(start), _naive(end)
+    hour_from, hour_to = _ceil(start, HOUR), _floor(end, HOUR)
+    if hour_from >= hour_to:
+        hour_from = hour_to = end
+    day_from, day_to = _ceil(hour_from, DAY), _floor(hour_to, DAY)
+    if day_from >= day_to:
+        day_from = day_to = hour_to
+    return {"from": start, "to": end, "hour_from": hour_from, "hour_to": hour_to, "day_from": day_from,
+            "day_to": day_to}
+
+
+def subject_rollup_rows(client, subject, start: datetime, end: datetime):
+    """The fewest rollup rows covering [start, end), as a DataFrame (HEADLINE_COLUMNS)."""
+    import pandas as pd
+
+    rows = client.execute(query_text("subject_headline"), {"subject_id": subject.id, **grain_bounds(start, end)},
+                          settings={"strings_as_bytes": True})
+    frame = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    frame["grain"] = frame.grain.map(lambda g: g.decode() if isinstance(g, bytes) else g)
+    frame["window_start"] = frame.window_start.map(_naive)
+    return frame
+
+
+def subject_minute_rows(client, subject, start: datetime, end: datetime, grain: str = "minute"):
+    """The subject's series at one grain in [start, end) (subject_series.sql), as a DataFrame."""
+    import pandas as pd
+
+    rows = client.execute(query_text("subject_series"), {
+        "subject_id": subject.id, "grain": grain, "from": _naive(start), "to": _naive(end)})
+    return pd.DataFrame(rows, columns=[
+        "window_start", "subject_views", "posts_new", "posts_total", "views_of_posts_about", "combined_views",
+        "impressions", "unique_viewers", "listeners"])
+
+
+def subject_rollup_figures(client, subject, start: datetime, end: datetime, with_minutes: bool = False
+                           ) -> SubjectFigures:
+    """The figures of subject_figures, read from the subject rollups: O(windows in the range)
+    rows, never the posts table. Exact counts; unique viewers and listeners as sketch unions."""
+    import pandas as pd
+
+    frame = subject_rollup_rows(client, subject, start, end)
+    data = frame[frame.post_rows > 0]
+    if data.empty:
+        raise QueryError(
+            f"no rows for subject {subject.id} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: "
+            "check the range (times are in the subject's zone unless --tz says otherwise) and that the pipeline ran"
+        )
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(data.unique_viewers_sketch))
+    subject_views, related_views = int(frame.subject_views.sum()), int(frame.views_of_posts_about.sum())
+    minutes = None
+    if with_minutes:
+        detail = client.execute(query_text("subject_headline"), {
+            "subject_id": subject.id, **grain_bounds(start, end), "hour_from": _naive(end), "hour_to": _naive(end),
+            "day_from": _naive(end), "day_to": _naive(end)}, settings={"strings_as_bytes": True})
+        detail = pd.DataFrame(detail, columns=HEADLINE_COLUMNS)
+        detail = detail[detail.post_rows > 0]
+        bounds = [sketches.estimate_with_bounds(sketches.from_bytes(b)) for b in detail.unique_viewers_sketch]
+        minutes = pd.DataFrame({
+            "window_start": detail.window_start, "subject_views": detail.subject_views,
+            "views_of_posts_about": detail.views_of_posts_about, "combined_views": detail.combined_views,
+            "unique_viewers": [b[0] for b in bounds], "unique_viewers_lower": [b[1] for b in bounds],
+            "unique_viewers_upper": [b[2] for b in bounds]}).reset_index(drop=True)
+    listeners = None
+    if subject.space_id:
+        ends = data.window_start + data.grain.map(GRAIN_LENGTH)
+        in_span = frame[(frame.window_start >= data.window_start.min()) & (frame.window_start < ends.max())]
+        listeners = _rollup_listeners(client, subject, in_span)
+    return SubjectFigures(
+        subject_id=subject.id, start=start, end=end, subject_views=subject_views,
+        posts_about=int(frame.posts_new.sum()), views_of_posts_about=related_views,
+        combined_views=subject_views + related_views, unique_viewers=estimate, unique_viewers_lower=lower,
+        unique_viewers_upper=upper, minutes=minutes, listeners=listeners, time_zone=subject.time_zone,
+    )
+
+
+def _rollup_listeners(client, subject, frame) -> ListenerFigures:
+    """Peak concurrent listeners (and its minute: the first minute at the peak) and unique
+    listeners over rollup rows of any grain."""
+    ordered = frame.sort_values("window_start")
+    peak = int(ordered.listeners.max()) if len(ordered) else 0
+    peak_minute = None
+    if peak:
+        best = ordered[ordered.listeners == peak].iloc[0]
+        peak_minute = _utc_of(best.window_start.to_pydatetime())
+        if best.grain != "minute":  # which minute of the hour or day: its minute rows say
+            inside = subject_minute_rows(client, subject, peak_minute, peak_minute + GRAIN_LENGTH[best.grain])
+            peak_minute = _utc_of(inside[inside.listeners == peak].window_start.iloc[0].to_pydatetime())
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(ordered.unique_listeners_sketch))
+    return ListenerFigures(
+        space_id=subject.space_id, peak_listeners=peak, peak_minute=peak_minute, unique_listeners=estimate,
+        unique_listeners_lower=lower, unique_listeners_upper=upper, minutes=None,
+    )
+
+
+def subject_top_posts(client, subject, start: datetime, end: datetime, limit: int = 10):
+    """The subject's most viewed posts (root included) in [start, end), attribution from subject_posts."""
+    import pandas as pd
+
+    rows = client.execute(query_text("subject_top_posts"), {
+        "subject_id": subject.id, "root_post_id": subject.root_post_id, "from": _naive(start), "to": _naive(end),
+        "limit": int(limit)})
+    return pd.DataFrame(rows, columns=["post_id", "views", "impressions"])
