@@ -81,11 +81,16 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     drained = None
 
     loader = Loader(settings, _connect(settings))
+    # >>> dashboards (issue 11): subject rollups follow the loader; the runner calls this every few seconds.
+    from pipelines.subject_rollups import RefreshTimer
+    subject_refresh = RefreshTimer(_connect(settings))
+    # <<< dashboards
     last_report = time.monotonic()
     last_end_check = 0.0
     try:
         while not stopping:
             read = loader.load_batch()
+            subject_refresh.maybe(final=False)  # dashboards (issue 11)
             if end is not None and drained is None and time.monotonic() - last_end_check > 1.0:
                 last_end_check = time.monotonic()
                 if end.remaining() == 0:
@@ -100,6 +105,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             if ended and ended[0] is not None:
                 raise RuntimeError(f"the Flink job failed: {ended[0]}") from ended[0]
             if bounded and read == 0 and ended and loader.caught_up():
+                subject_refresh.maybe(final=True)  # dashboards (issue 11): the last rows rolled up too
                 break
     finally:
         if not ended:
@@ -114,6 +120,14 @@ def cmd_run(args, settings: Settings) -> int:
     stats = run_pipeline(settings, bounded=args.bounded)
     print(f"loaded {stats.events:,} events, {stats.rollups:,} post-minute rows; "
           f"{stats.dead_letters:,} records rejected to the dead-letter topic")
+    return 0
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from pipelines.serve import serve
+
+    print(f"dashboards API and live page on http://{args.host}:{args.port}/ (OpenAPI: /docs); Ctrl-C to stop")
+    serve(settings, host=args.host, port=args.port, ttl_s=args.ttl)
     return 0
 
 
@@ -251,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--tz", help="time zone of --from/--to and of the output (default: the subject's)")
     subject.add_argument("--minutes", action="store_true", help="also print the per-minute rows")
     subject.set_defaults(func=cmd_query_subject)
+
+    serve = sub.add_parser("serve", help="the read-only dashboards API and live page, on loopback")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--ttl", type=float, default=2.0, help="seconds identical requests share one answer")
+    serve.set_defaults(func=cmd_serve)
 
     dagster = sub.add_parser("dagster", help="the Dagster UI for backfills and reconciliation, on loopback")
     dagster.add_argument("--port", type=int, default=3000)

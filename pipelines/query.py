@@ -349,16 +349,15 @@ def grain_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
             "day_to": day_to}
 
 
-def subject_rollup_rows(client, subject, start: datetime, end: datetime):
-    """The fewest rollup rows covering [start, end), as a DataFrame (HEADLINE_COLUMNS)."""
-    import pandas as pd
-
+def subject_rollup_rows(client, subject, start: datetime, end: datetime) -> list[dict]:
+    """The fewest rollup rows covering [start, end) (HEADLINE_COLUMNS), oldest first."""
     rows = client.execute(query_text("subject_headline"), {"subject_id": subject.id, **grain_bounds(start, end)},
                           settings={"strings_as_bytes": True})
-    frame = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
-    frame["grain"] = frame.grain.map(lambda g: g.decode() if isinstance(g, bytes) else g)
-    frame["window_start"] = frame.window_start.map(_naive)
-    return frame
+    found = [dict(zip(HEADLINE_COLUMNS, row, strict=True)) for row in rows]
+    for row in found:
+        row["grain"] = row["grain"].decode() if isinstance(row["grain"], bytes) else row["grain"]
+        row["window_start"] = _naive(row["window_start"])
+    return found
 
 
 def subject_minute_rows(client, subject, start: datetime, end: datetime, grain: str = "minute"):
@@ -378,54 +377,57 @@ def subject_rollup_figures(client, subject, start: datetime, end: datetime, with
     rows, never the posts table. Exact counts; unique viewers and listeners as sketch unions."""
     import pandas as pd
 
-    frame = subject_rollup_rows(client, subject, start, end)
-    data = frame[frame.post_rows > 0]
-    if data.empty:
+    rows = subject_rollup_rows(client, subject, start, end)
+    data = [r for r in rows if r["post_rows"] > 0]
+    if not data:
         raise QueryError(
             f"no rows for subject {subject.id} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: "
             "check the range (times are in the subject's zone unless --tz says otherwise) and that the pipeline ran"
         )
-    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(data.unique_viewers_sketch))
-    subject_views, related_views = int(frame.subject_views.sum()), int(frame.views_of_posts_about.sum())
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(r["unique_viewers_sketch"] for r in data))
+    subject_views = sum(r["subject_views"] for r in rows)
+    related_views = sum(r["views_of_posts_about"] for r in rows)
     minutes = None
     if with_minutes:
-        detail = client.execute(query_text("subject_headline"), {
-            "subject_id": subject.id, **grain_bounds(start, end), "hour_from": _naive(end), "hour_to": _naive(end),
-            "day_from": _naive(end), "day_to": _naive(end)}, settings={"strings_as_bytes": True})
-        detail = pd.DataFrame(detail, columns=HEADLINE_COLUMNS)
-        detail = detail[detail.post_rows > 0]
-        bounds = [sketches.estimate_with_bounds(sketches.from_bytes(b)) for b in detail.unique_viewers_sketch]
+        edges = {**grain_bounds(start, end), **dict.fromkeys(("hour_from", "hour_to", "day_from", "day_to"),
+                                                               _naive(end))}
+        detail = client.execute(query_text("subject_headline"), {"subject_id": subject.id, **edges},
+                                settings={"strings_as_bytes": True})
+        detail = [dict(zip(HEADLINE_COLUMNS, r, strict=True)) for r in detail]
+        detail = [r for r in detail if r["post_rows"] > 0]
+        bounds = [sketches.estimate_with_bounds(sketches.from_bytes(r["unique_viewers_sketch"])) for r in detail]
         minutes = pd.DataFrame({
-            "window_start": detail.window_start, "subject_views": detail.subject_views,
-            "views_of_posts_about": detail.views_of_posts_about, "combined_views": detail.combined_views,
+            "window_start": [r["window_start"] for r in detail],
+            "subject_views": [r["subject_views"] for r in detail],
+            "views_of_posts_about": [r["views_of_posts_about"] for r in detail],
+            "combined_views": [r["combined_views"] for r in detail],
             "unique_viewers": [b[0] for b in bounds], "unique_viewers_lower": [b[1] for b in bounds],
-            "unique_viewers_upper": [b[2] for b in bounds]}).reset_index(drop=True)
+            "unique_viewers_upper": [b[2] for b in bounds]})
     listeners = None
     if subject.space_id:
-        ends = data.window_start + data.grain.map(GRAIN_LENGTH)
-        in_span = frame[(frame.window_start >= data.window_start.min()) & (frame.window_start < ends.max())]
-        listeners = _rollup_listeners(client, subject, in_span)
+        span_start = min(r["window_start"] for r in data)
+        span_end = max(r["window_start"] + GRAIN_LENGTH[r["grain"]] for r in data)
+        listeners = _rollup_listeners(client, subject, [r for r in rows if span_start <= r["window_start"] < span_end])
     return SubjectFigures(
         subject_id=subject.id, start=start, end=end, subject_views=subject_views,
-        posts_about=int(frame.posts_new.sum()), views_of_posts_about=related_views,
+        posts_about=sum(r["posts_new"] for r in rows), views_of_posts_about=related_views,
         combined_views=subject_views + related_views, unique_viewers=estimate, unique_viewers_lower=lower,
         unique_viewers_upper=upper, minutes=minutes, listeners=listeners, time_zone=subject.time_zone,
     )
 
 
-def _rollup_listeners(client, subject, frame) -> ListenerFigures:
+def _rollup_listeners(client, subject, rows: list[dict]) -> ListenerFigures:
     """Peak concurrent listeners (and its minute: the first minute at the peak) and unique
-    listeners over rollup rows of any grain."""
-    ordered = frame.sort_values("window_start")
-    peak = int(ordered.listeners.max()) if len(ordered) else 0
+    listeners over rollup rows of any grain (oldest first)."""
+    peak = max((r["listeners"] for r in rows), default=0)
     peak_minute = None
     if peak:
-        best = ordered[ordered.listeners == peak].iloc[0]
-        peak_minute = _utc_of(best.window_start.to_pydatetime())
-        if best.grain != "minute":  # which minute of the hour or day: its minute rows say
-            inside = subject_minute_rows(client, subject, peak_minute, peak_minute + GRAIN_LENGTH[best.grain])
+        best = next(r for r in rows if r["listeners"] == peak)
+        peak_minute = _utc_of(best["window_start"])
+        if best["grain"] != "minute":  # which minute of the hour or day: its minute rows say
+            inside = subject_minute_rows(client, subject, peak_minute, peak_minute + GRAIN_LENGTH[best["grain"]])
             peak_minute = _utc_of(inside[inside.listeners == peak].window_start.iloc[0].to_pydatetime())
-    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(ordered.unique_listeners_sketch))
+    estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(r["unique_listeners_sketch"] for r in rows))
     return ListenerFigures(
         space_id=subject.space_id, peak_listeners=peak, peak_minute=peak_minute, unique_listeners=estimate,
         unique_listeners_lower=lower, unique_listeners_upper=upper, minutes=None,

@@ -8,6 +8,7 @@ a 4xx JSON error naming the parameter; a ClickHouse outage a 503 with Retry-Afte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,9 @@ from pipelines.config import REPO_ROOT, Settings
 log = logging.getLogger("viewcount.serve")
 
 WEB_DIR = REPO_ROOT / "web"
+# The chart library, installed from npm by `make web` (package.json): served from here, never a CDN.
+CHART_DIR = REPO_ROOT / "node_modules" / "chart.js" / "dist"
+SWAGGER_DIR = REPO_ROOT / "node_modules" / "swagger-ui-dist"
 DEFAULT_TTL_S = 2.0
 RETRY_AFTER_S = 5
 # A dashboard range longer than this is a mistake (or an expensive question): ask for less.
@@ -128,10 +132,8 @@ class Database:
         client = getattr(self._local, "client", None)
         self._local.client = None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # it is being thrown away
                 client.disconnect()
-            except Exception:  # noqa: BLE001 - it is being thrown away
-                pass
 
 
 def _outage_types() -> tuple[type[BaseException], ...]:
@@ -284,12 +286,13 @@ def health_answer(client) -> dict:
 # --- the application --------------------------------------------------------------------------
 
 def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
-    from fastapi import FastAPI, Path as PathParam, Query, Request
+    from fastapi import FastAPI, Query, Request
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
 
-    app = FastAPI(title="viewcount dashboards API", version="1",
+    app = FastAPI(title="viewcount dashboards API", version="1", docs_url=None, redoc_url=None,
                   description="Read-only figures for dashboards, from the subject rollups. Times are local to "
                   "`tz` (default: the subject's zone); ranges are [from, to). Answers are cached for "
                   f"{ttl_s:g} s.")
@@ -393,6 +396,19 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
             return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    if SWAGGER_DIR.is_dir():  # /docs from npm's swagger-ui-dist, not FastAPI's default CDN
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        app.mount("/vendor/swagger-ui", StaticFiles(directory=SWAGGER_DIR), name="swagger-ui")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title,
+                                       swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+                                       swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+                                       swagger_favicon_url="/vendor/swagger-ui/favicon-32x32.png")
+    if CHART_DIR.is_dir():
+        app.mount("/vendor/chart.js", StaticFiles(directory=CHART_DIR), name="chart.js")
     return app
 
 

@@ -43,6 +43,9 @@ LISTENER_LOOKBACK = timedelta(milliseconds=HEARTBEAT_TIMEOUT_MS) + 2 * MINUTE
 MINUTES_PER_QUERY = 240
 PRESENCE_RUN_GAP = timedelta(minutes=30)
 EPOCH = datetime(1970, 1, 1)
+# How often the pipeline refreshes while it runs: a closed minute is in the rollups within the
+# stream's watermark + the loader's batch + this + one refresh (goal: 15 s).
+REFRESH_INTERVAL_S = 2.0
 
 ROLLUP_COLUMNS = (
     "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
@@ -362,6 +365,19 @@ def refresh(client, settings=None, subjects: dict[str, Subject] | None = None) -
     docstring). Cheap when little changed: call it after every loader batch."""
     del settings  # the client already points at the right database; kept for the runner's call
     return [refresh_subject(client, subject) for subject in (subjects or load_subjects()).values()]
+
+
+class RefreshTimer:
+    """Calls refresh at most every interval_s (the loader's batches come faster than that)."""
+
+    def __init__(self, client, interval_s: float = REFRESH_INTERVAL_S):
+        self.client, self.interval_s, self.last = client, interval_s, 0.0
+        self.reports: list[RefreshReport] = []
+
+    def maybe(self, final: bool = False) -> None:
+        if final or time.monotonic() - self.last >= self.interval_s:
+            self.last = time.monotonic()
+            self.reports = refresh(self.client)
 
 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:
