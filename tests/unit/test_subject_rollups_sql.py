@@ -53,7 +53,8 @@ def test_grain_bounds_cover_a_range_with_whole_days_hours_and_minute_edges():
     assert (b["hour_from"], b["day_from"], b["day_to"], b["hour_to"]) == (
         datetime(2024, 8, 13), datetime(2024, 8, 13), datetime(2024, 8, 15), datetime(2024, 8, 15, 2))
     short = query.grain_bounds(datetime(2024, 8, 13, 0, 13, tzinfo=UTC), datetime(2024, 8, 13, 0, 50, tzinfo=UTC))
-    assert short["hour_from"] == short["hour_to"] == short["day_from"] == short["day_to"] == datetime(2024, 8, 13, 0, 50)
+    edges = {short[name] for name in ("hour_from", "hour_to", "day_from", "day_to")}
+    assert edges == {datetime(2024, 8, 13, 0, 50)}
 
 
 def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak():
@@ -66,6 +67,7 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
                    unique_listeners_sketch=sketches.to_bytes(sketches.sketch_of([listeners])))
         return row
 
-    hour = subject_rollups.combine("s", "hour", datetime(2024, 8, 13), [minute(0, [1, 2], 5, 3), minute(1, [2, 3], 9, 4)])
+    parts = [minute(0, [1, 2], 5, 3), minute(1, [2, 3], 9, 4)]
+    hour = subject_rollups.combine("s", "hour", datetime(2024, 8, 13), parts)
     assert (hour["subject_views"], hour["listeners"], hour["posts_total"]) == (2, 9, 4)
     assert round(sketches.from_bytes(hour["unique_viewers_sketch"]).get_estimate()) == 3
