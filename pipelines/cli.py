@@ -203,6 +203,14 @@ def cmd_demo(args, settings: Settings) -> int:
     # The night is over: rebuild its hours from the archive, as the hourly backfill would,
     # so events that came later than the stream's watermark are counted too.
     rebuilt = [rebuild_hour(client, hour) for hour in hours_with_events(client)]
+    # dashboards (issue 11): the subject rollups of the rebuilt hours follow (REPLACE PARTITION
+    # bypasses the change log the refresh reads), as the hourly Dagster job does.
+    from pipelines import subject_rollups
+    from pipelines.subjects import load_subjects as _subjects
+
+    for tracked in _subjects().values():
+        for report in rebuilt:
+            subject_rollups.rebuild_hour(client, tracked, report.hour_start)
     subject = query.post_figures(client, SUBJECT_POST_ID)
     totals = query.all_posts_totals(client)
     print()
@@ -230,6 +238,7 @@ def cmd_demo(args, settings: Settings) -> int:
           f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
     print(f"  viewcount query post {SUBJECT_POST_ID}")
     print('  viewcount query subject space-2024-08-12 --from "2024-08-12 19:47" --to "2024-08-12 22:47" --minutes')
+    print("  viewcount serve    # the live page on http://127.0.0.1:8000/ (API docs: /docs)")
     print("  make down    # stop Kafka and ClickHouse")
     return 0
 
