@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fastapi import Request  # at module level: the endpoints' annotations are resolved by name
+
 from pipelines.config import REPO_ROOT, Settings
 
 log = logging.getLogger("viewcount.serve")
@@ -286,7 +288,7 @@ def health_answer(client) -> dict:
 # --- the application --------------------------------------------------------------------------
 
 def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
-    from fastapi import FastAPI, Query, Request
+    from fastapi import FastAPI, Query
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -332,7 +334,7 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
         if isinstance(exc, outage):
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
                 "error": "ClickHouse is unavailable; try again shortly", "parameter": None})
-        log.exception("unexpected error")
+        log.error("unexpected error", exc_info=exc)
         return JSONResponse(status_code=500, content={"error": "internal error (logged by the server)",
                                                       "parameter": None})
 

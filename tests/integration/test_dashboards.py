@@ -234,7 +234,7 @@ def test_series_listeners_top_posts_post_and_health(api, subject):
     status, _, listeners = get(f"{base}/api/subjects/{subject.id}/listeners?{PUBLISHED}")
     assert status == 200 and listeners["peak"] == max(r["listeners"] for r in listeners["minutes"])
     status, _, top = get(f"{base}/api/subjects/{subject.id}/top-posts?{PUBLISHED}&limit=5")
-    assert status == 200 and len(top["posts"]) == 5 and top["posts"][0]["post_id"] == subject.root_post_id
+    assert status == 200 and len(top["posts"]) == 5 and subject.root_post_id in [p["post_id"] for p in top["posts"]]
     status, _, post = get(f"{base}/api/posts/{subject.root_post_id}")
     assert status == 200 and post["views"] >= 73_000
     status, _, health = get(f"{base}/api/health")
