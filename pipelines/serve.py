@@ -9,6 +9,7 @@ a 4xx JSON error naming the parameter; a ClickHouse outage a 503 with Retry-Afte
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -67,6 +68,13 @@ class SingleFlightCache:
         self._in_flight: dict[str, threading.Event] = {}
         self._errors: dict[str, BaseException] = {}
         self.computations = 0
+
+    def fresh(self, key: str) -> Answer | None:
+        """The cached answer if still fresh, without waiting (the event loop's fast path)."""
+        answer = self._answers.get(key)
+        if answer is not None and time.monotonic() - answer.made_at < self.ttl_s:
+            return answer
+        return None
 
     def get(self, key: str, compute: Callable[[], object]) -> Answer:
         while True:
@@ -148,10 +156,15 @@ def _outage_types() -> tuple[type[BaseException], ...]:
 
 # --- request parameters -----------------------------------------------------------------------
 
-def _subject(subject_id: str):
+@functools.cache
+def _subjects() -> dict:
     from pipelines.subjects import load_subjects
 
-    subjects = load_subjects()
+    return load_subjects()
+
+
+def _subject(subject_id: str):
+    subjects = _subjects()
     if subject_id not in subjects:
         raise ApiError(404, "subject_id", f"no subject {subject_id!r}; known subjects: {', '.join(sorted(subjects))}")
     return subjects[subject_id]
@@ -196,10 +209,8 @@ def _local(moment: datetime | None, zone: ZoneInfo) -> str | None:
 # --- answers ----------------------------------------------------------------------------------
 
 def subjects_answer() -> list[dict]:
-    from pipelines.subjects import load_subjects
-
     return [{"id": s.id, "name": s.name, "root_post_id": s.root_post_id, "space_id": s.space_id,
-             "tags": list(s.tags), "time_zone": s.time_zone} for s in load_subjects().values()]
+             "tags": list(s.tags), "time_zone": s.time_zone} for s in _subjects().values()]
 
 
 def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneInfo) -> dict:
@@ -293,6 +304,7 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="viewcount dashboards API", version="1", docs_url=None, redoc_url=None,
                   description="Read-only figures for dashboards, from the subject rollups. Times are local to "
@@ -303,10 +315,12 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     app.state.cache, app.state.database = cache, database
     outage = _outage_types()
 
-    def answer(request: Request, compute: Callable[[], object]) -> Response:
+    async def answer(request: Request, compute: Callable[[], object]) -> Response:
         key = request.url.path + "?" + "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
         try:
-            found = cache.get(key, compute)
+            # A fresh answer is sent from the event loop; a miss waits for its computation (or
+            # for the one already running) in a worker thread.
+            found = cache.fresh(key) or await run_in_threadpool(cache.get, key, compute)
         except outage as exc:
             database.forget()
             log.warning("ClickHouse unavailable: %s", exc)
@@ -344,53 +358,53 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     tz_q = Query(None, description="IANA time zone of from/to and of the answer (default: the subject's)")
 
     @app.get("/api/subjects", summary="tracked subjects")
-    def subjects(request: Request):
-        return answer(request, subjects_answer)
+    async def subjects(request: Request):
+        return await answer(request, subjects_answer)
 
     @app.get("/api/subjects/{subject_id}/figures", summary="a subject's headline figures for a range, with bounds")
-    def figures(request: Request, subject_id: str = subject_path, start: str | None = from_q,
+    async def figures(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                 end: str | None = to_q, tz: str | None = tz_q):
         subject = _subject(subject_id)
         zone = _zone(tz, subject.time_zone)
         lo, hi = _range(start, end, zone)
-        return answer(request, lambda: figures_answer(database.client(), subject, lo, hi, zone))
+        return await answer(request, lambda: figures_answer(database.client(), subject, lo, hi, zone))
 
     @app.get("/api/subjects/{subject_id}/series", summary="a subject's minute or hour series")
-    def series(request: Request, subject_id: str = subject_path, start: str | None = from_q,
+    async def series(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                end: str | None = to_q, tz: str | None = tz_q,
                grain: str = Query("minute", pattern="^(minute|hour)$", description="minute or hour")):
         subject = _subject(subject_id)
         zone = _zone(tz, subject.time_zone)
         lo, hi = _range(start, end, zone)
-        return answer(request, lambda: series_answer(database.client(), subject, lo, hi, grain, zone))
+        return await answer(request, lambda: series_answer(database.client(), subject, lo, hi, grain, zone))
 
     @app.get("/api/subjects/{subject_id}/listeners", summary="concurrent listeners of the subject's Space per minute")
-    def listeners(request: Request, subject_id: str = subject_path, start: str | None = from_q,
+    async def listeners(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                   end: str | None = to_q, tz: str | None = tz_q):
         subject = _subject(subject_id)
         zone = _zone(tz, subject.time_zone)
         lo, hi = _range(start, end, zone)
-        return answer(request, lambda: listeners_answer(database.client(), subject, lo, hi, zone))
+        return await answer(request, lambda: listeners_answer(database.client(), subject, lo, hi, zone))
 
     @app.get("/api/subjects/{subject_id}/top-posts", summary="the subject's most viewed posts")
-    def top_posts(request: Request, subject_id: str = subject_path, start: str | None = from_q,
+    async def top_posts(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                   end: str | None = to_q, tz: str | None = tz_q,
                   limit: int = Query(10, ge=1, le=MAX_TOP_POSTS)):
         subject = _subject(subject_id)
         zone = _zone(tz, subject.time_zone)
         lo, hi = _range(start, end, zone)
-        return answer(request, lambda: top_posts_answer(database.client(), subject, lo, hi, limit))
+        return await answer(request, lambda: top_posts_answer(database.client(), subject, lo, hi, limit))
 
     @app.get("/api/posts/{post_id}", summary="a post's views, impressions and unique viewers")
-    def post(request: Request, post_id: int = PathParam(ge=1), start: str | None = from_q,
+    async def post(request: Request, post_id: int = PathParam(ge=1), start: str | None = from_q,
              end: str | None = to_q, tz: str | None = Query("UTC")):
         zone = _zone(tz, "UTC")
         lo, hi = _range(start, end, zone)
-        return answer(request, lambda: post_answer(database.client(), post_id, lo, hi))
+        return await answer(request, lambda: post_answer(database.client(), post_id, lo, hi))
 
     @app.get("/api/health", summary="ClickHouse reachable; how far behind real time each subject's rollups are")
-    def health(request: Request):
-        return answer(request, lambda: health_answer(database.client()))
+    async def health(request: Request):
+        return await answer(request, lambda: health_answer(database.client()))
 
     if (WEB_DIR / "index.html").is_file():
         @app.get("/", include_in_schema=False)

@@ -45,7 +45,7 @@ PRESENCE_RUN_GAP = timedelta(minutes=30)
 EPOCH = datetime(1970, 1, 1)
 # How often the pipeline refreshes while it runs: a closed minute is in the rollups within the
 # stream's watermark + the loader's batch + this + one refresh (goal: 15 s).
-REFRESH_INTERVAL_S = 2.0
+REFRESH_INTERVAL_S = 1.0
 
 ROLLUP_COLUMNS = (
     "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
