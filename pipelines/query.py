@@ -316,7 +316,7 @@ GRAIN_LENGTH = {"minute": timedelta(minutes=1), "hour": HOUR, "day": DAY}
 HEADLINE_COLUMNS = [
     "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
     "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
-    "unique_viewers_sketch", "listeners", "unique_listeners_sketch",
+    "unique_viewers_sketch", "listeners", "peak_minute", "unique_listeners_sketch",
 ]
 
 
@@ -421,12 +421,8 @@ def _rollup_listeners(client, subject, rows: list[dict]) -> ListenerFigures:
     listeners over rollup rows of any grain (oldest first)."""
     peak = max((r["listeners"] for r in rows), default=0)
     peak_minute = None
-    if peak:
-        best = next(r for r in rows if r["listeners"] == peak)
-        peak_minute = _utc_of(best["window_start"])
-        if best["grain"] != "minute":  # which minute of the hour or day: its minute rows say
-            inside = subject_minute_rows(client, subject, peak_minute, peak_minute + GRAIN_LENGTH[best["grain"]])
-            peak_minute = _utc_of(inside[inside.listeners == peak].window_start.iloc[0].to_pydatetime())
+    if peak:  # an hour or day row knows the minute of its peak
+        peak_minute = _utc_of(next(r for r in rows if r["listeners"] == peak)["peak_minute"])
     estimate, lower, upper = sketches.estimate_with_bounds(sketches.union(r["unique_listeners_sketch"] for r in rows))
     return ListenerFigures(
         space_id=subject.space_id, peak_listeners=peak, peak_minute=peak_minute, unique_listeners=estimate,

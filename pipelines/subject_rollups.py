@@ -50,7 +50,7 @@ REFRESH_INTERVAL_S = 1.0
 ROLLUP_COLUMNS = (
     "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
     "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
-    "unique_viewers_sketch", "unique_viewers", "listeners", "unique_listeners_sketch", "version",
+    "unique_viewers_sketch", "unique_viewers", "listeners", "peak_minute", "unique_listeners_sketch", "version",
 )
 COUNT_COLUMNS = ("subject_views", "subject_impressions", "posts_new", "views_of_posts_about",
                  "impressions_of_posts_about", "combined_views", "impressions", "post_rows")
@@ -147,7 +147,8 @@ def attribute_new_posts(client, subject: Subject, since: datetime) -> dict[int, 
 def _empty_row(subject: Subject, grain: str, window_start: datetime) -> dict:
     row = dict.fromkeys(COUNT_COLUMNS, 0)
     row.update(subject_id=subject.id, grain=grain, window_start=window_start, posts_total=0,
-               unique_viewers_sketch=b"", unique_viewers=0.0, listeners=0, unique_listeners_sketch=b"")
+               unique_viewers_sketch=b"", unique_viewers=0.0, listeners=0, peak_minute=window_start,
+               unique_listeners_sketch=b"")
     return row
 
 
@@ -228,6 +229,7 @@ def _decoded(row: dict) -> dict:
         if isinstance(row[name], bytes):
             row[name] = row[name].decode()
     row["window_start"] = naive_utc(row["window_start"])
+    row["peak_minute"] = naive_utc(row["peak_minute"])
     return row
 
 
@@ -289,6 +291,8 @@ def combine(subject_id: str, grain: str, window_start: datetime, parts: list[dic
         unique_viewers_sketch=sketches.to_bytes(viewers) if row["post_rows"] else b"",
         unique_viewers=viewers.get_estimate() if row["post_rows"] else 0.0,
         listeners=max(p["listeners"] for p in parts),
+        # The first window at the peak (ties: the earliest), and its own peak minute.
+        peak_minute=min(parts, key=lambda p: (-p["listeners"], p["window_start"]))["peak_minute"],
         unique_listeners_sketch=sketches.to_bytes(sketches.union(listeners)) if listeners else b"",
     )
     return row

@@ -20,7 +20,8 @@ ORDER BY (subject_id, post_id)
 -- Exact counts; the union sketches of the conversation's viewers (root + posts about it) and of
 -- the Space's listeners as DataSketches HLL compact bytes (merged in Python, never summed).
 -- listeners: concurrent listeners of the subject's Space in the minute; for an hour or a day the
--- peak of its minutes. posts_total: posts about the subject created before the window's end.
+-- peak of its minutes, reached first at peak_minute. posts_total: posts about the subject
+-- created before the window's end.
 -- post_rows: the conversation's post_minute rows in the window (0: only listeners or new posts).
 -- A window written again (refresh, hourly rebuild) carries a higher version: read with FINAL.
 CREATE TABLE IF NOT EXISTS subject_rollup
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS subject_rollup
     unique_viewers_sketch String,
     unique_viewers Float64,
     listeners UInt64,
+    peak_minute DateTime,
     unique_listeners_sketch String,
     version UInt64
 )

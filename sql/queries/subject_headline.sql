@@ -4,7 +4,7 @@
 -- Counts are sums of these rows; unique viewers and listeners are unions of their sketches.
 SELECT grain, window_start, subject_views, subject_impressions, posts_new, posts_total, views_of_posts_about,
        impressions_of_posts_about, combined_views, impressions, post_rows, unique_viewers_sketch, listeners,
-       unique_listeners_sketch
+       peak_minute, unique_listeners_sketch
 FROM subject_rollup FINAL
 WHERE subject_id = %(subject_id)s
   AND window_start >= %(from)s AND window_start < %(to)s

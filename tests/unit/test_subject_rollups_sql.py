@@ -63,6 +63,7 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
     def minute(m: int, viewers: list[int], listeners: int, total: int) -> dict:
         row = dict.fromkeys(subject_rollups.COUNT_COLUMNS, 1)
         row.update(window_start=datetime(2024, 8, 13, 0, m), posts_total=total, listeners=listeners,
+                   peak_minute=datetime(2024, 8, 13, 0, m),
                    unique_viewers_sketch=sketches.to_bytes(sketches.sketch_of(viewers)),
                    unique_listeners_sketch=sketches.to_bytes(sketches.sketch_of([listeners])))
         return row
@@ -70,4 +71,5 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
     parts = [minute(0, [1, 2], 5, 3), minute(1, [2, 3], 9, 4)]
     hour = subject_rollups.combine("s", "hour", datetime(2024, 8, 13), parts)
     assert (hour["subject_views"], hour["listeners"], hour["posts_total"]) == (2, 9, 4)
+    assert hour["peak_minute"] == datetime(2024, 8, 13, 0, 1)
     assert round(sketches.from_bytes(hour["unique_viewers_sketch"]).get_estimate()) == 3
