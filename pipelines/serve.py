@@ -8,6 +8,7 @@ a 4xx JSON error naming the parameter; a ClickHouse outage a 503 with Retry-Afte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -36,6 +37,8 @@ RETRY_AFTER_S = 5
 # A dashboard range longer than this is a mistake (or an expensive question): ask for less.
 MAX_RANGE = timedelta(days=31)
 MAX_TOP_POSTS = 100
+# An expired answer younger than this many TTLs is sent while its successor is computed.
+STALE_LIMIT_TTLS = 5
 
 
 class ApiError(Exception):
@@ -68,6 +71,13 @@ class SingleFlightCache:
         self._in_flight: dict[str, threading.Event] = {}
         self._errors: dict[str, BaseException] = {}
         self.computations = 0
+
+    def latest(self, key: str) -> Answer | None:
+        """The last answer of key, however old (None if there never was one)."""
+        return self._answers.get(key)
+
+    def in_flight(self, key: str) -> bool:
+        return key in self._in_flight
 
     def fresh(self, key: str) -> Answer | None:
         """The cached answer if still fresh, without waiting (the event loop's fast path)."""
@@ -129,13 +139,22 @@ class Database:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._local = threading.local()
+        self.queries = 0  # ClickHouse queries sent (connection checks included)
 
     def client(self):
         from pipelines.clickhouse import connect_dashboard
 
         client = getattr(self._local, "client", None)
         if client is None:
+            self.queries += 1  # the connection's check
             client = self._local.client = connect_dashboard(self.settings)
+            execute = client.execute
+
+            def counted(*args, **kwargs):
+                self.queries += 1
+                return execute(*args, **kwargs)
+
+            client.execute = counted
         return client
 
     def forget(self) -> None:
@@ -314,19 +333,34 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     cache = SingleFlightCache(ttl_s)
     app.state.cache, app.state.database = cache, database
     outage = _outage_types()
+    revalidations: set = set()
 
     async def answer(request: Request, compute: Callable[[], object]) -> Response:
         key = request.url.path + "?" + "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
         try:
-            # A fresh answer is sent from the event loop; a miss waits for its computation (or
-            # for the one already running) in a worker thread.
-            found = cache.fresh(key) or await run_in_threadpool(cache.get, key, compute)
+            # A fresh answer is sent from the event loop. An expired one is still sent while one
+            # worker thread computes its successor (stale-while-revalidate): pollers never queue
+            # behind a computation. Only a first request, or one long after the last, waits.
+            found = cache.fresh(key)
+            if found is None:
+                stale = cache.latest(key)
+                if stale is not None and time.monotonic() - stale.made_at < STALE_LIMIT_TTLS * cache.ttl_s:
+                    if not cache.in_flight(key):
+                        revalidations.add(asyncio.ensure_future(run_in_threadpool(cache.get, key, compute)))
+                        for task in [t for t in revalidations if t.done()]:
+                            revalidations.discard(task)
+                            if task.exception() is not None:
+                                log.warning("refreshing %s failed: %s", key, task.exception())
+                    found = stale
+                else:
+                    found = await run_in_threadpool(cache.get, key, compute)
         except outage as exc:
             database.forget()
             log.warning("ClickHouse unavailable: %s", exc)
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
                 "error": "ClickHouse is unavailable; try again shortly", "parameter": None})
-        headers = {"Cache-Control": f"public, max-age={max(1, int(ttl_s))}", "ETag": found.etag}
+        headers = {"Cache-Control": f"public, max-age={max(1, int(ttl_s))}, "
+                   f"stale-while-revalidate={max(1, int(STALE_LIMIT_TTLS * ttl_s))}", "ETag": found.etag}
         if request.headers.get("if-none-match") == found.etag:
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type="application/json", headers=headers)
