@@ -42,6 +42,8 @@ LISTENER_LOOKBACK = timedelta(milliseconds=HEARTBEAT_TIMEOUT_MS) + 2 * MINUTE
 # Minutes computed per query (the IN list), and gaps that split presence reads into runs.
 MINUTES_PER_QUERY = 240
 PRESENCE_RUN_GAP = timedelta(minutes=30)
+# Post ids per IN list: 10,000 ids are about 100 KB of query text (max_query_size is 256 KiB).
+IDS_PER_QUERY = 10_000
 EPOCH = datetime(1970, 1, 1)
 # How often the pipeline refreshes while it runs: a closed minute is in the rollups within the
 # stream's watermark + the loader's batch + this + one refresh (goal: 15 s).
@@ -92,10 +94,12 @@ class RefreshReport:
 # --- attribution ------------------------------------------------------------------------------
 
 def _members_among(client, subject: Subject, post_ids: Iterable[int]) -> set[int]:
-    ids = tuple(sorted(set(post_ids)))
-    if not ids:
-        return set()
-    return {pid for (pid,) in client.execute(sql("members_among"), {"subject_id": subject.id, "post_ids": ids})}
+    ids = sorted(set(post_ids))
+    found: set[int] = set()
+    for i in range(0, len(ids), IDS_PER_QUERY):  # the IN list counts against max_query_size
+        found |= {pid for (pid,) in client.execute(sql("members_among"), {
+            "subject_id": subject.id, "post_ids": tuple(ids[i:i + IDS_PER_QUERY])})}
+    return found
 
 
 def _write_members(client, subject: Subject, created: dict[int, datetime]) -> None:
@@ -130,9 +134,12 @@ def attribute_new_posts(client, subject: Subject, since: datetime) -> dict[int, 
                 changed = True
     frontier = dict(new)
     while frontier:  # posts that arrived before what they answer, down the tree
-        ids = tuple(sorted(frontier))
-        found = client.execute(sql("children"), {"post_ids": ids, "post_id_array": list(ids),
-                                                  "created_from": min(frontier.values())})
+        ids = sorted(frontier)
+        found = []
+        for i in range(0, len(ids), IDS_PER_QUERY):
+            chunk = ids[i:i + IDS_PER_QUERY]
+            found += client.execute(sql("children"), {"post_ids": tuple(chunk), "post_id_array": chunk,
+                                                      "created_from": min(frontier[p] for p in chunk)})
         unseen = {pid: naive_utc(at) for pid, at in found if pid not in new and pid != subject.root_post_id}
         unseen = {pid: at for pid, at in unseen.items() if pid not in _members_among(client, subject, unseen)}
         new.update(unseen)
@@ -333,8 +340,8 @@ def _presence_minutes(event_minutes: Iterable[datetime]) -> set[datetime]:
 def _minutes_of_posts(client, post_ids: Iterable[int]) -> set[datetime]:
     ids = sorted(set(post_ids))
     found: set[datetime] = set()
-    for i in range(0, len(ids), 10_000):
-        found |= _minutes(client.execute(sql("minutes_of_posts"), {"post_ids": tuple(ids[i:i + 10_000])}))
+    for i in range(0, len(ids), IDS_PER_QUERY):
+        found |= _minutes(client.execute(sql("minutes_of_posts"), {"post_ids": tuple(ids[i:i + IDS_PER_QUERY])}))
     return found
 
 

@@ -1,5 +1,5 @@
 -- Minutes whose post_minute rows of the subject's conversation (its root and subject_posts)
--- were written since %(since)s (rollup_changes, filled on every insert into post_minute).
+-- were written since `since` (rollup_changes, filled on every insert into post_minute).
 SELECT DISTINCT window_start
 FROM rollup_changes
 WHERE source = 'post_minute' AND changed_at >= %(since)s

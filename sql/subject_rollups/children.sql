@@ -1,5 +1,5 @@
--- Posts replying to, quoting or linking any of %(post_ids)s (%(post_id_array)s: the same ids as
--- an array). A reply is created after what it answers: only posts created since %(created_from)s.
+-- Posts replying to, quoting or linking any of the given posts (post_ids, and post_id_array: the
+-- same ids as an array). A reply is created after what it answers: only posts created since then.
 SELECT post_id, created_at
 FROM posts FINAL
 WHERE created_at >= %(created_from)s
