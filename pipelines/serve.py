@@ -123,6 +123,39 @@ class SingleFlightCache:
             done.set()
 
 
+def cache_key(path: str, query_pairs) -> str:
+    """One key per distinct request: the path and its query parameters, sorted."""
+    return path + "?" + "&".join(sorted(f"{k}={v}" for k, v in query_pairs))
+
+
+class FreshAnswers:
+    """ASGI middleware: a GET under /api/ whose answer is fresh in the cache is sent from here,
+    before routing and parameter validation (most of a poller's cost); the rest go on."""
+
+    def __init__(self, app, cache: SingleFlightCache, headers: Callable[[Answer], dict]):
+        self.app, self.cache, self.headers = app, cache, headers
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/api/"):
+            from urllib.parse import parse_qsl
+
+            query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            found = self.cache.fresh(cache_key(scope["path"], query))
+            if found is not None:
+                headers = self.headers(found)
+                match = any(k == b"if-none-match" and v.decode("latin-1") == found.etag for k, v in scope["headers"])
+                raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+                if match:
+                    await send({"type": "http.response.start", "status": 304, "headers": raw})
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(found.body)).encode())]
+                    await send({"type": "http.response.start", "status": 200, "headers": raw})
+                    await send({"type": "http.response.body", "body": found.body})
+                return
+        await self.app(scope, receive, send)
+
+
 def _json_default(value):
     if isinstance(value, datetime):
         return value.isoformat()
@@ -335,8 +368,14 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     outage = _outage_types()
     revalidations: set = set()
 
+    def answer_headers(found: Answer) -> dict:
+        return {"Cache-Control": f"public, max-age={max(1, int(ttl_s))}, "
+                f"stale-while-revalidate={max(1, int(STALE_LIMIT_TTLS * ttl_s))}", "ETag": found.etag}
+
+    app.add_middleware(FreshAnswers, cache=cache, headers=answer_headers)
+
     async def answer(request: Request, compute: Callable[[], object]) -> Response:
-        key = request.url.path + "?" + "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
+        key = cache_key(request.url.path, request.query_params.multi_items())
         try:
             # A fresh answer is sent from the event loop. An expired one is still sent while one
             # worker thread computes its successor (stale-while-revalidate): pollers never queue
@@ -359,8 +398,7 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
             log.warning("ClickHouse unavailable: %s", exc)
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
                 "error": "ClickHouse is unavailable; try again shortly", "parameter": None})
-        headers = {"Cache-Control": f"public, max-age={max(1, int(ttl_s))}, "
-                   f"stale-while-revalidate={max(1, int(STALE_LIMIT_TTLS * ttl_s))}", "ETag": found.etag}
+        headers = answer_headers(found)
         if request.headers.get("if-none-match") == found.etag:
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type="application/json", headers=headers)
