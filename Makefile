@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean
+.PHONY: cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,7 +73,7 @@ migrate: venv ## apply pending ClickHouse migrations
 demo: up ## the reference night at 1:1000 through Kafka -> Flink -> ClickHouse, figures printed from ClickHouse
 	$(BIN)/viewcount demo
 
-test: lint up ## lint (ruff), then every test: unit, integration and end-to-end against the local stack
+test: lint up web browser ## lint (ruff), then every test: unit, integration, end-to-end and the live page in chromium, against the local stack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv jars ## unit tests only (no services)
@@ -86,6 +86,7 @@ bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
 	$(BIN)/python -m bench.backfill --scale 200 --runs 3
 	$(BIN)/python -m bench.collector --seconds 8
+	$(BIN)/python -m bench.dashboards --scale 100 --unrelated-posts 1000000
 
 profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
 	$(BIN)/python -m bench.profile --scale 2000
@@ -101,6 +102,21 @@ lint: venv ## ruff
 
 dagster: up ## the Dagster UI on 127.0.0.1:3000 against the local stack (backfills, hourly reconciliation)
 	$(BIN)/viewcount dagster
+
+web: node_modules/.installed ## the live page's chart library from npm (package.json), served locally: no CDN
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: apt-get install -y npm"; exit 1; }
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+browser: ## Debian's chromium and chromium-driver (apt), if missing: the live page's browser test
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+serve: up web ## the dashboards API and live page on http://127.0.0.1:8000/ (OpenAPI at /docs)
+	$(BIN)/viewcount serve
 
 clean: down ## stop services and delete all local state (data, jars, venv)
 	rm -rf $(STATE) $(VENV)

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
+from dagster_project.assets import (
+    post_minute_reconciliation,
+    post_minute_rollups,
+    subject_rollup_reconciliation,
+    subject_rollups,
+)
 from dagster_project.resources import resources
 from dagster_project.schedules import reconcile_hourly, reconcile_job
 
@@ -10,7 +15,7 @@ from dagster_project.schedules import reconcile_hourly, reconcile_job
 def rollups() -> dg.Definitions:
     """The rollups domain: rebuild from the archive, reconcile with the stream, hourly."""
     return dg.Definitions(
-        assets=[post_minute_rollups, post_minute_reconciliation],
+        assets=[post_minute_rollups, post_minute_reconciliation, subject_rollup_reconciliation, subject_rollups],
         jobs=[reconcile_job],
         schedules=[reconcile_hourly],
     )

@@ -16,9 +16,14 @@ from pipelines.tables import (  # noqa: F401 - the table names, re-exported for 
     POST_SURFACE_MINUTE,
     POSTS,
     SPACE_PRESENCE,
+    SUBJECT_POSTS,
+    SUBJECT_REFRESH_STATE,
+    SUBJECT_ROLLUP,
     WRITABLE_TABLES,
 )
 
+# The read-only ClickHouse user dashboards (viewcount serve) connect as (stack/clickhouse/users.xml).
+DASHBOARD_USER = ("dashboard", "dashboard")
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"
@@ -66,6 +71,13 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
                 ) from exc
             raise
     return client
+
+
+def connect_dashboard(settings: Settings, check: bool = True):
+    """The one way dashboards reach ClickHouse: read-only, as the dashboard user, in the
+    configured database. Where dashboards read from is decided here and nowhere else."""
+    user, password = DASHBOARD_USER
+    return connect(settings, user=user, password=password, check=check)
 
 
 def sibling(client):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pipelines import rollup_job, streams
 from pipelines.config import Settings
 from pipelines.loader import Loader, LoaderStats
+from pipelines.subject_rollups import RefreshTimer
 
 log = logging.getLogger("viewcount.runner")
 # A bounded run gives up when ClickHouse's consumers commit nothing for this long after the job ended.
@@ -106,6 +107,8 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
              f", on the cluster at {settings.flink_cluster}" if settings.flink_cluster else "")
     watch = _JobWatch(result)
     loader = Loader(settings, client)
+    # The subject rollups (dashboards) follow what the loaders wrote, every few seconds.
+    subject_refresh = RefreshTimer(connect(settings))
     progress = _Progress(report_every_s)
     drained = None
     clickhouse: streams.Progress | None = None
@@ -113,6 +116,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     try:
         while not stopping.is_set():
             read = loader.load_batch()
+            subject_refresh.maybe()
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
             if end is not None and drained is None and left == 0:
@@ -136,6 +140,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                         f"{now_left:,} records left: see {settings.clickhouse.describe()}'s log "
                         "(.state/clickhouse/log/) and `SELECT * FROM system.tables WHERE engine = 'Kafka'`")
                 if now_left == 0 and read == 0 and loader.caught_up():
+                    subject_refresh.maybe(final=True)  # the last rows rolled up too
                     break
             if progress.due():
                 if clickhouse is not None:

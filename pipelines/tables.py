@@ -16,6 +16,10 @@ DEAD_LETTERS = "dead_letters"
 SPACE_PRESENCE = "space_presence"
 POST_SURFACE_MINUTE = "post_surface_minute"
 POST_HOUR = "post_hour"
+# Subject rollups (pipelines/subject_rollups.py, migration 0010).
+SUBJECT_POSTS = "subject_posts"
+SUBJECT_ROLLUP = "subject_rollup"
+SUBJECT_REFRESH_STATE = "subject_refresh_state"
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
@@ -30,7 +34,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset(TABLE_COLUMNS)
+WRITABLE_TABLES = frozenset({*TABLE_COLUMNS, SUBJECT_POSTS, SUBJECT_ROLLUP, SUBJECT_REFRESH_STATE})
 EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]
 POST_MINUTE_COLUMNS = TABLE_COLUMNS[POST_MINUTE]
 POST_HOUR_COLUMNS = TABLE_COLUMNS[POST_HOUR]

@@ -10,9 +10,9 @@ from dagster_project.partitions import hourly
 def test_definitions_load_with_assets_check_and_schedule():
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "post_minute_rollups", "post_minute_reconciliation"}
+        "post_minute_rollups", "post_minute_reconciliation", "subject_rollup_reconciliation", "subject_rollups"}
     checks = {key.name for key in graph.asset_check_keys}
-    assert checks == {"stream_agrees_with_archive"}
+    assert checks == {"stream_agrees_with_archive", "subject_rollups_agree_with_sources"}
     schedule = defs.resolve_schedule_def("reconcile_closed_hour_schedule")
     assert schedule.cron_schedule == "15 * * * *"
 

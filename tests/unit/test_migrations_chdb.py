@@ -35,7 +35,9 @@ def migrated(session):
 def test_every_migration_statement_runs_on_current_clickhouse(migrated):
     tables = migrated.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
     assert str(tables).split() == [f'"{name}"' for name in (
-        "dead_letters", "events_raw", "post_hour", "post_minute", "post_surface_minute", "posts", "space_presence")]
+        "dead_letters", "events_raw", "post_hour", "post_minute", "post_minute_changes", "post_surface_minute",
+        "posts", "posts_changes", "rollup_changes", "space_presence", "space_presence_changes", "subject_posts",
+        "subject_refresh_state", "subject_rollup")]
 
 
 def test_a_higher_version_replaces_a_window_row(migrated):

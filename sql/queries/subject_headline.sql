@@ -1,0 +1,15 @@
+-- A subject's rollup rows covering [from, to) with as few rows as possible: whole UTC days from
+-- the day rows, whole hours from the hour rows, the edges from the minute rows (pipelines.query
+-- computes the bounds: from <= hour_from <= day_from <= day_to <= hour_to <= to).
+-- Counts are sums of these rows; unique viewers and listeners are unions of their sketches.
+SELECT grain, window_start, subject_views, subject_impressions, posts_new, posts_total, views_of_posts_about,
+       impressions_of_posts_about, combined_views, impressions, post_rows, unique_viewers_sketch, listeners,
+       peak_minute, unique_listeners_sketch
+FROM subject_rollup FINAL
+WHERE subject_id = %(subject_id)s
+  AND window_start >= %(from)s AND window_start < %(to)s
+  AND ((grain = 'day' AND window_start >= %(day_from)s AND window_start < %(day_to)s)
+    OR (grain = 'hour' AND ((window_start >= %(hour_from)s AND window_start < %(day_from)s)
+                            OR (window_start >= %(day_to)s AND window_start < %(hour_to)s)))
+    OR (grain = 'minute' AND (window_start < %(hour_from)s OR window_start >= %(hour_to)s)))
+ORDER BY window_start

@@ -1,0 +1,75 @@
+"""The subject rollups' SQL runs on current ClickHouse too (chdb), and their pure parts behave."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines import migrate, query, subject_rollups
+
+chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
+
+VALUES = {
+    "subject_id": "'space-2024-08-12'", "grain": "'minute'", "root_post_id": "1", "space_id": "1", "limit": "10",
+    "post_ids": "(1, 2)", "post_id_array": "[1, 2]", "minutes": "('2024-08-12 23:47:00')",
+}
+
+
+def _value(name: str) -> str:
+    return VALUES.get(name, "'2024-08-12 23:47:00'")  # every other parameter is a time
+
+
+@pytest.fixture()
+def session(tmp_path):
+    from chdb import session as chs
+
+    s = chs.Session(str(tmp_path / "chdb"))
+    s.query("CREATE DATABASE IF NOT EXISTS viewcount")
+    s.query("USE viewcount")
+    for migration in migrate.migrations():
+        for statement in migration.statements():
+            s.query(statement)
+    yield s
+    s.cleanup()
+
+
+def test_every_subject_rollup_statement_runs_on_current_clickhouse(session):
+    paths = sorted(subject_rollups.SQL_DIR.glob("*.sql")) + sorted(query.QUERIES_DIR.glob("subject_*.sql"))
+    assert len(paths) >= 14
+    for path in paths:
+        session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), path.read_text()))
+
+
+def test_an_insert_into_post_minute_is_recorded_as_a_change(session):
+    session.query("INSERT INTO post_minute VALUES (7, '2024-08-12 23:47:00', 5, 1, '', 5, 10)")
+    result = session.query("SELECT source, key, window_start FROM rollup_changes", "CSV")
+    assert str(result).strip() == '"post_minute",7,"2024-08-12 23:47:00"'
+
+
+def test_grain_bounds_cover_a_range_with_whole_days_hours_and_minute_edges():
+    b = query.grain_bounds(datetime(2024, 8, 12, 23, 47, tzinfo=UTC), datetime(2024, 8, 15, 2, 47, tzinfo=UTC))
+    assert (b["hour_from"], b["day_from"], b["day_to"], b["hour_to"]) == (
+        datetime(2024, 8, 13), datetime(2024, 8, 13), datetime(2024, 8, 15), datetime(2024, 8, 15, 2))
+    short = query.grain_bounds(datetime(2024, 8, 13, 0, 13, tzinfo=UTC), datetime(2024, 8, 13, 0, 50, tzinfo=UTC))
+    edges = {short[name] for name in ("hour_from", "hour_to", "day_from", "day_to")}
+    assert edges == {datetime(2024, 8, 13, 0, 50)}
+
+
+def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak():
+    from pipelines import sketches
+
+    def minute(m: int, viewers: list[int], listeners: int, total: int) -> dict:
+        row = dict.fromkeys(subject_rollups.COUNT_COLUMNS, 1)
+        row.update(window_start=datetime(2024, 8, 13, 0, m), posts_total=total, listeners=listeners,
+                   peak_minute=datetime(2024, 8, 13, 0, m),
+                   unique_viewers_sketch=sketches.to_bytes(sketches.sketch_of(viewers)),
+                   unique_listeners_sketch=sketches.to_bytes(sketches.sketch_of([listeners])))
+        return row
+
+    parts = [minute(0, [1, 2], 5, 3), minute(1, [2, 3], 9, 4)]
+    hour = subject_rollups.combine("s", "hour", datetime(2024, 8, 13), parts)
+    assert (hour["subject_views"], hour["listeners"], hour["posts_total"]) == (2, 9, 4)
+    assert hour["peak_minute"] == datetime(2024, 8, 13, 0, 1)
+    assert round(sketches.from_bytes(hour["unique_viewers_sketch"]).get_estimate()) == 3
