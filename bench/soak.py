@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Settings.from_env()
     tag = secrets.token_hex(3)
     target = base.clickhouse
-    settings = replace(base, topics=Topics(prefix=f"soak{tag}"),
+    # Topics keep their records: the night is stamped 2024, a time retention would delete it.
+    settings = replace(base, topics=Topics(prefix=f"soak{tag}"), topic_retention_ms=-1,
                        clickhouse_url=f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
                                       f"soak_{tag}")
     create_topics(settings)

@@ -81,6 +81,10 @@ class PipelineRun:
         return sum(len(p.read_text(errors="replace").splitlines()) for p in self.flink_log_dir.glob("*.log"))
 
 
+# Every run started, so a failing test's runs are killed at its teardown (conftest.py).
+STARTED: list[PipelineRun] = []
+
+
 def start_pipeline(settings: Settings, folder: Path, name: str, bounded: bool = True) -> PipelineRun:
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{name}.log"
@@ -90,7 +94,8 @@ def start_pipeline(settings: Settings, folder: Path, name: str, bounded: bool = 
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=pipeline_env(settings, flink_logs), cwd=REPO_ROOT,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return PipelineRun(process, log, flink_logs)
+    STARTED.append(PipelineRun(process, log, flink_logs))
+    return STARTED[-1]
 
 
 def poll(condition, timeout_s: float, what: str, interval_s: float = 0.2, alive: PipelineRun | None = None):
@@ -221,13 +226,17 @@ def stack_command(settings: Settings, action: str) -> str:
 
 
 def fresh_namespace(settings: Settings, name: str) -> Settings:
-    """Topics and a migrated database of their own on the same services (one test's namespace)."""
+    """Topics and a migrated database of their own on the same services (one test's namespace).
+
+    The topics keep their records forever: the generator stamps records with the night's times
+    (2024), and a time retention (7 days by default) lets the broker delete them, measured here
+    within 2 minutes of producing, before the job had read them."""
     from pipelines.clickhouse import connect
     from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
 
     target = settings.clickhouse
-    own = replace(settings, topics=Topics(prefix=name), clickhouse_url=(
+    own = replace(settings, topics=Topics(prefix=name), topic_retention_ms=-1, clickhouse_url=(
         f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"))
     create_topics(own)
     apply_migrations(connect(own, database="default"), own.clickhouse.database)

@@ -25,9 +25,9 @@ from harness import (
 )
 
 from pipelines.generator import generate_night
+from pipelines.rollup_job import SAVEPOINTS
 
 KINDS = ("loading", "checkpoint", "loading", "drain")
-DRAIN_LINE = "draining it"
 
 
 def _kill_schedule(seed: int, kills: int) -> list[tuple[str, float]]:
@@ -41,6 +41,10 @@ def _checkpoint_in_flight(settings) -> bool:
     return any(not (chk / "_metadata").exists() for chk in settings.checkpoint_dir.glob("*/chk-*"))
 
 
+def _savepoints(settings) -> set:
+    return set((settings.checkpoint_dir / SAVEPOINTS).glob("*"))
+
+
 def _kill_at(run, settings, clickhouse, kind: str, delay_s: float, loaded_before: int) -> str:
     """Wait for the moment of this kind, then kill -9. Returns what the moment turned out to be."""
     def loaded() -> int:
@@ -48,9 +52,12 @@ def _kill_at(run, settings, clickhouse, kind: str, delay_s: float, loaded_before
         return count
 
     if kind == "drain":
-        poll(lambda: run.says(DRAIN_LINE) or not run.alive(), 300, "the drain", interval_s=0.05)
+        # The drain is a stop-with-savepoint: its folder appears when it starts. (Not the run's
+        # "draining" log line: after PyFlink's gateway starts, the root logger is at WARNING.)
+        earlier = _savepoints(settings)
+        poll(lambda: (_savepoints(settings) - earlier) or not run.alive(), 600, "the drain", interval_s=0.02)
     else:
-        poll(lambda: loaded() > loaded_before or not run.alive(), 300, "the loader's progress", alive=None)
+        poll(lambda: loaded() > loaded_before or not run.alive(), 600, "the loader's progress")
         if kind == "checkpoint":
             deadline = time.monotonic() + 10
             while run.alive() and not _checkpoint_in_flight(settings) and time.monotonic() < deadline:

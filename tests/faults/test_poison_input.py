@@ -24,6 +24,7 @@ from harness import (
     archive_counts,
     assert_stream_within_truth,
     compare_with_truth,
+    fresh_namespace,
     rebuild_night,
     start_pipeline,
 )
@@ -236,26 +237,16 @@ def poisoned(own_stack_module, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def own_stack_module(tmp_path_factory):
-    """Topics and a migrated database of this module's own (the fixture `own_stack`, module-wide)."""
+def own_stack_module():
+    """Topics and a migrated database of this module's own (harness.fresh_namespace)."""
     import secrets
-    from dataclasses import replace
 
     from pipelines.clickhouse import connect
-    from pipelines.config import Settings, Topics
-    from pipelines.migrate import apply_migrations
-    from pipelines.stack import create_topics
+    from pipelines.config import Settings
 
-    name = f"poison_{secrets.token_hex(4)}"
-    base = Settings.from_env()
-    target = base.clickhouse
-    settings = replace(base, topics=Topics(prefix=name), clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"))
-    create_topics(settings)
-    admin = connect(settings, database="default")
-    apply_migrations(admin, settings.clickhouse.database)
+    settings = fresh_namespace(Settings.from_env(), f"poison_{secrets.token_hex(4)}")
     yield settings
-    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
 
 
 def test_the_poisoned_run_finishes_and_the_job_never_restarts(poisoned):
