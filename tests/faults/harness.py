@@ -70,6 +70,17 @@ class PipelineRun:
             self.kill_9()
             raise AssertionError(f"the pipeline did not finish within {timeout_s:.0f} s:\n{self.tail()}") from None
 
+    def finish_unless_restarted(self, timeout_s: float) -> int | None:
+        """Wait for the run's exit code; None (run killed) as soon as the Flink job restarts, or
+        at the deadline: a job that restarts on a record restarts on it forever."""
+        deadline = time.monotonic() + timeout_s
+        while self.process.poll() is None:
+            if self.restarts() or time.monotonic() > deadline:
+                self.kill_9()
+                return None
+            time.sleep(1)
+        return self.process.returncode
+
     def restarts(self) -> list[str]:
         """Lines of the job's log where the Flink job left RUNNING for a restart or a failure."""
         found = []

@@ -102,7 +102,7 @@ def test_clickhouse_stopped_then_paused_mid_run_the_pipeline_waits_and_loses_not
     service = clickhouse_service(settings)
     paused = None
     try:
-        poll(lambda: clickhouse.execute("SELECT count() FROM events_raw")[0][0] > 0, 300,
+        poll(lambda: clickhouse.execute("SELECT count() FROM events_raw")[0][0] > 0, 900,
              "the first events in ClickHouse", alive=run)
         clickhouse.disconnect()
         service.stop()
