@@ -8,7 +8,7 @@ of its own on the configured stack, and samples every --sample-s seconds:
 - lag: source records not yet consumed by the job's group, and job output not yet loaded by the
   loader's group (committed offsets against the topics' ends);
 - RSS of every process: the generator, the pipeline's Python process and its JVM, the Kafka
-  broker and ClickHouse (pids from the state folder: set VIEWCOUNT_STATE_DIR to the stack's).
+  broker and ClickHouse (found by the ports they listen on).
 Reports each RSS's slope in MiB per minute (least squares after the first minute's warm-up) and
 the lag's max and slope; writes bench/results/soak.{json,md}. Ratios, not asserts.
 """
@@ -60,6 +60,29 @@ def descendants(pid: int) -> list[int]:
         found.append(current)
         todo += children.get(current, [])
     return found
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a loopback TCP port (how the services are found, whoever started
+    them: their pid files live in the state folder of whoever ran `make up`)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return int(fd.parent.parent.name)
+    return None
 
 
 def command_name(pid: int) -> str:
@@ -140,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.clickhouse import connect
     from pipelines.migrate import apply_migrations
-    from pipelines.stack import clickhouse_service, create_topics, kafka_service
+    from pipelines.stack import create_topics
 
     base = Settings.from_env()
     tag = secrets.token_hex(3)
@@ -163,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "generate", "--scale", str(scale), "--rate", str(args.rate)],
         env=env, cwd=REPO_ROOT, stdout=logs["generator"], stderr=subprocess.STDOUT, start_new_session=True)
-    services = {"kafka": kafka_service(settings).running_pid(),
-                "clickhouse": clickhouse_service(settings).running_pid()}
+    services = {"kafka": listening_pid(int(settings.kafka_bootstrap.rsplit(":", 1)[1])),
+                "clickhouse": listening_pid(settings.clickhouse.port)}
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"soak{tag}.probe"})
     started = time.monotonic()
     samples: list[dict] = []
