@@ -32,7 +32,9 @@ from pipelines.config import REPO_ROOT
 from pipelines.generator import GroundTruth, generate_night
 from pipelines.stack import clickhouse_service, kafka_service
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+# A stack of their own and a minute of deliberate outage each: in the long run (`pytest -m soak`),
+# not in make test's budget.
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.soak]
 BROKER_DOWN_S = 20
 CLICKHOUSE_STOPPED_S = 30
 CLICKHOUSE_PAUSED_S = 30
