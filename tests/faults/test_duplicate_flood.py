@@ -48,14 +48,14 @@ def test_an_hour_replayed_ten_times_changes_no_count(own_stack, tmp_path):
     first, per_copy = replayed_hour(night, 1, NIGHT_END_MS)
     produce(settings, first)
     run = start_pipeline(settings, tmp_path, "night-and-first-replay")
-    assert run.wait(timeout_s=300) == 0, run.tail()
+    assert run.wait(timeout_s=900) == 0, run.tail()
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
     assert_stream_within_truth(clickhouse, truth)
 
     rest, _ = replayed_hour(night, REPLAYS - 1, NIGHT_END_MS + 3_600_000)
     produce(settings, rest)
     run = start_pipeline(settings, tmp_path, "nine-more-replays")
-    assert run.wait(timeout_s=300) == 0, run.tail()
+    assert run.wait(timeout_s=900) == 0, run.tail()
     assert run.restarts() == []
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
     assert_stream_within_truth(clickhouse, truth)
