@@ -86,7 +86,7 @@ def test_broker_kill_9_and_restart_under_load_counts_every_acknowledged_event_on
         # SIGTERM to the pipeline's own process, as a service manager sends it (to the whole
         # group, it would also reach PyFlink's JVM, which exits before the job is cancelled).
         os.kill(live.process.pid, signal.SIGTERM)
-        assert live.wait(timeout_s=120) == 0, live.tail()
+        assert live.wait(timeout_s=600) == 0, live.tail()
     finally:
         for process in (generator, live.process):
             if process.poll() is None:
