@@ -54,6 +54,9 @@ class PipelineRun:
     def says(self, text: str) -> bool:
         return self.log.exists() and text in self.log.read_text(errors="replace")
 
+    def says_in_flink_log(self, text: str) -> bool:
+        return any(text in p.read_text(errors="replace") for p in self.flink_log_dir.glob("*.log"))
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

@@ -66,16 +66,20 @@ def _exact_after_rebuild(settings, truth) -> None:
 def test_broker_kill_9_and_restart_under_load_counts_every_acknowledged_event_once(private_stack, tmp_path):
     settings = fresh_namespace(private_stack, f"{private_stack.topics.prefix}_broker")
     scale, seed, rate = 10_000, 515, 4_000
+    live = start_pipeline(settings, tmp_path, "live", bounded=False)
+    # The broker must go while the job runs, not while its JVM is still starting: offer the load
+    # once the job is RUNNING (its own Flink log says so).
+    poll(lambda: live.says_in_flink_log("switched from state CREATED to RUNNING"), 900, "the live job running",
+         alive=live)
     truth_path = tmp_path / "truth.json"
     generator = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "generate", "--scale", str(scale), "--seed", str(seed),
          "--rate", str(rate), "--truth", str(truth_path)],
         env=pipeline_env(settings), cwd=REPO_ROOT, stdout=(tmp_path / "generate.log").open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True)
-    live = start_pipeline(settings, tmp_path, "live", bounded=False)
     try:
-        truth = poll(lambda: truth_path.exists() and GroundTruth.read(truth_path), 120, "the generator's truth")
-        poll(lambda: source_records(settings) > truth.deliveries // 3, 300, "a third of the night produced")
+        truth = poll(lambda: truth_path.exists() and GroundTruth.read(truth_path), 600, "the generator's truth")
+        poll(lambda: source_records(settings) > truth.deliveries // 3, 600, "a third of the night produced")
         kafka = kafka_service(settings)
         os.kill(kafka.running_pid(), signal.SIGKILL)
         _hold(BROKER_DOWN_S, live)
