@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: soak cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -80,7 +80,7 @@ test-unit: venv jars ## unit tests only (no services)
 	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
 test-integration: up ## tests that need the services
-	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(integration or e2e) and not soak" $(PYTEST_ARGS)
 
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
@@ -96,6 +96,10 @@ cluster-up: setup ## a Flink session cluster on loopback: 1 JobManager + 2 TaskM
 
 cluster-down: ## stop the Flink session cluster
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.flink_cluster down; fi
+
+soak: up ## the long fault runs (20 kills, broker and ClickHouse outages) and the 10-minute soak: docs/reliability.md
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+	$(BIN)/python -m bench.soak --minutes 10
 
 lint: venv ## ruff
 	$(BIN)/ruff check pipelines tests dagster_project bench

@@ -1,0 +1,43 @@
+"""Fixtures of the fault tests: namespaces whose topics keep their records, a private stack for
+the tests that kill or pause services, and no pipeline left running after a test."""
+
+from __future__ import annotations
+
+import secrets
+
+import harness
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_pipeline_left_running():
+    yield
+    while harness.STARTED:
+        run = harness.STARTED.pop()
+        if run.alive():
+            run.kill_9()
+
+
+@pytest.fixture()
+def own_stack(request):
+    """Topics (kept forever: see harness.fresh_namespace) and a migrated database of this test's
+    own on the configured stack; the database is dropped at the end."""
+    from pipelines.clickhouse import connect
+    from pipelines.config import Settings
+
+    name = f"{request.node.name.removeprefix('test_')[:10]}_{secrets.token_hex(4)}"
+    settings = harness.fresh_namespace(Settings.from_env(), name)
+    yield settings
+    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+
+
+@pytest.fixture(scope="module")
+def private_stack(tmp_path_factory):
+    """Kafka and ClickHouse of this module alone (own ports and state folder); stopped at the end.
+    Tests here kill -9 and SIGSTOP these services, never the shared stack."""
+    settings = harness.private_settings(tmp_path_factory.mktemp("stack"), f"faults{secrets.token_hex(3)}")
+    try:
+        harness.stack_command(settings, "up")
+        yield settings
+    finally:
+        harness.stack_command(settings, "down")
