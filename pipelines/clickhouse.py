@@ -159,6 +159,8 @@ def _write_private(path: Path, text: str) -> None:
     """Replace a file atomically with mode 0600 (the server reads it as the same user)."""
     import os
 
+    if path.exists() and path.read_text() == text:
+        return  # unchanged: leave it (and the server's reload of it) alone
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
