@@ -179,7 +179,10 @@ def cmd_demo(args, settings: Settings) -> int:
     target = settings.clickhouse
     print()
     print("Next:")
-    print(f"  clickhouse-client --port {target.port} --user analyst --password analyst "
+    analyst = settings.clickhouse_as("analyst").user
+    print(f"  . {settings.credentials_file}    # the generated passwords, if this is the local stack")
+    print(f"  clickhouse-client --port {target.port} --user {analyst} "
+          '--password "$VIEWCOUNT_CLICKHOUSE_ANALYST_PASSWORD" '
           f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
     print(f"  viewcount query post {SUBJECT_POST_ID}")
     print('  viewcount query subject space-2024-08-12 --from "2024-08-12 19:47" --to "2024-08-12 22:47" --minutes')

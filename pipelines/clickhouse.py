@@ -1,9 +1,11 @@
-"""ClickHouse: the table names, connections with actionable errors, batched writes, the local config."""
+"""ClickHouse: the table names, connections (writer, analyst, dashboard) with actionable errors,
+batched writes, the local server's config and users."""
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
 
@@ -22,8 +24,10 @@ from pipelines.tables import (  # noqa: F401 - the table names, re-exported for 
     WRITABLE_TABLES,
 )
 
-# The read-only ClickHouse user dashboards (viewcount serve) connect as (stack/clickhouse/users.xml).
-DASHBOARD_USER = ("dashboard", "dashboard")
+# Tables the dashboard user reads, through read-through views of the same names in the companion
+# database (sql/migrations/0020, 0021): rollups and public post metadata, nothing per viewer.
+DASHBOARD_TABLES = frozenset({POST_MINUTE, POST_HOUR, POST_SURFACE_MINUTE, POSTS, SUBJECT_ROLLUP, SUBJECT_POSTS,
+                              SUBJECT_REFRESH_STATE})
 INSERT_BATCH_ROWS = 100_000
 
 TEMPLATES = REPO_ROOT / "stack" / "clickhouse"
@@ -34,12 +38,14 @@ class ClickHouseUnavailable(RuntimeError):
 
 
 def connect(settings: Settings, user: str | None = None, password: str | None = None,
-            database: str | None = None, check: bool = True):
-    """A clickhouse-driver Client for the configured server, checked with a round trip."""
+            database: str | None = None, check: bool = True, role: str = "writer"):
+    """A clickhouse-driver Client for the configured server, checked with a round trip.
+
+    role (writer, analyst, dashboard) picks the user and its password (settings.clickhouse_as)."""
     from clickhouse_driver import Client
     from clickhouse_driver import errors as ch_errors
 
-    target = settings.clickhouse
+    target = settings.clickhouse_as(role)
     client = Client(
         host=target.host,
         port=target.port,
@@ -67,17 +73,23 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
             if exc.code in (192, 193, 516):  # unknown user, wrong password, authentication failed
                 raise ClickHouseUnavailable(
                     f"{target.describe()} rejected user {user or target.user}: check the user and "
-                    "password in VIEWCOUNT_CLICKHOUSE_URL"
+                    f"password in VIEWCOUNT_CLICKHOUSE_URL (or VIEWCOUNT_CLICKHOUSE_{role.upper()}_PASSWORD; "
+                    f"the local stack's are in {settings.credentials_file})"
+                ) from exc
+            if exc.code == 291:  # ACCESS_DENIED to the database
+                raise ClickHouseUnavailable(
+                    f"{target.describe()}: user {user or target.user} may not use database "
+                    f"{database or target.database}: list it in the user's allow_databases "
+                    "(the local stack: `make up`; see README, Access)"
                 ) from exc
             raise
     return client
 
 
-def connect_dashboard(settings: Settings, check: bool = True):
-    """The one way dashboards reach ClickHouse: read-only, as the dashboard user, in the
-    configured database. Where dashboards read from is decided here and nowhere else."""
-    user, password = DASHBOARD_USER
-    return connect(settings, user=user, password=password, check=check)
+# Tables the dashboard user reads, through read-through views of the same names in the companion
+# database (sql/migrations/0020, 0021): rollups and public post metadata, nothing per viewer.
+DASHBOARD_TABLES = frozenset({POST_MINUTE, POST_HOUR, POST_SURFACE_MINUTE, POSTS, SUBJECT_ROLLUP, SUBJECT_POSTS,
+                              SUBJECT_REFRESH_STATE})
 
 
 def sibling(client):
@@ -115,17 +127,41 @@ def insert_rows(client, table: str, columns: Sequence[str], rows: Sequence[tuple
     return len(rows)
 
 
-def render_clickhouse_config(settings: Settings) -> Path:
-    """Write the local server's config.xml and users.xml under the state folder; return config.xml."""
+def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[str] = ()) -> Path:
+    """Write the local server's config.xml and users.xml under the state folder; return config.xml.
+
+    Passwords go in as SHA-256 hashes of the stack's generated ones; the dashboard user may use
+    the configured database's companion plus dashboard_databases (sessions' test databases)."""
     home = settings.state_dir / "clickhouse"
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    allowed = sorted({settings.clickhouse.dashboard_database, *dashboard_databases})
     values = {
         "state_dir": str(settings.state_dir.resolve()),
         "tcp_port": settings.clickhouse.port,
         "http_port": settings.clickhouse_http_port,
+        "dashboard_databases": "".join(f"<database>{name}</database>" for name in allowed),
     }
+    for role in ("writer", "analyst", "dashboard"):
+        target = settings.clickhouse_as(role)
+        if not target.password:
+            raise ValueError(f"no {role} password for the local stack: {settings.credentials_file} is missing")
+        values[f"{role}_user"] = target.user
+        values[f"{role}_password_sha256"] = hashlib.sha256(target.password.encode()).hexdigest()
     for name in ("config.xml", "users.xml"):
         text = Template((TEMPLATES / f"{name}.template").read_text()).substitute(values)
-        (home / name).write_text(text)
+        _write_private(home / name, text)
     return home / "config.xml"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace a file atomically with mode 0600 (the server reads it as the same user)."""
+    import os
+
+    if path.exists() and path.read_text() == text:
+        return  # unchanged: leave it (and the server's reload of it) alone
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(partial, path)

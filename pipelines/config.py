@@ -9,6 +9,11 @@ from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The local stack's ClickHouse passwords, generated at its first start (pipelines/stack.py), one
+# VIEWCOUNT_CLICKHOUSE_<ROLE>_PASSWORD=... line per role; mode 0600, never in the repository.
+CREDENTIALS_FILE = "credentials.env"
+ROLES = ("writer", "analyst", "dashboard")
+
 # Event types the pipeline reads, each from its own topic, each described by schemas/<type>.v<N>.json.
 EVENT_TYPES = ("view", "impression", "post", "presence")
 
@@ -74,8 +79,28 @@ class ClickHouseTarget:
             database=(parsed.path or "/").lstrip("/") or "default",
         )
 
+    @property
+    def dashboard_database(self) -> str:
+        """The companion database the dashboard user is confined to: read-through views of the
+        rollups only (sql/migrations/0020), never the per-viewer tables."""
+        return f"{self.database}_dashboard"
+
     def describe(self) -> str:
         return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"
+
+
+def stack_password(state_dir: Path, role: str) -> str:
+    """The local stack's generated password for a role, or '' when the stack has none."""
+    key = f"VIEWCOUNT_CLICKHOUSE_{role.upper()}_PASSWORD"
+    try:
+        lines = (state_dir / CREDENTIALS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return ""
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return ""
 
 
 def _env(name: str, default: str) -> str:
@@ -92,7 +117,14 @@ class Settings:
     topic_partitions: int = 4
     # Source topics keep a week: enough to rebuild from Kafka after an outage of the job.
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
-    clickhouse_url: str = "clickhouse://viewcount_writer:viewcount_writer@127.0.0.1:19000/viewcount"
+    # The writer (pipeline, migrations). A password left out of the URL comes from
+    # VIEWCOUNT_CLICKHOUSE_WRITER_PASSWORD, else from the local stack's credentials file.
+    clickhouse_url: str = "clickhouse://viewcount_writer@127.0.0.1:19000/viewcount"
+    # The read-only users, on the same server: analyst (SQL) and dashboard (rollups only).
+    clickhouse_analyst_user: str = "analyst"
+    clickhouse_dashboard_user: str = "dashboard"
+    # (role, password) pairs from VIEWCOUNT_CLICKHOUSE_<ROLE>_PASSWORD.
+    clickhouse_passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     clickhouse_http_port: int = 18123
     topics: Topics = field(default_factory=Topics)
     # The Flink job: its name keys its consumer group and its checkpoints (one job per name and prefix).
@@ -125,6 +157,10 @@ class Settings:
             kafka_controller_port=int(_env("KAFKA_CONTROLLER_PORT", str(base.kafka_controller_port))),
             topic_partitions=int(_env("TOPIC_PARTITIONS", str(base.topic_partitions))),
             clickhouse_url=_env("CLICKHOUSE_URL", base.clickhouse_url),
+            clickhouse_analyst_user=_env("CLICKHOUSE_ANALYST_USER", base.clickhouse_analyst_user),
+            clickhouse_dashboard_user=_env("CLICKHOUSE_DASHBOARD_USER", base.clickhouse_dashboard_user),
+            clickhouse_passwords=tuple(
+                (role, p) for role in ROLES if (p := _env(f"CLICKHOUSE_{role.upper()}_PASSWORD", ""))),
             clickhouse_http_port=int(_env("CLICKHOUSE_HTTP_PORT", str(base.clickhouse_http_port))),
             topics=Topics(prefix=_env("TOPIC_PREFIX", base.topics.prefix)),
             job_name=_env("JOB_NAME", base.job_name),
@@ -144,7 +180,26 @@ class Settings:
 
     @property
     def clickhouse(self) -> ClickHouseTarget:
-        return ClickHouseTarget.from_url(self.clickhouse_url)
+        """The writer's target: server, database, user and password."""
+        return self.clickhouse_as("writer")
+
+    def clickhouse_as(self, role: str) -> ClickHouseTarget:
+        """The configured server and database as one of ROLES; a password missing from the URL
+        and the environment is the local stack's generated one."""
+        if role not in ROLES:
+            raise ValueError(f"unknown ClickHouse role {role!r}; known: {', '.join(ROLES)}")
+        target = ClickHouseTarget.from_url(self.clickhouse_url)
+        if role != "writer":
+            user = self.clickhouse_analyst_user if role == "analyst" else self.clickhouse_dashboard_user
+            target = replace(target, user=user, password="")
+        if target.password:
+            return target
+        password = dict(self.clickhouse_passwords).get(role) or stack_password(self.state_dir, role)
+        return replace(target, password=password)
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.state_dir / CREDENTIALS_FILE
 
     @property
     def jars_dir(self) -> Path:

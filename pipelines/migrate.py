@@ -3,7 +3,8 @@
 A migration file is frozen once applied: its checksum is recorded, and a changed file is
 refused (write a new migration instead). A file may hold several statements separated by a
 line holding only `;`. Statements run with the target database as the session default, so the
-SQL never names the database.
+SQL never names the database; the one other database, the dashboard's companion (see
+ClickHouseTarget.dashboard_database), is written `${dashboard_database}` and filled in here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import REPO_ROOT
+from pipelines.config import REPO_ROOT, ClickHouseTarget
 
 MIGRATIONS_DIR = REPO_ROOT / "sql" / "migrations"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 RECORD_TABLE = "schema_migrations"
+DASHBOARD_DATABASE = "${dashboard_database}"
 
 
 class MigrationError(RuntimeError):
@@ -38,9 +40,15 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
-    def statements(self) -> list[str]:
-        parts = re.split(r"^\s*;\s*$", self.text, flags=re.MULTILINE)
+    def statements(self, database: str = "viewcount") -> list[str]:
+        """The statements to run with `database` as the session default."""
+        text = self.text.replace(DASHBOARD_DATABASE, dashboard_database(_validate_database_name(database)))
+        parts = re.split(r"^\s*;\s*$", text, flags=re.MULTILINE)
         return [p.strip() for p in parts if _without_comments(p).strip()]
+
+
+def dashboard_database(database: str) -> str:
+    return ClickHouseTarget("", 0, "", "", database).dashboard_database
 
 
 def _without_comments(sql: str) -> str:
@@ -91,7 +99,7 @@ def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) ->
                     "migrations are frozen; put the change in a new numbered file"
                 )
             continue
-        for statement in migration.statements():
+        for statement in migration.statements(database):
             _execute_in(client, database, statement)
         client.execute(
             f"INSERT INTO {database}.{RECORD_TABLE} (version, name, checksum, applied_at) VALUES",
@@ -99,6 +107,13 @@ def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) ->
         )
         applied.append(migration.path.name)
     return applied
+
+
+def drop_database(client, database: str) -> None:
+    """Drop a database the migrations made, with its dashboard companion (views first)."""
+    database = _validate_database_name(database)
+    client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}")
+    client.execute(f"DROP DATABASE IF EXISTS {database}")
 
 
 def _execute_in(client, database: str, statement: str) -> None:

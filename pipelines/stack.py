@@ -2,13 +2,16 @@
 
 `make up` / `make down` call `python -m pipelines.stack up|down`. Every service writes its pid and
 log under the state folder; starting is idempotent (a live recorded pid is left alone) and waits
-for readiness with a deadline, naming the service and its log when it fails.
+for readiness with a deadline, naming the service and its log when it fails. The first start
+generates the ClickHouse users' passwords (state folder, credentials.env, mode 0600).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import REPO_ROOT, ROLES, Settings
 
 STACK_DIR = REPO_ROOT / "stack"
 
@@ -188,12 +191,85 @@ def _kafka_ready(settings: Settings) -> bool:
     return bool(metadata.brokers)
 
 
-def start_clickhouse(settings: Settings, timeout_s: float = 60.0) -> str:
-    from pipelines.clickhouse import render_clickhouse_config, wait_ready
+def ensure_credentials(settings: Settings) -> Path:
+    """Generate the ClickHouse users' passwords once (mode 0600); later starts reuse them."""
+    path = settings.credentials_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# ClickHouse passwords of this local stack, generated at its first start; never commit them.",
+             "# The code reads them from here unless VIEWCOUNT_CLICKHOUSE_URL or the variables below are set."]
+    lines += [f"VIEWCOUNT_CLICKHOUSE_{role.upper()}_PASSWORD={secrets.token_urlsafe(24)}" for role in ROLES]
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
 
+
+def _dashboard_grants(settings: Settings) -> Path:
+    """Re-render users.xml (under a lock: concurrent sessions each add theirs) letting the dashboard
+    user into every companion database that exists now, and make a running server load it."""
+    from pipelines.clickhouse import ClickHouseUnavailable, connect, render_clickhouse_config
+
+    home = clickhouse_service(settings).home
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing: list[str] = []
+        writer = None
+        if clickhouse_service(settings).running_pid() is not None:
+            try:  # not yet possible on a server still running with the passwords of before
+                writer = connect(settings, database="default")
+                existing = [name for (name,) in writer.execute(
+                    "SELECT name FROM system.databases WHERE endsWith(name, '_dashboard')")]
+            except ClickHouseUnavailable:
+                writer = None
+        users = home / "users.xml"
+        before = users.stat().st_mtime if users.exists() else 0.0
+        config = render_clickhouse_config(settings, existing)
+        # The server notices a changed users.xml by its mtime, in whole seconds: two renders within
+        # one second must still look different.
+        stamp = max(time.time(), before + 1.0)
+        os.utime(users, (stamp, stamp))
+        if writer is not None:
+            writer.execute("SYSTEM RELOAD CONFIG")
+            writer.disconnect()
+    return config
+
+
+def allow_dashboard(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Let the local stack's dashboard user into settings' companion database (made by the
+    migrations), polling until it can; a no-op unless this state folder's ClickHouse is running.
+    An existing cluster's dashboard user is granted by its administrator (README, Access)."""
+    from pipelines.clickhouse import ClickHouseUnavailable, connect_dashboard
+
+    if clickhouse_service(settings).running_pid() is None:
+        return
+    _dashboard_grants(settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connect_dashboard(settings).disconnect()
+            return
+        except ClickHouseUnavailable as exc:
+            if time.monotonic() >= deadline:
+                raise StackError(f"the dashboard user cannot use {settings.clickhouse.dashboard_database} "
+                                 f"after {timeout_s:.0f} s: {exc}") from exc
+            time.sleep(0.2)
+
+
+def start_clickhouse(settings: Settings, timeout_s: float = 60.0) -> str:
     service = clickhouse_service(settings)
     target = settings.clickhouse
+    ensure_credentials(settings)
     if service.running_pid() is not None:
+        # Running since before the passwords existed, or with an older users.xml: the server
+        # reloads users.xml live, so re-rendering it is the whole upgrade.
+        _dashboard_grants(settings)
+        _wait(f"ClickHouse at {target.host}:{target.port} with the generated passwords",
+              lambda: _answers(settings), service, timeout_s)
         return f"clickhouse already running (pid {service.running_pid()}) at {target.host}:{target.port}"
     if _port_open(target.host, target.port):
         raise StackError(
@@ -203,18 +279,20 @@ def start_clickhouse(settings: Settings, timeout_s: float = 60.0) -> str:
     server = shutil.which("clickhouse-server") or "/usr/bin/clickhouse-server"
     if not Path(server).exists():
         raise StackError("no clickhouse-server: run `make clickhouse` (installs Debian's clickhouse-server)")
-    config = render_clickhouse_config(settings)
+    config = _dashboard_grants(settings)
     pid = service.start([server, f"--config-file={config}"])
-
-    def ready() -> bool:
-        try:
-            wait_ready(settings, timeout_s=1)
-        except Exception:  # noqa: BLE001 - not ready yet, poll again
-            return False
-        return True
-
-    _wait(f"ClickHouse at {target.host}:{target.port}", ready, service, timeout_s)
+    _wait(f"ClickHouse at {target.host}:{target.port}", lambda: _answers(settings), service, timeout_s)
     return f"clickhouse started (pid {pid}) at {target.host}:{target.port}, log {service.log_file}"
+
+
+def _answers(settings: Settings) -> bool:
+    from pipelines.clickhouse import wait_ready
+
+    try:
+        wait_ready(settings, timeout_s=1)
+    except Exception:  # noqa: BLE001 - not ready yet, poll again
+        return False
+    return True
 
 
 def create_topics(settings: Settings) -> list[str]:

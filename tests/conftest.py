@@ -41,13 +41,15 @@ def stack_settings(session_tag) -> Settings:
 def clickhouse(stack_settings):
     """A writer connection to this session's freshly migrated database (dropped at the end)."""
     from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
+    from pipelines.migrate import apply_migrations, drop_database
+    from pipelines.stack import allow_dashboard
 
     admin = connect(stack_settings, database="default")
     apply_migrations(admin, database=stack_settings.clickhouse.database)
+    allow_dashboard(stack_settings)  # the local stack's dashboard user may read its companion database
     client = connect(stack_settings)
     yield client
-    admin.execute(f"DROP DATABASE IF EXISTS {stack_settings.clickhouse.database}")
+    drop_database(admin, stack_settings.clickhouse.database)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +71,8 @@ def own_stack(stack_settings, session_tag, request):
     """Topics and a migrated database of this test's own, for a test that reads or counts
     everything it finds (the session's topics hold the other tests' records)."""
     from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
-    from pipelines.stack import create_topics
+    from pipelines.migrate import apply_migrations, drop_database
+    from pipelines.stack import allow_dashboard, create_topics
 
     name = f"{request.node.name.removeprefix('test_')[:10]}_{session_tag}"
     target = stack_settings.clickhouse
@@ -79,5 +81,6 @@ def own_stack(stack_settings, session_tag, request):
     create_topics(settings)
     admin = connect(settings, database="default")
     apply_migrations(admin, settings.clickhouse.database)
+    allow_dashboard(settings)
     yield settings
-    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    drop_database(admin, settings.clickhouse.database)
