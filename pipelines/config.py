@@ -143,6 +143,8 @@ class Settings:
     # reference night is from 2024); a live deployment may tighten it to days.
     event_max_future_s: int = 3600
     event_max_age_s: int = 5 * 365 * 24 * 3600
+    # A record larger than this is rejected (a view is about 200 bytes); its dead letter keeps this much.
+    max_event_bytes: int = 64 * 1024
     flink_connector_jar: Path | None = None
     # A standalone Flink session cluster's REST address (host:port); empty: the local mini-cluster.
     flink_cluster: str = ""
@@ -173,6 +175,7 @@ class Settings:
             dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
             event_max_future_s=int(_env("EVENT_MAX_FUTURE_S", str(base.event_max_future_s))),
             event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
+            max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),
             flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )

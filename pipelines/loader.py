@@ -24,6 +24,8 @@ from pipelines.tables import DEAD_LETTER, OUTPUTS, POSTS_VALID, TABLE_COLUMNS, O
 
 log = logging.getLogger("viewcount.loader")
 LOADED_BY_PYTHON = tuple(o for o in OUTPUTS if not o.clickhouse_loads)
+# Backoff while ClickHouse is unreachable: first wait, doubled up to the longest.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
 
 @dataclass
@@ -111,14 +113,35 @@ class Loader:
                     self.stats.reasons[record["reason"]] += 1
         if read == 0:
             return 0
-        for output in self.outputs.values():
-            if rows[output.name]:
-                insert_rows(self.client, output.table, TABLE_COLUMNS[output.table], rows[output.name])
-        # Only now is the batch safe in ClickHouse: commit what was read, synchronously.
-        self.consumer.commit(asynchronous=False)
+        self._write(rows)
         self.stats.rows.update({name: len(batch) for name, batch in rows.items()})
         self.stats.batches += 1
         return read
+
+    def _write(self, rows: dict[str, list[tuple]]) -> None:
+        """Write the batch, then commit its offsets; while ClickHouse is unreachable, wait and try
+        again with backoff (never skip the batch: its offsets are only committed once it is in)."""
+        from clickhouse_driver import errors as ch_errors
+
+        delay, attempt = RETRY_FIRST_S, 0
+        while True:
+            try:
+                for output in self.outputs.values():
+                    if rows[output.name]:
+                        insert_rows(self.client, output.table, TABLE_COLUMNS[output.table], rows[output.name])
+                break
+            except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
+                # A table written before the failure is written again: ReplacingMergeTree keeps one row.
+                attempt += 1
+                log.warning("ClickHouse did not take the loader's batch (%s: %s); attempt %d, trying again in "
+                            "%.1f s", type(exc).__name__, exc, attempt, delay)
+                self.client.disconnect()
+                time.sleep(delay)  # backoff while the server is away, not synchronisation
+                delay = min(delay * 2, RETRY_MAX_S)
+        if attempt:
+            log.info("ClickHouse took the loader's batch after %d retries", attempt)
+        # Only now is the batch safe in ClickHouse: commit what was read, synchronously.
+        self.consumer.commit(asynchronous=False)
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been read to its end (call after an empty batch).

@@ -103,7 +103,8 @@ def event_source_ddl(table: str, event_type: str, origin_columns: str, options: 
     """A source of decoded events with their origin columns (topic, partition, offset, kafka_time)
     and the event-time watermark every window is cut by."""
     spec_text = json.dumps(validation_spec(schemas.load_schema(event_type)), separators=(",", ":"))
-    options = {**options, "format": EVENT_FORMAT, f"{EVENT_FORMAT}.spec": spec_text}
+    options = {**options, "format": EVENT_FORMAT, f"{EVENT_FORMAT}.spec": spec_text,
+               f"{EVENT_FORMAT}.max-record-bytes": str(settings.max_event_bytes)}
     return f"""
 CREATE TABLE {quoted(table)} (
   {source_columns(event_type)},{origin_columns},

@@ -86,6 +86,17 @@ class _Progress:
         log.info("%s", text)
 
 
+def _refresh_subjects(timer: RefreshTimer) -> None:
+    """The subject rollups' refresh; ClickHouse away (the loader waits for it) only delays it."""
+    from clickhouse_driver import errors as ch_errors
+
+    try:
+        timer.maybe()
+    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
+        log.warning("the subject rollups' refresh could not reach ClickHouse (%s); it will try again", exc)
+        timer.client.disconnect()
+
+
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
     """Run the Flink job, ClickHouse's consumers and the loader until the job ends (bounded) or a signal."""
     from pipelines.clickhouse import connect
@@ -116,7 +127,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     try:
         while not stopping.is_set():
             read = loader.load_batch()
-            subject_refresh.maybe()
+            _refresh_subjects(subject_refresh)
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
             if end is not None and drained is None and left == 0:

@@ -2,6 +2,12 @@ package dev.viewcount.flink;
 
 import java.io.IOException;
 import java.io.StringWriter;
+import java.nio.ByteBuffer;
+import java.nio.CharBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CharsetDecoder;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
 
 import org.apache.flink.api.common.serialization.DeserializationSchema;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
@@ -27,6 +33,7 @@ final class EventDecoder implements DeserializationSchema<RowData> {
     static final String PAYLOAD = "payload";
 
     private final EventRules rules;
+    private final int maxRecordBytes;
     private final TypeInformation<RowData> producedType;
     private final int arity;
     private final int reasonColumn;
@@ -35,13 +42,15 @@ final class EventDecoder implements DeserializationSchema<RowData> {
     private final int[] columnOfField;
 
     private transient JsonFactory factory;
+    private transient CharsetDecoder utf8;
     private transient String[] kinds;
     private transient String[] texts;
     private transient long[] numbers;
     private transient boolean[] tooLarge;
 
-    EventDecoder(EventRules rules, String[] columns, TypeInformation<RowData> producedType) {
+    EventDecoder(EventRules rules, int maxRecordBytes, String[] columns, TypeInformation<RowData> producedType) {
         this.rules = rules;
+        this.maxRecordBytes = maxRecordBytes;
         this.producedType = producedType;
         this.arity = columns.length;
         int reason = -1;
@@ -68,6 +77,8 @@ final class EventDecoder implements DeserializationSchema<RowData> {
     @Override
     public void open(InitializationContext context) {
         factory = new JsonFactory();
+        utf8 = StandardCharsets.UTF_8.newDecoder()
+                .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
         int n = rules.fields.length;
         kinds = new String[n];
         texts = new String[n];
@@ -81,12 +92,31 @@ final class EventDecoder implements DeserializationSchema<RowData> {
             open(null);
         }
         GenericRowData row = new GenericRowData(arity);
-        // The payload rides along (wrapped, not copied): a record valid here can still be rejected
-        // downstream (an implausible time), and a dead letter keeps what was sent.
-        if (payloadColumn >= 0 && message != null) {
-            row.setField(payloadColumn, StringData.fromBytes(message));
+        // The payload rides along as text: a record valid here can still be rejected downstream (an
+        // implausible time), and a dead letter keeps what was sent, up to maxRecordBytes (the whole
+        // record stays at its topic, partition and offset). Bytes that are not UTF-8 are a reject
+        // of their own and are kept with replacement characters, so every reader can parse them.
+        String reason = null;
+        String text = null;
+        if (message != null) {
+            int kept = Math.min(message.length, maxRecordBytes);
+            try {
+                text = utf8.decode(ByteBuffer.wrap(message, 0, kept)).toString();
+            } catch (CharacterCodingException notUtf8) {
+                text = new String(message, 0, kept, StandardCharsets.UTF_8);
+                reason = kept < message.length ? null : "record is not valid UTF-8";
+            }
+            if (message.length > maxRecordBytes) {
+                reason = "record of " + message.length + " bytes is larger than the " + maxRecordBytes
+                        + " bytes an event may have (payload kept: its first " + maxRecordBytes + " bytes)";
+            }
+            if (payloadColumn >= 0) {
+                row.setField(payloadColumn, StringData.fromString(text));
+            }
         }
-        String reason = decode(message);
+        if (reason == null) {
+            reason = decode(message);
+        }
         if (reason != null) {
             if (reasonColumn >= 0) {
                 row.setField(reasonColumn, StringData.fromString(reason));

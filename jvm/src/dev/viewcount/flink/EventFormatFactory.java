@@ -30,12 +30,16 @@ public class EventFormatFactory implements DeserializationFormatFactory {
     public static final ConfigOption<String> SPEC =
             ConfigOptions.key("spec").stringType().noDefaultValue()
                     .withDescription("the event's validation rules, a JSON array (pipelines/rollup_job.py)");
+    public static final ConfigOption<Integer> MAX_RECORD_BYTES =
+            ConfigOptions.key("max-record-bytes").intType().defaultValue(65536)
+                    .withDescription("a larger record is rejected (its dead letter keeps this many bytes)");
 
     @Override
     public DecodingFormat<DeserializationSchema<RowData>> createDecodingFormat(
             DynamicTableFactory.Context context, ReadableConfig formatOptions) {
         FactoryUtil.validateFactoryOptions(this, formatOptions);
         EventRules rules = EventRules.compile(formatOptions.get(SPEC));
+        int maxRecordBytes = formatOptions.get(MAX_RECORD_BYTES);
         return new DecodingFormat<DeserializationSchema<RowData>>() {
             @Override
             public DeserializationSchema<RowData> createRuntimeDecoder(
@@ -43,7 +47,7 @@ public class EventFormatFactory implements DeserializationFormatFactory {
                 RowType rowType = (RowType) physicalDataType.getLogicalType();
                 TypeInformation<RowData> type = sourceContext.createTypeInformation(physicalDataType);
                 List<String> names = rowType.getFieldNames();
-                return new EventDecoder(rules, names.toArray(new String[0]), type);
+                return new EventDecoder(rules, maxRecordBytes, names.toArray(new String[0]), type);
             }
 
             @Override
@@ -67,6 +71,6 @@ public class EventFormatFactory implements DeserializationFormatFactory {
 
     @Override
     public Set<ConfigOption<?>> optionalOptions() {
-        return Collections.emptySet();
+        return Collections.singleton(MAX_RECORD_BYTES);
     }
 }
