@@ -415,16 +415,16 @@ def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
     api = []
     for _ in range(repeats):
         began = time.monotonic()
-        query.subject_figures(client, subject, start, end)
+        query.subject_rollup_figures(client, subject, start, end)
         api.append(time.monotonic() - began)
-    target = settings.clickhouse
+    target = settings.clickhouse_as("analyst")
     sql = ("SELECT sum(views), sum(impressions) FROM post_minute FINAL WHERE post_id = 1 "
            "AND window_start >= '2024-08-12 23:47:00' AND window_start < '2024-08-13 02:47:00'")
     cli = []
     for _ in range(repeats):
         began = time.monotonic()
-        subprocess.run(["clickhouse-client", "--host", target.host, "--port", str(target.port), "--user", "analyst",
-                        "--password", "analyst", "--database", target.database, "--query", sql],
+        subprocess.run(["clickhouse-client", "--host", target.host, "--port", str(target.port), "--user", target.user,
+                        "--password", target.password, "--database", target.database, "--query", sql],
                        check=True, capture_output=True)
         cli.append(time.monotonic() - began)
     return {"api_p50_ms": 1000 * statistics.median(api), "api_p99_ms": 1000 * sorted(api)[int(0.99 * (len(api) - 1))],

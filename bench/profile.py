@@ -76,7 +76,7 @@ def flame_svg(stacks: Counter, title: str, path: Path, width: int = 1600, row: i
         deepest = depth
         for frame, (count, children) in sorted(node.items()):
             w = width * count / total
-            if w >= 0.5:
+            if w >= 2.0:  # narrower boxes are unreadable and only bloat the file
                 boxes.append((depth, x, w, frame, count))
                 deepest = max(deepest, walk(children, depth + 1, x))
             x += w
