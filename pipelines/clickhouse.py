@@ -86,10 +86,16 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
     return client
 
 
-# Tables the dashboard user reads, through read-through views of the same names in the companion
-# database (sql/migrations/0020, 0021): rollups and public post metadata, nothing per viewer.
-DASHBOARD_TABLES = frozenset({POST_MINUTE, POST_HOUR, POST_SURFACE_MINUTE, POSTS, SUBJECT_ROLLUP, SUBJECT_POSTS,
-                              SUBJECT_REFRESH_STATE})
+def connect_analyst(settings: Settings, check: bool = True):
+    """The read-only analyst on the project's database (every table, quotas, no writes)."""
+    return connect(settings, role="analyst", check=check)
+
+
+def connect_dashboard(settings: Settings, check: bool = True):
+    """The one way dashboards reach ClickHouse: the dashboard user on the companion database, the
+    rollups under their own names (DASHBOARD_TABLES), read-only; the per-viewer tables are out of
+    its reach."""
+    return connect(settings, role="dashboard", database=settings.clickhouse.dashboard_database, check=check)
 
 
 def sibling(client):
