@@ -18,6 +18,7 @@ from pipelines.collector import CollectorProcess
 from pipelines.config import Topics
 from pipelines.generator import generate_night
 from pipelines.runner import run_pipeline
+from tests.expectations import assert_post_minutes_match_truth
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -68,22 +69,7 @@ def test_every_event_sent_over_http_reaches_the_archive_once(via_http):
 
 def test_every_post_minute_matches_ground_truth_as_on_the_direct_path(via_http):
     _, truth, _, clickhouse = via_http
-    stream = {
-        (post_id, str(window_start)): (views, impressions)
-        for post_id, window_start, views, impressions in clickhouse.execute(
-            "SELECT post_id, window_start, views, impressions FROM post_minute FINAL")
-    }
-    exact = 0
-    for post_id, window_start, views, impressions, _, late_views, late_impressions in truth.post_minutes:
-        got = stream.pop((post_id, window_start), (0, 0))
-        if late_views == 0 and late_impressions == 0:
-            assert got == (views, impressions), (post_id, window_start)
-            exact += 1
-        else:
-            assert views - late_views <= got[0] <= views, (post_id, window_start)
-            assert impressions - late_impressions <= got[1] <= impressions, (post_id, window_start)
-    assert stream == {}, "rows in ClickHouse that the night does not have"
-    assert exact > 0.95 * len(truth.post_minutes)
+    assert_post_minutes_match_truth(clickhouse, truth)
 
 
 def test_the_nights_headline_figures_through_the_collector(via_http):

@@ -17,6 +17,7 @@ from pipelines import query, sketches
 from pipelines.generator import generate_night
 from pipelines.runner import run_pipeline
 from pipelines.testdata import malformed_records
+from tests.expectations import assert_post_minutes_match_truth
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -44,23 +45,7 @@ def test_views_and_impressions_in_the_archive_equal_ground_truth(night, clickhou
 
 def test_every_post_minute_matches_ground_truth_despite_duplicates_and_reordering(night, clickhouse):
     truth, _ = night
-    stream = {
-        (post_id, str(window_start)): (views, impressions)
-        for post_id, window_start, views, impressions in clickhouse.execute(
-            "SELECT post_id, window_start, views, impressions FROM post_minute FINAL")
-    }
-    exact = 0
-    for post_id, window_start, views, impressions, _, late_views, late_impressions in truth.post_minutes:
-        got = stream.pop((post_id, window_start), (0, 0))
-        if late_views == 0 and late_impressions == 0:
-            assert got == (views, impressions), (post_id, window_start)
-            exact += 1
-        else:
-            # A late event may or may not have beaten the watermark; it is never counted twice.
-            assert views - late_views <= got[0] <= views, (post_id, window_start)
-            assert impressions - late_impressions <= got[1] <= impressions, (post_id, window_start)
-    assert stream == {}, "rows in ClickHouse that the night does not have"
-    assert exact > 0.95 * len(truth.post_minutes)
+    assert_post_minutes_match_truth(clickhouse, truth)
 
 
 def test_unique_viewers_lie_within_sketch_bounds(night, clickhouse):

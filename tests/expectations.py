@@ -1,0 +1,26 @@
+"""Checks shared by the end-to-end tests: what the stream wrote against the night's ground truth."""
+
+from __future__ import annotations
+
+
+def assert_post_minutes_match_truth(clickhouse, truth) -> None:
+    """Every post-minute row equals the ground truth exactly, except where late events were
+    delivered: a late event may or may not have beaten the watermark, and is never counted twice.
+    No row exists that the night does not have."""
+    stream = {
+        (post_id, str(window_start)): (views, impressions)
+        for post_id, window_start, views, impressions in clickhouse.execute(
+            "SELECT post_id, window_start, views, impressions FROM post_minute FINAL")
+    }
+    exact = 0
+    for minute in truth.post_minutes:
+        got = stream.pop((minute.post_id, minute.window_start), (0, 0))
+        if not minute.has_late_events:
+            assert got == (minute.views, minute.impressions), (minute.post_id, minute.window_start)
+            exact += 1
+        else:
+            assert minute.views - minute.late_views <= got[0] <= minute.views, (minute.post_id, minute.window_start)
+            assert minute.impressions - minute.late_impressions <= got[1] <= minute.impressions, (
+                minute.post_id, minute.window_start)
+    assert stream == {}, "rows in ClickHouse that the night does not have"
+    assert exact > 0.95 * len(truth.post_minutes)
