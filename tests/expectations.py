@@ -24,3 +24,18 @@ def assert_post_minutes_match_truth(clickhouse, truth) -> None:
                 minute.post_id, minute.window_start)
     assert stream == {}, "rows in ClickHouse that the night does not have"
     assert exact > 0.95 * len(truth.post_minutes)
+
+
+def assert_headline_matches_truth(figures, truth) -> None:
+    """The night's published figures, exact (at 1:1000: 73K · 4K · 998K · 1.071M), and unique
+    viewers and listeners within their sketch bounds; the listener curve and its peak exact."""
+    assert figures.subject_views == truth.subject_views == 73_000
+    assert figures.posts_about == truth.related_posts == 4_000
+    assert figures.views_of_posts_about == truth.related_views == 998_000
+    assert figures.combined_views == truth.combined_views == 1_071_000
+    assert figures.unique_viewers_lower <= truth.conversation_unique_viewers <= figures.unique_viewers_upper
+    listeners = figures.listeners
+    assert listeners.peak_listeners == truth.peak_listeners
+    assert listeners.peak_minute.strftime("%Y-%m-%d %H:%M:%S") == truth.peak_minute
+    assert listeners.minutes.listeners.tolist() == truth.listeners_per_minute
+    assert listeners.unique_listeners_lower <= truth.unique_listeners <= listeners.unique_listeners_upper
