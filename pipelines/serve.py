@@ -229,6 +229,14 @@ def _zone(name: str | None, default: str) -> ZoneInfo:
         raise ApiError(400, "tz", f"unknown time zone {name!r}: use an IANA name like America/New_York or UTC") from exc
 
 
+def _asked(subject_id: str, start: str | None, end: str | None, tz: str | None):
+    """A request's subject, time zone and UTC range, checked (ApiError names what is wrong)."""
+    subject = _subject(subject_id)
+    zone = _zone(tz, subject.time_zone)
+    lo, hi = _range(start, end, zone)
+    return subject, zone, lo, hi
+
+
 def _range(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetime, datetime]:
     from pipelines.query import ALL_TIME
 
@@ -436,35 +444,27 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     @app.get("/api/subjects/{subject_id}/figures", summary="a subject's headline figures for a range, with bounds")
     async def figures(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                 end: str | None = to_q, tz: str | None = tz_q):
-        subject = _subject(subject_id)
-        zone = _zone(tz, subject.time_zone)
-        lo, hi = _range(start, end, zone)
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
         return await answer(request, lambda: figures_answer(database.client(), subject, lo, hi, zone))
 
     @app.get("/api/subjects/{subject_id}/series", summary="a subject's minute or hour series")
     async def series(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                end: str | None = to_q, tz: str | None = tz_q,
                grain: str = Query("minute", pattern="^(minute|hour)$", description="minute or hour")):
-        subject = _subject(subject_id)
-        zone = _zone(tz, subject.time_zone)
-        lo, hi = _range(start, end, zone)
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
         return await answer(request, lambda: series_answer(database.client(), subject, lo, hi, grain, zone))
 
     @app.get("/api/subjects/{subject_id}/listeners", summary="concurrent listeners of the subject's Space per minute")
     async def listeners(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                   end: str | None = to_q, tz: str | None = tz_q):
-        subject = _subject(subject_id)
-        zone = _zone(tz, subject.time_zone)
-        lo, hi = _range(start, end, zone)
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
         return await answer(request, lambda: listeners_answer(database.client(), subject, lo, hi, zone))
 
     @app.get("/api/subjects/{subject_id}/top-posts", summary="the subject's most viewed posts")
     async def top_posts(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                   end: str | None = to_q, tz: str | None = tz_q,
                   limit: int = Query(10, ge=1, le=MAX_TOP_POSTS)):
-        subject = _subject(subject_id)
-        zone = _zone(tz, subject.time_zone)
-        lo, hi = _range(start, end, zone)
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
         return await answer(request, lambda: top_posts_answer(database.client(), subject, lo, hi, limit))
 
     @app.get("/api/posts/{post_id}", summary="a post's views, impressions and unique viewers")
