@@ -97,8 +97,9 @@ def cmd_query_subject(args, settings: Settings) -> int:
         start, end = query.parse_range(args.start, args.end, zone)
     else:
         start, end = query.ALL_TIME
-    # From the subject rollups: the cost follows the range asked, not the size of the platform.
-    figures = query.subject_rollup_figures(_connect(settings), subject, start, end, with_minutes=args.minutes)
+    # Computed from the posts and their minute rows (exact even for hours rebuilt a moment ago);
+    # dashboards read the same figures from the subject rollups (viewcount serve).
+    figures = query.subject_figures(_connect(settings), subject, start, end, with_minutes=args.minutes)
     print(f"{subject.name}, {_local(start, zone)} to {_local(end, zone)} ({zone}):")
     print(query.headline(figures))
     if args.minutes:
