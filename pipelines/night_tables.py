@@ -15,7 +15,7 @@ import numpy as np
 
 from pipelines.backfill import hours_with_events, rebuild_hour
 from pipelines.clickhouse import EVENTS_RAW, POSTS, SPACE_PRESENCE, insert_rows
-from pipelines.generator import IMPRESSION, POST, PRESENCE, VIEW, Night, _enum, event_id
+from pipelines.night import IMPRESSION, POST, PRESENCE, VIEW, Night, _enum, event_id
 
 BLOCK_ROWS = 500_000
 # Unrelated posts get ids far above the night's, so they never collide with its posts.

@@ -108,7 +108,7 @@ def event_source_ddl(table: str, event_type: str, origin_columns: str, options: 
     return f"""
 CREATE TABLE {quoted(table)} (
   {source_columns(event_type)},{origin_columns},
-  -- A rejected record, or one with an implausible time, keeps the watermark at its Kafka time.
+  -- A rejected record, or one with an implausible time, never moves the watermark (epoch 0).
   event_time AS event_time_of(reject_reason, event_time_ms, kafka_time, {int(settings.event_max_future_s)},
                               {int(settings.event_max_age_s)}),
   WATERMARK FOR event_time AS event_time - INTERVAL '{int(settings.watermark_delay_s)}' SECOND

@@ -61,6 +61,17 @@ class Service:
             return None
         return pid if self.marker.encode() in cmdline else None
 
+    def started_process_alive(self) -> bool:
+        """Whether the process this service recorded still runs (not exited, not a zombie). Unlike
+        running_pid, it does not ask for the program's name: right after start the child may not
+        have exec'd the service yet, and its command line is still its parent's."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ValueError, IndexError, OSError):
+            return False
+        return state not in ("Z", "X")
+
     @property
     def marker(self) -> str:
         return {"kafka": "kafka.Kafka", "clickhouse": "clickhouse"}[self.name]
@@ -123,7 +134,7 @@ def _wait(what: str, ready, service: Service, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if ready():
             return
-        if service.running_pid() is None:
+        if not service.started_process_alive():
             raise StackError(f"{what} exited during start-up; see its log: {service.log_file}")
         time.sleep(0.25)
     raise StackError(f"{what} was not ready after {timeout_s:.0f} s; see its log: {service.log_file}")

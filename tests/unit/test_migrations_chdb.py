@@ -47,7 +47,9 @@ def test_a_higher_version_replaces_a_window_row(migrated):
     assert str(result).strip() == "6"
 
 
-NIGHT = {"from": "'2024-08-12 23:00:00'", "to": "'2024-08-13 03:00:00'"}
+NIGHT = {"from": "'2024-08-12 23:00:00'", "to": "'2024-08-13 03:00:00'", "subject_id": "'space-2024-08-12'",
+         "grain": "'minute'", "hour_from": "'2024-08-13 00:00:00'", "hour_to": "'2024-08-13 03:00:00'",
+         "day_from": "'2024-08-13 00:00:00'", "day_to": "'2024-08-13 00:00:00'"}
 
 
 def _with_values(text: str, values: dict[str, str]) -> str:

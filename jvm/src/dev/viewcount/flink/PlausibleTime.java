@@ -9,8 +9,9 @@ import org.apache.flink.table.functions.ScalarFunction;
  * {@code event_time_of(reject_reason, event_time_ms, kafka_time, max_future_s, max_age_s)}: the
  * time a record's windows and watermark go by. A valid event with a plausible time (not more than
  * max_future_s after, nor max_age_s before, the moment its record reached Kafka) keeps its own
- * time; anything else takes its Kafka time, so that a bad record (dated 2099, or 1970) can neither
- * push the watermark past every real event nor open a window of its own.
+ * time; anything else (a reject, which never reaches a window) takes the start of the epoch, so
+ * that it never moves the watermark: not a record dated 2099, and not one whose Kafka time is
+ * "now" while the valid events around it are a night replayed from 2024.
  */
 public class PlausibleTime extends ScalarFunction {
     public @DataTypeHint("TIMESTAMP_LTZ(3)") Instant eval(
@@ -20,6 +21,6 @@ public class PlausibleTime extends ScalarFunction {
                 && TimeReason.reason(eventTimeMs, kafkaTime, maxFutureS, maxAgeS) == null) {
             return Instant.ofEpochMilli(eventTimeMs);
         }
-        return kafkaTime;
+        return Instant.EPOCH;
     }
 }
