@@ -54,11 +54,14 @@ def bench_settings() -> Settings:
 
 def fill(settings: Settings, scale: int, seed: int, unrelated: int) -> dict:
     from pipelines.generator import build_night
+    from pipelines.migrate import drop_database
     from pipelines.night_tables import fill_night, fill_unrelated_posts
+    from pipelines.stack import allow_dashboard
 
     admin = connect(settings, database="default")
-    admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    drop_database(admin, DATABASE)
     apply_migrations(admin, DATABASE)
+    allow_dashboard(settings)
     client = connect(settings)
     started = time.monotonic()
     written = fill_night(client, build_night(scale, seed))

@@ -28,21 +28,23 @@ def night(stack_settings, session_tag):
     """A 1:1000 night written straight into a database of this module's own (no Flink), rolled up."""
     from pipelines.clickhouse import connect
     from pipelines.generator import build_night
-    from pipelines.migrate import apply_migrations
+    from pipelines.migrate import apply_migrations, drop_database
     from pipelines.night_tables import fill_night
+    from pipelines.stack import allow_dashboard
 
     target = stack_settings.clickhouse
     database = f"viewcount_subjects_{session_tag}"
     settings = replace(stack_settings, clickhouse_url=(
         f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/{database}"))
     admin = connect(settings, database="default")
-    admin.execute(f"DROP DATABASE IF EXISTS {database}")
+    drop_database(admin, database)
     apply_migrations(admin, database)
+    allow_dashboard(settings)  # the local stack's dashboard user may read its companion database
     client = connect(settings)
     fill_night(client, build_night(SCALE, SEED))
     subject_rollups.refresh(client, settings)
     yield settings, client
-    admin.execute(f"DROP DATABASE IF EXISTS {database}")
+    drop_database(admin, database)
 
 
 @pytest.fixture(scope="module")
