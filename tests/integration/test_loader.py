@@ -117,27 +117,3 @@ def test_clickhouse_loads_valid_events_itself_and_a_replay_changes_nothing(own_s
         "SELECT count() FROM events_raw FINAL WHERE event_time = toDateTime('2024-08-12 23:47:00', 'UTC') + 3")
     assert minute_views == 1_000  # event_time is whole UTC seconds of event_time_ms
 
-
-def test_rollups_and_presence_loaded_by_clickhouse_reach_the_subject_rollups_change_log(own_stack):
-    """ClickHouse 18.16 does not run the views of a table another view writes: the change log the
-    subject rollups' refresh reads is fed from the Kafka tables themselves."""
-    from pipelines import streams
-    from pipelines.clickhouse import connect
-
-    settings, topics = own_stack, own_stack.topics
-    clickhouse = connect(settings)
-    _produce(settings, topics.post_minute, [orjson.dumps({
-        "post_id": 5, "window_start": "2024-08-12 23:47:00", "views": 3, "impressions": 1, "deliveries": 4,
-        "unique_viewers_sketch": "0201070C0308010098624308", "unique_viewers": 1.0, "version": 7})])
-    _produce(settings, topics.presence_valid, [orjson.dumps({
-        "event_id": "p1", "event_time_ms": 1723506425000, "space_id": 9, "listener_id": 4, "action": "join"})])
-    streams.ensure(clickhouse, settings)
-    deadline = time.monotonic() + 120
-    while (changes := sorted(clickhouse.execute(
-            "SELECT source, key, toString(window_start) FROM rollup_changes"))) != [
-            ("post_minute", 5, "2024-08-12 23:47:00"), ("space_presence", 9, "2024-08-12 23:47:00")]:
-        assert time.monotonic() < deadline, f"the change log holds {changes}"
-        time.sleep(0.2)
-    assert clickhouse.execute("SELECT views, impressions, hex(unique_viewers_sketch) FROM post_minute FINAL") == [
-        (3, 1, "0201070C0308010098624308")]
-    assert clickhouse.execute("SELECT space_id, listener_id, action FROM space_presence") == [(9, 4, "join")]
