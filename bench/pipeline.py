@@ -232,6 +232,7 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
     topic = settings.topics.source("view")
     sent = 0
     windows_seen: dict[int, float] = {}
+    subject_minutes_seen: dict[int, float] = {}  # the subject's root is post 1, one of the posts viewed
     results: dict[str, dict] = {}
 
     def offer(rate: int, seconds: float, lags: list[float] | None) -> float:
@@ -259,6 +260,9 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
                     lags.append(time.time() - newest / 1000)
                 for (start,) in client.execute("SELECT DISTINCT toUInt32(window_start) FROM post_minute"):
                     windows_seen.setdefault(start, time.time())
+                for (start,) in client.execute("SELECT DISTINCT toUInt32(window_start) FROM subject_rollup "
+                                               "WHERE grain = 'minute' AND subject_views > 0"):
+                    subject_minutes_seen.setdefault(start, time.time())
             time.sleep(0.005)
         return (sent - offered_at_start[0]) / (time.monotonic() - began)
 
@@ -288,7 +292,10 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
         except subprocess.TimeoutExpired:
             os.killpg(pipeline.pid, signal.SIGKILL)
     delays = sorted(seen - (start + 60) for start, seen in windows_seen.items())
+    # A minute of the dashboards' subject rollup: when it first shows views, after its minute ends.
+    subject_delays = sorted(seen - (start + 60) for start, seen in subject_minutes_seen.items())
     return {"archive_lag_s": results, "window_delay_s": spread(delays or [float("nan")]),
+            "subject_minute_delay_s": spread(subject_delays or [float("nan")]),
             "watermark_delay_s": settings.watermark_delay_s}
 
 
@@ -575,6 +582,9 @@ def write_markdown(report: dict) -> None:
     lines += ["", f"Post-minute rows appear {w['min']:.1f} / {w['median']:.1f} / {w['max']:.1f} s (min / median / max, "
               f"{len(w['runs'])} windows) after their minute ends; the watermark alone holds a window "
               f"{fresh['watermark_delay_s']} s."]
+    d = fresh["subject_minute_delay_s"]
+    lines += ["", f"The subject rollup's minutes (what dashboards read) show their views {d['min']:.1f} / "
+              f"{d['median']:.1f} / {d['max']:.1f} s after their minute ends ({len(d['runs'])} minutes)."]
     errors = [p["error"] for p in report["clickhouse_kafka_engine_peer"] if "error" in p]
     if errors:
         lines += ["", f"ClickHouse Kafka engine peer: {errors[0]}"]

@@ -44,3 +44,51 @@ class TopicEnds:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class CommittedOffsets:
+    """Where another consumer group (e.g. ClickHouse's Kafka engine) has committed, without joining it."""
+
+    def __init__(self, settings: Settings, group_id: str):
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
+                                   "enable.auto.commit": False})
+
+    def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """partition -> the group's next offset to read (-1: nothing committed)."""
+        from confluent_kafka import TopicPartition
+
+        found = self._consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def caught_up(consumer) -> bool:
+    """True when every partition assigned to a subscribed consumer has been read to its end (ask
+    after an empty poll).
+
+    A transactional producer writes a commit marker after its records; a consumer may stop just
+    before that last marker, so one offset short of the end counts as the end. A partition the
+    consumer has not read a record from has no position yet: where its group committed (a previous
+    run, e.g. before a crash) is then how far it has been read.
+    """
+    from confluent_kafka import TopicPartition
+
+    assignment = consumer.assignment()
+    if not assignment:
+        return False
+    positions = consumer.position(assignment)
+    unread = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
+    committed = {(c.topic, c.partition): c.offset for c in (consumer.committed(unread, timeout=10) if unread else [])}
+    for position in positions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(position.topic, position.partition), timeout=5,
+                                                   cached=False)
+        current = position.offset
+        if current < 0:
+            current = committed.get((position.topic, position.partition), -1)
+        if max(current, low) < high - 1:
+            return False
+    return True

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from pipelines import kafka
 from pipelines.clickhouse import insert_rows
 from pipelines.config import Settings
 from pipelines.tables import DEAD_LETTER, OUTPUTS, POSTS_VALID, TABLE_COLUMNS, Output
@@ -144,29 +145,5 @@ class Loader:
         self.consumer.commit(asynchronous=False)
 
     def caught_up(self) -> bool:
-        """True when every assigned partition has been read to its end (call after an empty batch).
-
-        A transactional producer writes a commit marker after its records; a consumer may stop
-        just before that last marker, so one offset short of the end counts as the end. A
-        partition this consumer has not read a record from has no position yet: where the group
-        committed (a previous run, e.g. before a crash) is then how far it has been read.
-        """
-        from confluent_kafka import TopicPartition
-
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return False
-        positions = self.consumer.position(assignment)
-        unread = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
-        committed = {(c.topic, c.partition): c.offset
-                     for c in (self.consumer.committed(unread, timeout=10) if unread else [])}
-        for position in positions:
-            low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(position.topic, position.partition), timeout=5, cached=False
-            )
-            current = position.offset
-            if current < 0:
-                current = committed.get((position.topic, position.partition), -1)
-            if max(current, low) < high - 1:
-                return False
-        return True
+        """True when every assigned partition has been read to its end (call after an empty batch)."""
+        return kafka.caught_up(self.consumer)

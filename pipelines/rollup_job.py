@@ -64,36 +64,13 @@ JAVA_FUNCTIONS = {
     "viewer_sketch": "dev.viewcount.flink.ViewerSketch",
     "emit_version": "dev.viewcount.flink.EmitVersion",
 }
-# Hints added to a missing-field reason, where the absence has a meaning of its own.
-MISSING_HINTS = {"viewer_id": " (logged-out traffic is not counted)"}
+# The Flink column type of each schema kind (schemas.DECODABLE_KINDS).
 FLINK_TYPES = {"integer": "BIGINT", "string": "STRING", "array": "STRING"}
-
-
-def column_of(field: str) -> str:
-    """The job's column for a schema field: event_time is carried as epoch milliseconds."""
-    return "event_time_ms" if field == "event_time" else field
-
-
-def validation_spec(schema: dict) -> list[dict]:
-    """The schema's rules in the form the viewcount-event format (jvm/) enforces, field by field."""
-    required = set(schema.get("required", []))
-    spec = []
-    for name, rules in schema["properties"].items():
-        types = rules.get("type")
-        kinds = [t for t in ([types] if isinstance(types, str) else types) if t != "null"]
-        if len(kinds) != 1 or kinds[0] not in FLINK_TYPES:
-            raise ValueError(f"schema field {name!r} has a type the job cannot decode: {types}")
-        entry = {"name": name, "column": column_of(name), "kind": kinds[0], "required": name in required}
-        entry.update({k: rules[k] for k in ("enum", "minimum", "minLength", "maxLength") if k in rules})
-        if name in MISSING_HINTS:
-            entry["missingHint"] = MISSING_HINTS[name]
-        spec.append(entry)
-    return spec
 
 
 def source_columns(event_type: str) -> str:
     """A source table's physical columns, as the viewcount-event format fills them."""
-    spec = validation_spec(schemas.load_schema(event_type))
+    spec = schemas.validation_spec(schemas.load_schema(event_type))
     columns = [f"{quoted(f['column'])} {FLINK_TYPES[f['kind']]}" for f in spec]
     return ", ".join(["reject_reason STRING", *columns, "payload STRING"])
 
@@ -102,7 +79,7 @@ def event_source_ddl(table: str, event_type: str, origin_columns: str, options: 
                      settings: Settings) -> str:
     """A source of decoded events with their origin columns (topic, partition, offset, kafka_time)
     and the event-time watermark every window is cut by."""
-    spec_text = json.dumps(validation_spec(schemas.load_schema(event_type)), separators=(",", ":"))
+    spec_text = json.dumps(schemas.validation_spec(schemas.load_schema(event_type)), separators=(",", ":"))
     options = {**options, "format": EVENT_FORMAT, f"{EVENT_FORMAT}.spec": spec_text,
                f"{EVENT_FORMAT}.max-record-bytes": str(settings.max_event_bytes)}
     return f"""
@@ -118,7 +95,7 @@ CREATE TABLE {quoted(table)} (
 def decode_sql(event_type: str, source_table: str, settings: Settings) -> str:
     """SELECT over a source table: reject_reason (the format's, or an implausible time), the
     schema's fields typed, the event time, the payload and the Kafka origin."""
-    columns = ", ".join(quoted(column_of(f)) for f in schemas.fields(event_type))
+    columns = ", ".join(quoted(schemas.column_of(f)) for f in schemas.fields(event_type))
     time_reason = (f"implausible_time(event_time_ms, kafka_time, {int(settings.event_max_future_s)}, "
                    f"{int(settings.event_max_age_s)})")
     return (
@@ -132,7 +109,7 @@ def valid_events_sql(decoded_views: dict[str, str]) -> str:
     """UNION ALL of the valid counted events, in VALID_EVENT_FIELDS order plus event_time."""
     selects = []
     for event_type, view in decoded_views.items():
-        fields = {column_of(f) for f in schemas.fields(event_type)}
+        fields = {schemas.column_of(f) for f in schemas.fields(event_type)}
         columns = [
             quoted(c) if c in fields or c == "event_type" else f"'' AS {quoted(c)}"
             for c in VALID_EVENT_FIELDS

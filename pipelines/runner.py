@@ -13,9 +13,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines import rollup_job, streams
+from pipelines.change_feed import ChangeFeed
 from pipelines.config import Settings
 from pipelines.loader import Loader, LoaderStats
 from pipelines.subject_rollups import RefreshTimer
@@ -74,27 +76,28 @@ class _Progress:
 
     def report(self, what: str, left: int | None, loader: LoaderStats) -> None:
         self.last = now = time.monotonic()
-        elapsed = now - self.started
-        text = f"{what}; loader: {loader.posts:,} posts, {loader.dead_letters:,} dead letters"
         if left is not None:
             if self.first_left is None:
                 self.first_left = left
-            done = self.first_left - left
-            rate = done / elapsed if elapsed > 0 else 0.0
+            elapsed = now - self.started
+            rate = (self.first_left - left) / elapsed if elapsed > 0 else 0.0
             eta = f", about {left / rate:,.0f} s left" if rate > 0 and left else ""
-            text = f"{what}: {left:,} source records left ({rate:,.0f}/s{eta}); " + text.split("; ", 1)[1]
-        log.info("%s", text)
+            what = f"{what}: {left:,} source records left ({rate:,.0f}/s{eta})"
+        log.info("%s; loader: %s posts, %s dead letters", what, f"{loader.posts:,}", f"{loader.dead_letters:,}")
 
 
-def _refresh_subjects(timer: RefreshTimer) -> None:
-    """The subject rollups' refresh; ClickHouse away (the loader waits for it) only delays it."""
+def _unless_clickhouse_away(what: str, client, step: Callable[[], int | None]) -> int | None:
+    """Run one step of a helper of the loader (the change feed, the subject refresh). ClickHouse
+    away only delays it: it keeps its work and tries again on the next turn (the loader waits
+    with backoff and says so). Returns the step's result, None when ClickHouse was away."""
     from clickhouse_driver import errors as ch_errors
 
     try:
-        timer.maybe()
+        return step()
     except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
-        log.warning("the subject rollups' refresh could not reach ClickHouse (%s); it will try again", exc)
-        timer.client.disconnect()
+        log.warning("%s could not reach ClickHouse (%s); it will try again", what, exc)
+        client.disconnect()
+        return None
 
 
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
@@ -118,7 +121,9 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
              f", on the cluster at {settings.flink_cluster}" if settings.flink_cluster else "")
     watch = _JobWatch(result)
     loader = Loader(settings, client)
-    # The subject rollups (dashboards) follow what the loaders wrote, every few seconds.
+    # The subject rollups (dashboards) follow what the loaders wrote, every second; the change feed
+    # tells them what ClickHouse's own consumers loaded.
+    changes = ChangeFeed(settings, connect(settings))
     subject_refresh = RefreshTimer(connect(settings))
     progress = _Progress(report_every_s)
     drained = None
@@ -127,7 +132,8 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     try:
         while not stopping.is_set():
             read = loader.load_batch()
-            _refresh_subjects(subject_refresh)
+            _unless_clickhouse_away("the change feed", changes.client, changes.step)
+            _unless_clickhouse_away("the subject rollups' refresh", subject_refresh.client, subject_refresh.maybe)
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
             if end is not None and drained is None and left == 0:
@@ -150,7 +156,9 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                         f"ClickHouse's Kafka consumers committed nothing for {CLICKHOUSE_STALL_S:.0f} s with "
                         f"{now_left:,} records left: see {settings.clickhouse.describe()}'s log "
                         "(.state/clickhouse/log/) and `SELECT * FROM system.tables WHERE engine = 'Kafka'`")
-                if now_left == 0 and read == 0 and loader.caught_up():
+                if now_left == 0 and read == 0 and loader.caught_up() \
+                        and _unless_clickhouse_away("the change feed", changes.client, changes.step) == 0 \
+                        and changes.caught_up():
                     subject_refresh.maybe(final=True)  # the last rows rolled up too
                     break
             if progress.due():
@@ -162,7 +170,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     finally:
         if not watch.ended.is_set():
             job.cancel().result()
-        for closeable in (end, clickhouse, loader):
+        for closeable in (end, clickhouse, loader, changes):
             if closeable is not None:
                 closeable.close()
     return RunReport(source_records=total, loader=loader.stats, seconds=time.monotonic() - started)

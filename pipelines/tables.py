@@ -20,6 +20,8 @@ POST_HOUR = "post_hour"
 SUBJECT_POSTS = "subject_posts"
 SUBJECT_ROLLUP = "subject_rollup"
 SUBJECT_REFRESH_STATE = "subject_refresh_state"
+# What changed, for the subject refresh: (source table, post or Space id, minute, server time).
+ROLLUP_CHANGES = "rollup_changes"
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
@@ -31,6 +33,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     POST_SURFACE_MINUTE: ("post_id", "window_start", "surface", "action", "views", "impressions", "version"),
     POSTS: ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version"),
     SPACE_PRESENCE: ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id"),
+    ROLLUP_CHANGES: ("source", "key", "window_start", "changed_at"),
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
 # Tables the pipeline may write; identifiers in SQL text come only from here.

@@ -1,8 +1,8 @@
 """Event validation in Python with the job's rules and reject reasons, for checks before Kafka.
 
-The rules are the ones the stream job enforces: `rollup_job.validation_spec` compiles them from
-schemas/<type>.v<N>.json and jvm/.../JsonFields.java applies them. This module applies the same
-compiled spec to an already parsed event and words every reason as JsonFields does, so an event
+The rules are the ones the stream job enforces: `schemas.validation_spec` compiles them from
+schemas/<type>.v<N>.json and jvm/.../EventRules.java applies them. This module applies the same
+compiled spec to an already parsed event and words every reason as EventRules does, so an event
 the collector accepts is one the job accepts, and a reject reads the same wherever it happened.
 The plausible-time rule (event_time against the record's arrival) is here too, worded as the job
 words it.
@@ -28,7 +28,7 @@ _LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 
 def _kind(value: object) -> str | None:
-    """The JSON kind JsonFields sees: None for null, "object"/"other" for kinds no field has."""
+    """The JSON kind EventRules sees: None for null, "object"/"other" for kinds no field has."""
     if value is None:
         return None
     if isinstance(value, bool):  # before int: True is an int in Python, a boolean token in JSON
@@ -45,7 +45,7 @@ def _kind(value: object) -> str | None:
 
 
 def _text(value: object, kind: str) -> str:
-    """The field's value as JsonFields holds it: the string itself, integers in decimal, arrays as JSON."""
+    """The field's value as EventRules holds it: the string itself, integers in decimal, arrays as JSON."""
     if kind == "string":
         return value  # type: ignore[return-value]
     if kind == "integer":
@@ -58,7 +58,7 @@ def _article(kind: str) -> str:
 
 
 class FieldRule:
-    """One entry of the job's validation spec, checked as JsonFields checks it."""
+    """One entry of the job's validation spec, checked as EventRules checks it."""
 
     __slots__ = ("name", "kind", "required", "allowed", "minimum", "min_length", "max_length", "missing",
                  "simple_integer", "simple_string")
@@ -120,9 +120,8 @@ Validator = Callable[[object], "str | None"]
 @cache
 def validator(event_type: str, version: int = schemas.CURRENT_VERSION) -> Validator:
     """A function from a parsed event to its reject reason (None when valid), rules in schema order."""
-    from pipelines.rollup_job import validation_spec  # the job's compiled rules: one source for both
 
-    rules = tuple(FieldRule(entry) for entry in validation_spec(schemas.load_schema(event_type, version)))
+    rules = tuple(FieldRule(entry) for entry in schemas.validation_spec(schemas.load_schema(event_type, version)))
 
     def reason(event: object) -> str | None:
         if not isinstance(event, dict):

@@ -39,3 +39,21 @@ def assert_headline_matches_truth(figures, truth) -> None:
     assert listeners.peak_minute.strftime("%Y-%m-%d %H:%M:%S") == truth.peak_minute
     assert listeners.minutes.listeners.tolist() == truth.listeners_per_minute
     assert listeners.unique_listeners_lower <= truth.unique_listeners <= listeners.unique_listeners_upper
+
+
+def assert_same_figures(client, subject, start, end):
+    """The subject rollups give exactly the query-time figures (pipelines.query.subject_figures),
+    unique viewers and listeners within each other's sketch bounds; returns the rolled-up ones."""
+    from pipelines import query
+
+    reference = query.subject_figures(client, subject, start, end)
+    rolled = query.subject_rollup_figures(client, subject, start, end)
+    for name in ("subject_views", "posts_about", "views_of_posts_about", "combined_views"):
+        assert getattr(rolled, name) == getattr(reference, name), name
+    assert reference.unique_viewers_lower <= rolled.unique_viewers <= reference.unique_viewers_upper
+    assert rolled.unique_viewers_lower <= reference.unique_viewers <= rolled.unique_viewers_upper
+    assert rolled.listeners.peak_listeners == reference.listeners.peak_listeners
+    assert rolled.listeners.peak_minute == reference.listeners.peak_minute
+    assert (reference.listeners.unique_listeners_lower <= rolled.listeners.unique_listeners
+            <= reference.listeners.unique_listeners_upper)
+    return rolled

@@ -17,7 +17,7 @@ from pipelines import query, sketches
 from pipelines.generator import generate_night
 from pipelines.runner import run_pipeline
 from pipelines.testdata import malformed_records
-from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
+from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth, assert_same_figures
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -46,6 +46,15 @@ def test_views_and_impressions_in_the_archive_equal_ground_truth(night, clickhou
 def test_every_post_minute_matches_ground_truth_despite_duplicates_and_reordering(night, clickhouse):
     truth, _ = night
     assert_post_minutes_match_truth(clickhouse, truth)
+
+
+def test_the_live_subject_rollups_equal_the_query_time_figures_before_any_rebuild(night, clickhouse):
+    """What dashboards read while the night runs: the runner's refresh, told by the change feed
+    what ClickHouse's consumers loaded, with no hourly rebuild yet."""
+    from pipelines.subjects import get_subject
+
+    rolled = assert_same_figures(clickhouse, get_subject("space-2024-08-12"), *query.ALL_TIME)
+    assert rolled.subject_views > 0 and rolled.views_of_posts_about > 0 and rolled.listeners.peak_listeners > 0
 
 
 def test_unique_viewers_lie_within_sketch_bounds(night, clickhouse):

@@ -12,6 +12,7 @@ import pytest
 from pipelines import query, sketches, subject_rollups
 from pipelines.clickhouse import POST_MINUTE, POSTS, insert_rows
 from pipelines.subjects import load_subjects
+from tests.expectations import assert_same_figures
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +51,6 @@ def night(stack_settings, session_tag):
 @pytest.fixture(scope="module")
 def subject():
     return load_subjects()["space-2024-08-12"]
-
-
-def assert_same_figures(client, subject, start, end):
-    reference = query.subject_figures(client, subject, start, end)
-    rolled = query.subject_rollup_figures(client, subject, start, end)
-    for name in ("subject_views", "posts_about", "views_of_posts_about", "combined_views"):
-        assert getattr(rolled, name) == getattr(reference, name), name
-    assert reference.unique_viewers_lower <= rolled.unique_viewers <= reference.unique_viewers_upper
-    assert rolled.unique_viewers_lower <= reference.unique_viewers <= rolled.unique_viewers_upper
-    assert rolled.listeners.peak_listeners == reference.listeners.peak_listeners
-    assert rolled.listeners.peak_minute == reference.listeners.peak_minute
-    assert (reference.listeners.unique_listeners_lower <= rolled.listeners.unique_listeners
-            <= reference.listeners.unique_listeners_upper)
-    return rolled
 
 
 def test_attribution_is_stored_as_the_walk_over_all_posts_finds_it(night, subject):

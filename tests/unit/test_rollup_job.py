@@ -65,7 +65,7 @@ def rows(t_env, sql):
 
 
 def test_validation_spec_follows_the_schema_file():
-    spec = rollup_job.validation_spec(schemas.load_schema("view"))
+    spec = schemas.validation_spec(schemas.load_schema("view"))
     assert [f["name"] for f in spec] == schemas.fields("view")
     by_name = {f["name"]: f for f in spec}
     assert by_name["viewer_id"]["required"] and by_name["viewer_id"]["kind"] == "integer"
