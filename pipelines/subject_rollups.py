@@ -2,7 +2,8 @@
 
 `refresh(client, settings)` brings every tracked subject's rollups up to what the loader has
 written, incrementally and idempotently: it reads what changed since its last run from
-`rollup_changes` (filled by materialized views on post_minute, posts and space_presence),
+`rollup_changes` (filled by materialized views on direct inserts into post_minute, posts and
+space_presence, and by pipelines.change_feed for what ClickHouse's Kafka consumers load),
 attributes new posts (a reply to a reply, and posts that arrived before what they answer),
 recomputes only the minutes touched and rewrites their hour and day rows. A subject seen for
 the first time is built from scratch. Running it twice, or concurrently with the hourly
@@ -15,6 +16,7 @@ whether the stored rows agree with that: the hourly Dagster reconciliation runs 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -28,6 +30,7 @@ from pipelines.config import REPO_ROOT
 from pipelines.listeners import HEARTBEAT_TIMEOUT_MS, sessions
 from pipelines.subjects import Subject, load_subjects
 
+log = logging.getLogger("viewcount.subject_rollups")
 SQL_DIR = REPO_ROOT / "sql" / "subject_rollups"
 MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 GRAINS = ("minute", "hour", "day")
@@ -48,6 +51,9 @@ EPOCH = datetime(1970, 1, 1)
 # How often the pipeline refreshes while it runs: a closed minute is in the rollups within the
 # stream's watermark + the loader's batch + this + one refresh (goal: 15 s).
 REFRESH_INTERVAL_S = 1.0
+# The change log keeps this much before the oldest subject's read position; pruned this often.
+CHANGES_KEPT = timedelta(days=2)
+PRUNE_INTERVAL_S = 3600.0
 
 ROLLUP_COLUMNS = (
     "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
@@ -378,17 +384,37 @@ def refresh(client, settings=None, subjects: dict[str, Subject] | None = None) -
     return [refresh_subject(client, subject) for subject in (subjects or load_subjects()).values()]
 
 
+def prune_changes(client, reports: Iterable[RefreshReport]) -> list[str]:
+    """Drop the day partitions of rollup_changes every tracked subject has read past, keeping
+    CHANGES_KEPT before the oldest read position (18.16 has no TTL). Returns the dropped days."""
+    read_to = [r.read_to for r in reports if r.read_to is not None]
+    if not read_to:
+        return []
+    keep_from = int((min(read_to) - CHANGES_KEPT).strftime("%Y%m%d"))
+    days = [int(p) for (p,) in client.execute(sql("change_partitions"))]
+    old = sorted(d for d in days if d < keep_from)
+    for day in old:
+        client.execute(f"ALTER TABLE rollup_changes DROP PARTITION {day:d}")
+    return [str(d) for d in old]
+
+
 class RefreshTimer:
-    """Calls refresh at most every interval_s (the loader's batches come faster than that)."""
+    """Calls refresh at most every interval_s (the loader's batches come faster than that), and
+    prunes the change log every PRUNE_INTERVAL_S."""
 
     def __init__(self, client, interval_s: float = REFRESH_INTERVAL_S):
         self.client, self.interval_s, self.last = client, interval_s, 0.0
+        self.last_pruned = time.monotonic()
         self.reports: list[RefreshReport] = []
 
     def maybe(self, final: bool = False) -> None:
         if final or time.monotonic() - self.last >= self.interval_s:
             self.last = time.monotonic()
             self.reports = refresh(self.client)
+            if time.monotonic() - self.last_pruned >= PRUNE_INTERVAL_S:
+                self.last_pruned = time.monotonic()
+                if dropped := prune_changes(self.client, self.reports):
+                    log.info("dropped the change log's days %s: every subject has read past them", ", ".join(dropped))
 
 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:

@@ -73,3 +73,26 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
     assert (hour["subject_views"], hour["listeners"], hour["posts_total"]) == (2, 9, 4)
     assert hour["peak_minute"] == datetime(2024, 8, 13, 0, 1)
     assert round(sketches.from_bytes(hour["unique_viewers_sketch"]).get_estimate()) == 3
+
+
+class _ChdbClient:
+    """Enough of clickhouse-driver's client for statements without parameters, on chdb."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def execute(self, statement: str) -> list[tuple]:
+        text = str(self.session.query(statement, "TabSeparated")).strip()
+        return [tuple(line.split("\t")) for line in text.splitlines()] if text else []
+
+
+def test_the_change_log_keeps_what_a_subject_has_still_to_read_and_drops_older_days(session):
+    for day in ("2024-08-10", "2024-08-11", "2024-08-12", "2024-08-14"):
+        session.query(f"INSERT INTO rollup_changes VALUES ('posts', 1, '{day} 00:00:00', '{day} 12:00:00')")
+    behind, ahead = (subject_rollups.RefreshReport(s, full=False) for s in ("behind", "ahead"))
+    behind.read_to, ahead.read_to = datetime(2024, 8, 14, 1), datetime(2024, 8, 20)
+    client = _ChdbClient(session)
+    assert subject_rollups.prune_changes(client, [behind, ahead]) == ["20240810", "20240811"]
+    assert subject_rollups.prune_changes(client, [behind, ahead]) == []
+    days = client.execute("SELECT toString(toDate(changed_at)) FROM rollup_changes ORDER BY changed_at")
+    assert days == [("2024-08-12",), ("2024-08-14",)]
