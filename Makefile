@@ -70,7 +70,7 @@ status: ## which services are running
 migrate: venv ## apply pending ClickHouse migrations
 	$(BIN)/viewcount migrate
 
-demo: up ## the reference night at 1:1000 through Kafka -> Flink -> ClickHouse, figures printed from ClickHouse
+demo: up web ## the reference night at 1:1000 through Kafka -> Flink -> ClickHouse, figures printed from ClickHouse
 	$(BIN)/viewcount demo
 
 test: lint up web browser ## lint (ruff), then every test: unit, integration, end-to-end and the live page in chromium, against the local stack

@@ -187,7 +187,7 @@ def cmd_demo(args, settings: Settings) -> int:
           f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
     print(f"  viewcount query post {SUBJECT_POST_ID}")
     print('  viewcount query subject space-2024-08-12 --from "2024-08-12 19:47" --to "2024-08-12 22:47" --minutes')
-    print("  viewcount serve    # the live page on http://127.0.0.1:8000/ (API docs: /docs)")
+    print("  make serve    # the live page: http://127.0.0.1:8000/ (API docs: http://127.0.0.1:8000/docs)")
     print("  make down    # stop Kafka and ClickHouse")
     return 0
 
