@@ -387,11 +387,11 @@ def check(settings: Settings, subject: Subject, screenshot: Path = SCREENSHOT, t
     driver = webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
     failed = screenshot.with_suffix(".failed.png")
     try:
-        driver.get(f"{base_url(settings)}/login/")
+        # Logged in, the form sends the browser straight on to the dashboard (not the welcome page).
+        driver.get(f"{base_url(settings)}/login/?next={quote(f'/superset/dashboard/{slug(subject)}/', safe='')}")
         driver.find_element(By.ID, "username").send_keys(ADMIN)
         driver.find_element(By.ID, "password").send_keys(ensure_secrets(settings)["SUPERSET_ADMIN_PASSWORD"])
         driver.find_element(By.CSS_SELECTOR, "[type=submit]").click()
-        driver.get(dashboard_url(settings, subject))
         deadline = time.monotonic() + timeout_s
         while True:
             # Each chart of the page: its id, the number a counter shows, whether a line chart has drawn.
