@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: soak cluster-up cluster-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: soak cluster-up cluster-down superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -122,5 +122,19 @@ browser: ## Debian's chromium and chromium-driver (apt), if missing: the live pa
 serve: up web ## the dashboards API and live page on http://127.0.0.1:8000/ (OpenAPI at /docs)
 	$(BIN)/viewcount serve
 
-clean: down ## stop services and delete all local state (data, jars, venv)
+# Apache Superset in a virtualenv of its own (its pins clash with the project's), under the state folder.
+SUPERSET_VENV := $(STATE)/superset/venv
+superset: up browser $(SUPERSET_VENV)/.installed ## Apache Superset on http://127.0.0.1:8088/: the subject dashboards over the rollups, checked in chromium
+	$(BIN)/python -m pipelines.superset up
+$(SUPERSET_VENV)/.installed: stack/superset/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(SUPERSET_VENV)/bin/python || $(PYTHON) -m venv $(SUPERSET_VENV)
+	$(SUPERSET_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SUPERSET_VENV)/bin/python -m pip install --quiet -r stack/superset/requirements.txt
+	touch $@
+
+superset-down: ## stop Superset
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.superset down; fi
+
+clean: down superset-down ## stop services and delete all local state (data, jars, venvs)
 	rm -rf $(STATE) $(VENV)

@@ -148,6 +148,8 @@ class Settings:
     flink_connector_jar: Path | None = None
     # A standalone Flink session cluster's REST address (host:port); empty: the local mini-cluster.
     flink_cluster: str = ""
+    # Apache Superset for analysts (make superset), on loopback: 8088 is its usual port.
+    superset_port: int = 8088
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -177,6 +179,7 @@ class Settings:
             event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
             max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),
             flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
+            superset_port=int(_env("SUPERSET_PORT", str(base.superset_port))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -74,7 +74,7 @@ class Service:
 
     @property
     def marker(self) -> str:
-        return {"kafka": "kafka.Kafka", "clickhouse": "clickhouse"}[self.name]
+        return {"kafka": "kafka.Kafka", "clickhouse": "clickhouse", "superset": "superset.app:create_app"}[self.name]
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ def _tracked_texts():
 def test_no_password_is_written_in_the_repository():
     users = r"(?:viewcount_writer|analyst|dashboard|default)"
     credential = re.compile(
-        rf"clickhouse://{users}:(?!\.\.\.@)[^@\s]+@"  # a URL carrying a project user's password
+        rf"clickhouse(?:\+native)?://{users}:(?!\.\.\.@)[^@\s]+@"  # a URL (Superset's too) with a password
         r"|<password>[^<]+</password>"  # a users-file password in clear
         r"|<password_sha256_hex>[0-9a-f]{64}</password_sha256_hex>"  # or its hash, rendered
         rf"|--password[ =]['\"]?{users}\b"  # the old literal passwords, equal to the user names
