@@ -38,8 +38,11 @@ def stack_settings(session_tag) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def clickhouse(stack_settings):
-    """A writer connection to this session's freshly migrated database (dropped at the end)."""
+def clickhouse(stack_settings, kafka_topics):
+    """A writer connection to this session's freshly migrated database (dropped at the end).
+
+    It depends on the session's topics so that it is torn down before them: dropping a database
+    whose Kafka tables read topics already deleted hangs 18.16 in librdkafka's consumer close."""
     from pipelines.clickhouse import connect
     from pipelines.migrate import apply_migrations, drop_database
     from pipelines.stack import allow_dashboard
