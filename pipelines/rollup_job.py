@@ -310,7 +310,7 @@ def job_jars(settings: Settings) -> list[Path]:
 # The local mini-cluster's servers listen on loopback only (docs/access.md, "Listeners"): only
 # this process talks to them (the job client is in-process; the Kafka connector only connects
 # out). Flink binds each of them to every address unless told otherwise. Its RPC is in-process
-# (no socket) on a mini-cluster, and Flink 2 has no queryable-state server.
+# (no socket) on a mini-cluster; queryable state is off (and its runtime is not in the wheel).
 LOOPBACK = "127.0.0.1"
 MINI_CLUSTER_BIND_OPTIONS = {
     "jobmanager.bind-host": LOOPBACK,  # the blob server
