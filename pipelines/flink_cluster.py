@@ -66,6 +66,20 @@ def overview(timeout_s: float = 2.0) -> dict | None:
         return None
 
 
+def pids(settings: Settings) -> list[int]:
+    """The running JobManager's and TaskManagers' process ids (the start scripts' pid files)."""
+    found = []
+    for pid_file in sorted((_home(settings) / "pid").glob("*.pid")):
+        for word in pid_file.read_text().split():
+            try:
+                command = Path(f"/proc/{word}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue  # gone, or not a pid
+            if b"org.apache.flink" in command:
+                found.append(int(word))
+    return found
+
+
 def _script(settings: Settings, name: str, *args: str) -> None:
     env = {**os.environ, "FLINK_CONF_DIR": str(render_conf(settings)), "FLINK_HOME": str(_flink_home())}
     script = _flink_home() / "bin" / name

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -306,9 +307,31 @@ def job_jars(settings: Settings) -> list[Path]:
     return [settings.connector_jar, settings.udf_jar, *settings.udf_dependency_jars]
 
 
+# The local mini-cluster's servers listen on loopback only (docs/access.md, "Listeners"): only
+# this process talks to them (the job client is in-process; the Kafka connector only connects
+# out). Flink binds each of them to every address unless told otherwise. Its RPC is in-process
+# (no socket) on a mini-cluster; queryable state is off (and its runtime is not in the wheel).
+LOOPBACK = "127.0.0.1"
+MINI_CLUSTER_BIND_OPTIONS = {
+    "jobmanager.bind-host": LOOPBACK,  # the blob server
+    "rest.bind-address": LOOPBACK,  # the REST endpoint and web UI
+    "rest.address": LOOPBACK,  # the address the REST endpoint advertises (else "localhost")
+    "taskmanager.bind-host": LOOPBACK,  # the shuffle (netty) servers: only with 2+ TaskManagers
+}
+# PyFlink runs Python functions on a local mini-cluster through a gRPC "worker pool" in this
+# process, bound to every address ('[::]:0' in pyflink's BeamFnLoopbackWorkerPoolServicer.start,
+# no option) and started by TableEnvironment's constructor whenever the target is local, which it
+# is at creation even for a --cluster run. The job has no Python function, so it never needs one;
+# in "process" mode PyFlink does not start it (a Python function would then run in a process the
+# JVM starts, its Beam servers on loopback).
+PYTHON_WORKER_MODE = ("_python_worker_execution_mode", "process")
+
+
 def table_environment(settings: Settings, restore: bool = True):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
+    # Read by TableEnvironment's constructor (TableEnvironment._open): it must be set before.
+    os.environ[PYTHON_WORKER_MODE[0]] = PYTHON_WORKER_MODE[1]
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = t_env.get_config()
     checkpoint_dir = settings.checkpoint_dir
@@ -320,6 +343,10 @@ def table_environment(settings: Settings, restore: bool = True):
         config.set("execution.target", "remote")
         config.set("rest.address", host or "127.0.0.1")
         config.set("rest.port", port)
+    else:
+        # The local mini-cluster runs in this process's JVM: its servers listen on loopback only.
+        for key, value in MINI_CLUSTER_BIND_OPTIONS.items():
+            config.set(key, value)
     config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix}.{settings.job_name})")
     config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in job_jars(settings)))
     config.set("parallelism.default", str(settings.parallelism))

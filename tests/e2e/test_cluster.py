@@ -13,6 +13,7 @@ import pytest
 
 from pipelines.config import Topics
 from pipelines.generator import generate_night
+from tests.sockets import assert_loopback_only, process_tree
 
 pytestmark = pytest.mark.e2e
 SCALE = 10_000
@@ -86,3 +87,16 @@ def test_the_night_on_a_flink_cluster_at_parallelism_2_equals_the_mini_cluster(
     finally:
         for settings in (local, remote):
             connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+
+
+def test_the_cluster_listens_on_loopback_only(stack_settings, flink_cluster):
+    """JobManager (RPC, blob server, REST, metrics RPC) and TaskManagers (RPC, metrics RPC, shuffle
+    server): every socket they listen on is on loopback (stack/flink/config.yaml.template)."""
+    from pipelines import flink_cluster as cluster
+
+    pids = cluster.pids(stack_settings)
+    if not pids:
+        pytest.skip(f"the cluster at {flink_cluster} was not started from {stack_settings.state_dir}")
+    assert len(pids) >= 3, pids  # the JobManager and two TaskManagers
+    assert_loopback_only("the Flink session cluster", {p for pid in pids for p in process_tree(pid)},
+                         {cluster.REST_PORT, cluster.RPC_PORT, cluster.BLOB_PORT})

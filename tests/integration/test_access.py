@@ -4,10 +4,12 @@ listener the project starts binds loopback (read from the sockets the processes 
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -17,7 +19,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client
@@ -37,6 +38,14 @@ from pipelines.clickhouse import (
 )
 from pipelines.config import REPO_ROOT
 from pipelines.stack import clickhouse_service, kafka_service
+from tests.sockets import (
+    assert_loopback_only,
+    listeners_by_pid,
+    listening_sockets,
+    loopback,
+    process_name,
+    process_tree,
+)
 
 READONLY = 164  # "Cannot ... in readonly mode", "Table functions are forbidden in readonly mode"
 ACCESS_DENIED = 291  # "Access denied to database ..."
@@ -258,75 +267,6 @@ def test_cli_parameters_carrying_sql_are_refused_before_any_query(seeded, clickh
 # --- listeners ----------------------------------------------------------------------------------------
 
 
-def _process_tree(root: int) -> set[int]:
-    """root and every process descended from it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
-    return found
-
-
-def _socket_inodes(pids: set[int]) -> set[int]:
-    inodes = set()
-    for pid in pids:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(fd)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(int(link[8:-1]))
-    return inodes
-
-
-def _decode(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, port = address.split(":")
-    raw = bytes.fromhex(host)
-    # /proc/net/tcp* print each 32-bit word of the address in host (little-endian) order.
-    ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return ipaddress.ip_address(ordered), int(port, 16)
-
-
-def listening_sockets(pids: set[int]) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket in LISTEN state that one of pids holds open."""
-    inodes = _socket_inodes(pids)
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A: TCP_LISTEN
-                address, port = _decode(fields[1])
-                found.append((address, port))
-    return found
-
-
-def _loopback(address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
-
-
-def _assert_loopback_only(what: str, pids: set[int], expected_ports: set[int]) -> None:
-    sockets = listening_sockets(pids)
-    exposed = [f"{address}:{port}" for address, port in sockets if not _loopback(address)]
-    assert exposed == [], f"{what} listens beyond loopback: {exposed}"
-    assert expected_ports <= {port for _, port in sockets}, f"{what}: expected {expected_ports}, found {sockets}"
-
-
 def test_the_listener_check_tells_loopback_from_any_address():
     """The check is not vacuous: this process's own sockets, on every address and on loopback."""
     with socket.socket() as anywhere, socket.socket() as local, socket.socket(socket.AF_INET6) as local6:
@@ -335,8 +275,8 @@ def test_the_listener_check_tells_loopback_from_any_address():
             sock.listen()
         found = {port: address for address, port in listening_sockets({os.getpid()})}
         assert str(found[anywhere.getsockname()[1]]) == "0.0.0.0"
-        assert not _loopback(found[anywhere.getsockname()[1]])
-        assert _loopback(found[local.getsockname()[1]]) and _loopback(found[local6.getsockname()[1]])
+        assert not loopback(found[anywhere.getsockname()[1]])
+        assert loopback(found[local.getsockname()[1]]) and loopback(found[local6.getsockname()[1]])
 
 
 @pytest.mark.integration
@@ -347,8 +287,8 @@ def test_kafka_and_clickhouse_listen_on_loopback_only(stack_settings):
         pytest.skip(f"Kafka and ClickHouse were not started by this checkout's stack ({stack_settings.state_dir}): "
                     "an existing cluster's listeners are its administrator's")
     broker_port = int(stack_settings.kafka_bootstrap.rpartition(":")[2])
-    _assert_loopback_only("Kafka", _process_tree(kafka), {broker_port, stack_settings.kafka_controller_port})
-    _assert_loopback_only("ClickHouse", _process_tree(clickhouse),
+    assert_loopback_only("Kafka", process_tree(kafka), {broker_port, stack_settings.kafka_controller_port})
+    assert_loopback_only("ClickHouse", process_tree(clickhouse),
                           {stack_settings.clickhouse.port, stack_settings.clickhouse_http_port})
 
 
@@ -377,7 +317,59 @@ def test_the_dagster_ui_listens_on_loopback_only(tmp_path, stack_settings):
                 break
             except OSError:
                 time.sleep(0.5)
-        _assert_loopback_only("Dagster", _process_tree(process.pid), {port})
+        assert_loopback_only("Dagster", process_tree(process.pid), {port})
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=60)
+
+
+@pytest.mark.e2e
+def test_the_flink_job_listens_on_loopback_only(own_stack, tmp_path):
+    """`viewcount run` on the local mini-cluster, its whole process tree (the viewcount process and
+    its JVM: py4j, blob server, REST endpoint, PyFlink), sampled from its start until every task
+    runs (a checkpoint completed) and a while after: every socket it listens on is on loopback."""
+    settings = own_stack
+    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+           "VIEWCOUNT_STATE_DIR": str(settings.state_dir), "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url,
+           "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:  # a file: a pipe nobody reads would fill up and block the run
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run"], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    seen: dict[tuple[int, int], tuple[str, object]] = {}  # (pid, port) -> (process name, address)
+    gateway_up: set[int] = set()
+    try:
+        deadline, steady_until = time.monotonic() + 300, None
+        while steady_until is None or time.monotonic() < steady_until:
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the job completed no checkpoint within 300 s"
+            for pid, sockets in listeners_by_pid(process_tree(process.pid)).items():
+                name = process_name(pid)
+                if name == "java" and pid not in gateway_up:
+                    if not any(loopback(address) for address, _ in sockets):
+                        # Flink's py4j gateway picks a callback port before it starts (NetUtils
+                        # .getAvailablePort: a ServerSocket on every address, closed within
+                        # milliseconds, nothing accepts on it; docs/access.md): before the JVM's
+                        # first loopback listener, that is all it can hold.
+                        continue
+                    gateway_up.add(pid)
+                for address, port in sockets:
+                    seen[(pid, port)] = (name, address)
+            if steady_until is None and any(settings.checkpoint_dir.glob("*/chk-*/_metadata")):
+                steady_until = time.monotonic() + 5  # every task is running: watch a little longer
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)  # the runner cancels the job and exits
+        try:
+            process.wait(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever outlived it
+            shutil.rmtree(settings.checkpoint_dir.parent, ignore_errors=True)  # this test's topic prefix
+    exposed = [f"{name} (pid {pid}) {address}:{port}" for (pid, port), (name, address) in seen.items()
+               if not loopback(address)]
+    assert exposed == [], f"the Flink job listens beyond loopback: {exposed}"
+    java = [port for (_, port), (name, _) in seen.items() if name == "java"]
+    python = [port for (_, port), (name, _) in seen.items() if name.startswith("python")]
+    # Not vacuous: the JVM's py4j gateway, blob server and REST endpoint, the py4j callback server.
+    assert len(java) >= 3 and len(python) >= 1, seen
