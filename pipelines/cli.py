@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("viewcount").setLevel(level)
     for noisy in ("apache_beam", "py4j", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The driver logs every failed connection with its traceback; while ClickHouse is away our own
+    # lines say what waits and when it is back (pipelines.runner, pipelines.loader).
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
     settings = Settings.from_env()
     try:
         return args.func(args, settings)

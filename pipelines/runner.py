@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pipelines import rollup_job, streams
 from pipelines.change_feed import ChangeFeed
 from pipelines.config import Settings
-from pipelines.loader import Loader, LoaderStats
+from pipelines.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
 from pipelines.subject_rollups import RefreshTimer
 
 log = logging.getLogger("viewcount.runner")
@@ -86,18 +86,36 @@ class _Progress:
         log.info("%s; loader: %s posts, %s dead letters", what, f"{loader.posts:,}", f"{loader.dead_letters:,}")
 
 
-def _unless_clickhouse_away(what: str, client, step: Callable[[], int | None]) -> int | None:
-    """Run one step of a helper of the loader (the change feed, the subject refresh). ClickHouse
-    away only delays it: it keeps its work and tries again on the next turn (the loader waits
-    with backoff and says so). Returns the step's result, None when ClickHouse was away."""
-    from clickhouse_driver import errors as ch_errors
+class _WhileClickHouseAway:
+    """A step of a helper of the loader (the change feed, the subject refresh) that ClickHouse's
+    absence only delays: it keeps its work, and is tried again with the loader's backoff (the loader
+    itself retries its batch). The log says once that it is retrying, and when ClickHouse is back."""
 
-    try:
-        return step()
-    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
-        log.warning("%s could not reach ClickHouse (%s); it will try again", what, exc)
-        client.disconnect()
-        return None
+    def __init__(self, what: str, client, step: Callable[[], int | None]):
+        self.what, self.client, self.step = what, client, step
+        self.delay, self.next_at, self.away_since = RETRY_FIRST_S, 0.0, None
+
+    def __call__(self) -> int | None:
+        """The step's result; None while ClickHouse is away (or its next try is not due)."""
+        from clickhouse_driver import errors as ch_errors
+
+        now = time.monotonic()
+        if now < self.next_at:
+            return None
+        try:
+            result = self.step()
+        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
+            self.client.disconnect()
+            if self.away_since is None:
+                self.away_since = now
+                log.warning("%s could not reach ClickHouse (%s); retrying with backoff, up to every %.0f s",
+                            self.what, exc, RETRY_MAX_S)
+            self.next_at, self.delay = now + self.delay, min(self.delay * 2, RETRY_MAX_S)
+            return None
+        if self.away_since is not None:
+            log.info("%s reached ClickHouse again after %.0f s", self.what, now - self.away_since)
+            self.delay, self.away_since = RETRY_FIRST_S, None
+        return result
 
 
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
@@ -125,6 +143,11 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     # tells them what ClickHouse's own consumers loaded.
     changes = ChangeFeed(settings, connect(settings))
     subject_refresh = RefreshTimer(connect(settings))
+    follow_changes = _WhileClickHouseAway("the change feed", changes.client, changes.step)
+    refresh_subjects = _WhileClickHouseAway("the subject rollups' refresh", subject_refresh.client,
+                                            subject_refresh.maybe)
+    final_refresh = _WhileClickHouseAway("the subject rollups' last refresh", subject_refresh.client,
+                                         lambda: subject_refresh.maybe(final=True))
     progress = _Progress(report_every_s)
     drained = None
     clickhouse: streams.Progress | None = None
@@ -132,8 +155,8 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     try:
         while not stopping.is_set():
             read = loader.load_batch()
-            _unless_clickhouse_away("the change feed", changes.client, changes.step)
-            _unless_clickhouse_away("the subject rollups' refresh", subject_refresh.client, subject_refresh.maybe)
+            follow_changes()
+            refresh_subjects()
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
             if end is not None and drained is None and left == 0:
@@ -156,10 +179,9 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                         f"ClickHouse's Kafka consumers committed nothing for {CLICKHOUSE_STALL_S:.0f} s with "
                         f"{now_left:,} records left: see {settings.clickhouse.describe()}'s log "
                         "(.state/clickhouse/log/) and `SELECT * FROM system.tables WHERE engine = 'Kafka'`")
-                if now_left == 0 and read == 0 and loader.caught_up() \
-                        and _unless_clickhouse_away("the change feed", changes.client, changes.step) == 0 \
-                        and changes.caught_up():
-                    subject_refresh.maybe(final=True)  # the last rows rolled up too
+                # Done when everything is loaded and the subject rollups' last refresh has run.
+                if now_left == 0 and read == 0 and loader.caught_up() and follow_changes() == 0 \
+                        and changes.caught_up() and final_refresh():
                     break
             if progress.due():
                 if clickhouse is not None:

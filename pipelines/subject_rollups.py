@@ -407,14 +407,17 @@ class RefreshTimer:
         self.last_pruned = time.monotonic()
         self.reports: list[RefreshReport] = []
 
-    def maybe(self, final: bool = False) -> None:
-        if final or time.monotonic() - self.last >= self.interval_s:
-            self.last = time.monotonic()
-            self.reports = refresh(self.client)
-            if time.monotonic() - self.last_pruned >= PRUNE_INTERVAL_S:
-                self.last_pruned = time.monotonic()
-                if dropped := prune_changes(self.client, self.reports):
-                    log.info("dropped the change log's days %s: every subject has read past them", ", ".join(dropped))
+    def maybe(self, final: bool = False) -> bool:
+        """Refresh if due (or `final`); True if it refreshed."""
+        if not final and time.monotonic() - self.last < self.interval_s:
+            return False
+        self.last = time.monotonic()
+        self.reports = refresh(self.client)
+        if time.monotonic() - self.last_pruned >= PRUNE_INTERVAL_S:
+            self.last_pruned = time.monotonic()
+            if dropped := prune_changes(self.client, self.reports):
+                log.info("dropped the change log's days %s: every subject has read past them", ", ".join(dropped))
+        return True
 
 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:
