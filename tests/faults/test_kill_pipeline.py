@@ -1,9 +1,10 @@
 """kill -9 of the running pipeline (Flink job and loader together) at seeded random moments.
 
 Each kill lands at a moment drawn from a fixed seed, of one of three kinds:
-- `loading`: a random instant after the loader has written more than at the previous kill (so
-  every run makes progress), anywhere in the job's processing, a checkpoint, or a loader batch
-  between its ClickHouse insert and its offset commit;
+- `loading`: a random instant after the pipeline got further than at the previous kill (more rows
+  in the archive, or source records the job committed as consumed: a run over the night produced
+  again adds no row, its events being duplicates), anywhere in the job's processing, a
+  checkpoint, or a loader batch between its ClickHouse insert and its offset commit;
 - `checkpoint`: while a checkpoint is in flight (a `chk-<n>` folder without its `_metadata`);
 - `drain`: after the bounded run announced the drain (savepoint with a final watermark).
 After the last kill a run goes to the end; then the hourly rebuild, and every post-minute of the
@@ -25,7 +26,7 @@ from harness import (
 )
 
 from pipelines.generator import generate_night
-from pipelines.rollup_job import SAVEPOINTS
+from pipelines.rollup_job import SAVEPOINTS, EndOfInput
 
 KINDS = ("loading", "checkpoint", "loading", "drain")
 
@@ -45,19 +46,35 @@ def _savepoints(settings) -> set:
     return set((settings.checkpoint_dir / SAVEPOINTS).glob("*"))
 
 
-def _kill_at(run, settings, clickhouse, kind: str, delay_s: float, loaded_before: int) -> str:
-    """Wait for the moment of this kind, then kill -9. Returns what the moment turned out to be."""
-    def loaded() -> int:
-        (count,), = clickhouse.execute("SELECT count() FROM events_raw")
-        return count
+class _Progress:
+    """How far the pipeline has got: rows in the archive, and source records the job has committed
+    as consumed (its checkpoints). A run over records it already counted (the night produced again:
+    duplicates) adds no archive row, but its job still consumes them."""
 
+    def __init__(self, settings, clickhouse):
+        self.clickhouse = clickhouse
+        self.ends = EndOfInput(settings)
+
+    def now(self) -> tuple[int, int]:
+        (rows,), = self.clickhouse.execute("SELECT count() FROM events_raw")
+        return rows, sum(self.ends.ends.values()) - self.ends.remaining()
+
+    def beyond(self, before: tuple[int, int]) -> bool:
+        return any(now > then for now, then in zip(self.now(), before, strict=True))
+
+    def close(self) -> None:
+        self.ends.close()
+
+
+def _kill_at(run, settings, progress: _Progress, kind: str, delay_s: float, before: tuple[int, int]) -> str:
+    """Wait for the moment of this kind, then kill -9. Returns what the moment turned out to be."""
     if kind == "drain":
         # The drain is a stop-with-savepoint: its folder appears when it starts. (Not the run's
         # "draining" log line: after PyFlink's gateway starts, the root logger is at WARNING.)
         earlier = _savepoints(settings)
         poll(lambda: (_savepoints(settings) - earlier) or not run.alive(), 600, "the drain", interval_s=0.02)
     else:
-        poll(lambda: loaded() > loaded_before or not run.alive(), 600, "the loader's progress")
+        poll(lambda: progress.beyond(before) or not run.alive(), 600, "the pipeline's progress")
         if kind == "checkpoint":
             deadline = time.monotonic() + 10
             while run.alive() and not _checkpoint_in_flight(settings) and time.monotonic() < deadline:
@@ -78,10 +95,12 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
     settings = own_stack
     clickhouse = connect(settings)
     truth = generate_night(settings, scale=scale, seed=seed)
-    moments, loaded_before, completed_runs = [], 0, 0
+    moments, completed_runs = [], 0
+    progress = _Progress(settings, clickhouse)
+    before = progress.now()
     for number, (kind, delay_s) in enumerate(_kill_schedule(seed, kills)):
         run = start_pipeline(settings, tmp_path, f"run{number}")
-        moment = _kill_at(run, settings, clickhouse, kind, delay_s, loaded_before)
+        moment = _kill_at(run, settings, progress, kind, delay_s, before)
         moments.append(moment)
         if "already ended" in moment:
             assert run.process.returncode == 0, run.tail()
@@ -89,7 +108,10 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
             # The night was all in; more kills need more of it (a repeat of the same events is
             # a duplicate delivery, which must also count once).
             generate_night(settings, scale=scale, seed=seed)
-        (loaded_before,), = clickhouse.execute("SELECT count() FROM events_raw")
+            progress.close()
+            progress = _Progress(settings, clickhouse)  # the topics' new ends
+        before = progress.now()
+    progress.close()
     last = start_pipeline(settings, tmp_path, "final")
     assert last.wait(timeout_s=600) == 0, last.tail()
     assert last.restarts() == [], last.restarts()[:3]
