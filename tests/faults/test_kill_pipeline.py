@@ -99,17 +99,20 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
     progress = _Progress(settings, clickhouse)
     before = progress.now()
     for number, (kind, delay_s) in enumerate(_kill_schedule(seed, kills)):
+        if progress.ends.remaining() == 0:
+            # The job has consumed the whole night: a kill needs more of it to land in a run with
+            # work to do (a repeat of the same events is a duplicate delivery, which must also
+            # count once).
+            generate_night(settings, scale=scale, seed=seed)
+            progress.close()
+            progress = _Progress(settings, clickhouse)  # the topics' new ends
+            before = progress.now()
         run = start_pipeline(settings, tmp_path, f"run{number}")
         moment = _kill_at(run, settings, progress, kind, delay_s, before)
         moments.append(moment)
         if "already ended" in moment:
             assert run.process.returncode == 0, run.tail()
             completed_runs += 1
-            # The night was all in; more kills need more of it (a repeat of the same events is
-            # a duplicate delivery, which must also count once).
-            generate_night(settings, scale=scale, seed=seed)
-            progress.close()
-            progress = _Progress(settings, clickhouse)  # the topics' new ends
         before = progress.now()
     progress.close()
     last = start_pipeline(settings, tmp_path, "final")
