@@ -5,7 +5,7 @@
 Offers the reference night with `viewcount generate --rate` (default: half the end-to-end
 sustained rate of docs/performance.md) to a live `viewcount run`, in a topic prefix and database
 of its own on the configured stack, and samples every --sample-s seconds:
-- lag: source records not yet consumed by the job's group, and job output not yet loaded by the
+- lag: source records not yet consumed by the job's group, and job output not yet loaded by
   ClickHouse's Kafka consumers and the loader (committed offsets against the topics' ends);
 - RSS of every process: the generator, the pipeline's Python process and its JVM, the Kafka
   broker and ClickHouse (found by the ports they listen on).
