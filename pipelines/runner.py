@@ -91,11 +91,12 @@ class _WhileClickHouseAway:
     absence only delays: it keeps its work, and is tried again with the loader's backoff (the loader
     itself retries its batch). The log says once that it is retrying, and when ClickHouse is back."""
 
-    def __init__(self, what: str, client, step: Callable[[], int | None]):
+    def __init__(self, what: str, client, step: Callable[[], int | bool | None]):
+        """`step` returns something true when it wrote to ClickHouse (changes written, refreshed)."""
         self.what, self.client, self.step = what, client, step
         self.delay, self.next_at, self.away_since = RETRY_FIRST_S, 0.0, None
 
-    def __call__(self) -> int | None:
+    def __call__(self) -> int | bool | None:
         """The step's result; None while ClickHouse is away (or its next try is not due)."""
         from clickhouse_driver import errors as ch_errors
 
@@ -112,7 +113,7 @@ class _WhileClickHouseAway:
                             self.what, exc, RETRY_MAX_S)
             self.next_at, self.delay = now + self.delay, min(self.delay * 2, RETRY_MAX_S)
             return None
-        if self.away_since is not None:
+        if self.away_since is not None and result:  # a step that did nothing did not reach it
             log.info("%s reached ClickHouse again after %.0f s", self.what, now - self.away_since)
             self.delay, self.away_since = RETRY_FIRST_S, None
         return result
