@@ -151,7 +151,7 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
 
 def scale_for(rate: float, seconds: float) -> int:
     """The largest 1:N night (fewest events) that still lasts `seconds` at `rate`."""
-    from pipelines.generator import PUBLISHED_RELATED_VIEWS, PUBLISHED_SUBJECT_VIEWS
+    from pipelines.night import PUBLISHED_RELATED_VIEWS, PUBLISHED_SUBJECT_VIEWS
 
     # Views are most of a night's deliveries; leave a fifth of margin for the rest.
     return max(1, int((PUBLISHED_SUBJECT_VIEWS + PUBLISHED_RELATED_VIEWS) * 1.2 / (rate * seconds)))
