@@ -371,20 +371,15 @@ def check(settings: Settings, subject: Subject, screenshot: Path = SCREENSHOT, t
     folder while there is no data: docs/ keeps the picture of a night). Returns the figure."""
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         raise StackError("chromium and chromium-driver are not installed: run `make browser` (apt)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
+
+    from pipelines.browser import headless_chromium
 
     expected = _expected(settings, subject)
     api = login(settings)
     charts = api.call("GET", f"/api/v1/dashboard/{slug(subject)}/charts")["result"]
     checked = next(str(c["id"]) for c in charts if c["slice_name"] == CHECKED.title)
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--window-size=1400,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
+    driver = headless_chromium(1400, 900)
     failed = screenshot.with_suffix(".failed.png")
     try:
         # Logged in, the form sends the browser straight on to the dashboard (not the welcome page).

@@ -323,16 +323,10 @@ def test_the_live_page_shows_the_apis_figures(api, subject):
         pytest.fail("chromium and chromium-driver are not installed: run `make browser` (apt)")
     if not CHART_DIR.is_dir():
         pytest.fail("the chart library is not installed: run `make web` (npm)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from pipelines.browser import headless_chromium
 
     base, _ = api
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = headless_chromium(1400, 1000)
     try:
         driver.get(f"{base}/?{PUBLISHED}")
         deadline = time.monotonic() + 30
