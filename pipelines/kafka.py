@@ -6,6 +6,31 @@ from collections.abc import Iterable
 
 from pipelines.config import Settings
 
+# A group coordinator that moves or is still loading (a fresh or restarting broker) answers
+# committed-offset requests with these for a moment: ask again until this deadline.
+COORDINATOR_WAIT_S = 60.0
+
+
+def committed_offsets(consumer, partitions: list, timeout_s: float = 30) -> list:
+    """consumer.committed(partitions), asked again while the group's coordinator is moving or
+    loading (retriable errors); any other error, or one that outlasts COORDINATOR_WAIT_S, is raised."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    settling = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                KafkaError.COORDINATOR_NOT_AVAILABLE}
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            again = isinstance(error, KafkaError) and (error.code() in settling or error.retriable())
+            if not again or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # backoff while the coordinator settles, not synchronisation
+
 
 class TopicEnds:
     """The end offsets of some topics when created, and how many records a consumer group has
@@ -38,7 +63,7 @@ class TopicEnds:
         from confluent_kafka import TopicPartition
 
         wanted = [TopicPartition(t, p) for (t, p), end in self.ends.items() if end > 0]
-        committed = self._consumer.committed(wanted, timeout=30) if wanted else []
+        committed = committed_offsets(self._consumer, wanted) if wanted else []
         return sum(max(self.ends[(tp.topic, tp.partition)] - self.slack - max(tp.offset, 0), 0)
                    for tp in committed)
 
@@ -59,7 +84,7 @@ class CommittedOffsets:
         """partition -> the group's next offset to read (-1: nothing committed)."""
         from confluent_kafka import TopicPartition
 
-        found = self._consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        found = committed_offsets(self._consumer, [TopicPartition(topic, p) for p in partitions], timeout_s=10)
         return {tp.partition: tp.offset for tp in found}
 
     def close(self) -> None:
@@ -82,7 +107,8 @@ def caught_up(consumer) -> bool:
         return False
     positions = consumer.position(assignment)
     unread = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
-    committed = {(c.topic, c.partition): c.offset for c in (consumer.committed(unread, timeout=10) if unread else [])}
+    committed = {(c.topic, c.partition): c.offset
+                 for c in (committed_offsets(consumer, unread, timeout_s=10) if unread else [])}
     for position in positions:
         low, high = consumer.get_watermark_offsets(TopicPartition(position.topic, position.partition), timeout=5,
                                                    cached=False)
