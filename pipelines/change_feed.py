@@ -25,6 +25,7 @@ import orjson
 from pipelines import kafka, streams
 from pipelines.clickhouse import insert_rows
 from pipelines.config import Settings
+from pipelines.subject_rollups import server_now
 from pipelines.tables import POST_MINUTE_ROWS, PRESENCE_VALID, ROLLUP_CHANGES, TABLE_COLUMNS, Output
 
 log = logging.getLogger("viewcount.change_feed")
@@ -87,7 +88,7 @@ class ChangeFeed:
                             "%.0f s; the subject rollups wait for them", len(keys), time.monotonic() - self._held_since)
                 self._held_since = time.monotonic()
             return 0
-        ((now,),) = self.client.execute("SELECT now()")  # the server's clock, as the views stamp it
+        now = server_now(self.client)  # the clock the views on direct inserts stamp changes with
         insert_rows(self.client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
                     [(source, key, minute, now) for source, key, minute in sorted(keys)])
         self.consumer.commit(asynchronous=False)

@@ -323,7 +323,8 @@ def _roll_up(client, subject: Subject, finer: str, grain: str, windows: list[dat
 
 # --- refresh and build ------------------------------------------------------------------------
 
-def _server_now(client) -> datetime:
+def server_now(client) -> datetime:
+    """The server's clock (naive UTC): rollup_changes.changed_at is stamped with it."""
     ((now,),) = client.execute(sql("server_now"))
     return naive_utc(now)
 
@@ -335,7 +336,7 @@ def _read_to(client, subject: Subject) -> datetime | None:
 
 def _record_read_to(client, subject: Subject, read_to: datetime) -> None:
     insert_rows(client, SUBJECT_REFRESH_STATE, ("subject_id", "changes_read_to", "refreshed_at", "version"),
-                [(subject.id, read_to, _server_now(client), new_version())])
+                [(subject.id, read_to, server_now(client), new_version())])
 
 
 def _presence_minutes(event_minutes: Iterable[datetime]) -> set[datetime]:
@@ -353,7 +354,7 @@ def _minutes_of_posts(client, post_ids: Iterable[int]) -> set[datetime]:
 
 def refresh_subject(client, subject: Subject) -> RefreshReport:
     started = time.monotonic()
-    read_to = _server_now(client)  # before reading: what lands later is read next time
+    read_to = server_now(client)  # before reading: what lands later is read next time
     last = _read_to(client, subject)
     if last is None:
         report = build_subject(client, subject)
