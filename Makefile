@@ -92,10 +92,10 @@ profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded 
 	$(BIN)/python -m bench.profile --scale 2000
 
 cluster-up: setup ## a Flink session cluster on loopback: 1 JobManager + 2 TaskManagers (REST 127.0.0.1:18081)
-	$(BIN)/python -m pipelines.flink_cluster up
+	$(BIN)/python -m pipelines.stream.flink_cluster up
 
 cluster-down: ## stop the Flink session cluster
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.flink_cluster down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.stream.flink_cluster down; fi
 
 soak: up ## the long fault runs (20 kills, broker and ClickHouse outages) and the 10-minute soak: docs/reliability.md
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
@@ -125,7 +125,7 @@ serve: up web ## the dashboards API and live page on http://127.0.0.1:8000/ (Ope
 # Apache Superset in a virtualenv of its own (its pins clash with the project's), under the state folder.
 SUPERSET_VENV := $(STATE)/superset/venv
 superset: up browser $(SUPERSET_VENV)/.installed ## Apache Superset on http://127.0.0.1:8088/: the subject dashboards over the rollups, checked in chromium
-	$(BIN)/python -m pipelines.superset up
+	$(BIN)/python -m pipelines.serve.superset up
 $(SUPERSET_VENV)/.installed: stack/superset/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
 	test -x $(SUPERSET_VENV)/bin/python || $(PYTHON) -m venv $(SUPERSET_VENV)
@@ -134,7 +134,7 @@ $(SUPERSET_VENV)/.installed: stack/superset/requirements.txt
 	touch $@
 
 superset-down: ## stop Superset
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.superset down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.serve.superset down; fi
 
 clean: down superset-down ## stop services and delete all local state (data, jars, venvs)
 	rm -rf $(STATE) $(VENV)

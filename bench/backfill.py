@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.clickhouse import connect
 from pipelines.config import Settings
-from pipelines.generator import IMPRESSION, VIEW, build_night, event_id
-from pipelines.migrate import apply_migrations
+from pipelines.reference.generator import IMPRESSION, VIEW, build_night, event_id
+from pipelines.store.clickhouse import connect
+from pipelines.store.migrate import apply_migrations
 
 RESULTS = Path(__file__).parent / "results"
 DATABASE = "viewcount_bench"
@@ -71,8 +71,8 @@ def fill_archive(settings: Settings, scale: int, seed: int) -> int:
 CHILD = """
 import json, sys, time
 from datetime import datetime
-from pipelines.backfill import rebuild_hour
-from pipelines.clickhouse import connect
+from pipelines.repair.backfill import rebuild_hour
+from pipelines.store.clickhouse import connect
 from pipelines.config import Settings
 from dataclasses import replace
 

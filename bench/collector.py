@@ -45,7 +45,7 @@ def view(n: int, now_ms: int) -> dict:
 
 
 def bodies(batch: int, count: int, seed: int) -> list[bytes]:
-    from pipelines.collector_client import envelope
+    from pipelines.ingest.collector_client import envelope
 
     now = time.time_ns() // 1_000_000
     return [orjson.dumps([envelope("view", view(seed * 10_000_000 + b * batch + i, now)) for i in range(batch)])
@@ -75,7 +75,7 @@ def kafka_limit(settings: Settings, records: int) -> float:
 
 def _closed_loop(url: str, batch: int, threads: int, seconds: float, seed: int, out) -> None:
     """One client process: `threads` keep-alive connections sending as fast as answers come."""
-    from pipelines.collector_client import CollectorClient
+    from pipelines.ingest.collector_client import CollectorClient
 
     pool = bodies(batch, 20, seed)
     results: list[tuple[int, float]] = []
@@ -121,7 +121,7 @@ def closed_loop(url: str, batch: int, processes: int, threads: int, seconds: flo
 
 def _open_loop(url: str, batch: int, rate: float, seconds: float, threads: int, out) -> None:
     """Requests leave at fixed moments (rate/batch per second); latency from the scheduled moment."""
-    from pipelines.collector_client import CollectorClient
+    from pipelines.ingest.collector_client import CollectorClient
 
     pool = bodies(batch, 20, 99)
     interval = batch / rate
@@ -178,7 +178,7 @@ def percentiles(latencies: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.collector import CollectorProcess
+    from pipelines.ingest.collector import CollectorProcess
     from pipelines.stack import create_topics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,7 +4,7 @@
                                          [--pollers 200] [--poll-seconds 30] [--keep]
 
 Fills a database of its own (viewcount_bench_dash) on the configured ClickHouse straight from
-the generator's night (pipelines.night_tables: archive, posts, presence, hours rebuilt; no
+the generator's night (pipelines.reference.night_tables: archive, posts, presence, hours rebuilt; no
 Flink), adds unrelated posts to `posts`, builds the subject rollups (timed), then starts
 `viewcount serve` in this process:
 - headline: the published window's figures (7:47 PM to 10:47 PM ET) through the API with the
@@ -34,11 +34,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines import query, sketches, subject_rollups
-from pipelines.clickhouse import POST_MINUTE, connect, insert_rows
 from pipelines.config import Settings
-from pipelines.migrate import apply_migrations
-from pipelines.subjects import load_subjects
+from pipelines.rollups import sketches, subject_rollups
+from pipelines.rollups.subjects import load_subjects
+from pipelines.serve import query
+from pipelines.store.clickhouse import POST_MINUTE, connect, insert_rows
+from pipelines.store.migrate import apply_migrations
 
 RESULTS = Path(__file__).parent / "results"
 DATABASE = "viewcount_bench_dash"
@@ -54,10 +55,10 @@ def bench_settings() -> Settings:
 
 
 def fill(settings: Settings, scale: int, seed: int, unrelated: int) -> dict:
-    from pipelines.generator import build_night
-    from pipelines.migrate import drop_database
-    from pipelines.night_tables import fill_night, fill_unrelated_posts
+    from pipelines.reference.generator import build_night
+    from pipelines.reference.night_tables import fill_night, fill_unrelated_posts
     from pipelines.stack import allow_dashboard
+    from pipelines.store.migrate import drop_database
 
     admin = connect(settings, database="default")
     drop_database(admin, DATABASE)
@@ -90,7 +91,7 @@ def start_server(settings: Settings, ttl_s: float):
 
     import uvicorn
 
-    from pipelines.serve import create_app
+    from pipelines.serve.api import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -47,9 +47,9 @@ def isolated(settings: Settings, tag: str) -> Settings:
 
 
 def prepare(settings: Settings) -> None:
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     create_topics(settings)
     apply_migrations(connect(settings, database="default"), settings.clickhouse.database)
@@ -58,7 +58,7 @@ def prepare(settings: Settings) -> None:
 def drop(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -81,7 +81,7 @@ def peak_rss_mib(pid: int) -> float:
 def generator_alone(scale: int) -> float:
     import orjson
 
-    from pipelines.generator import build_night, night_events
+    from pipelines.reference.generator import build_night, night_events
 
     started = time.monotonic()
     night = build_night(scale, 20240812)
@@ -121,7 +121,7 @@ settings = replace(Settings.from_env(), topics=Topics(prefix=sys.argv[1]), click
                    job_name=sys.argv[4])
 started = time.monotonic()
 if sys.argv[3] == "blackhole":
-    from pipelines import rollup_job
+    from pipelines.stream import rollup_job
     end = rollup_job.EndOfInput(settings)
     total = sum(end.ends.values())
     result = rollup_job.submit(settings, bounded=True, blackhole=True)
@@ -131,7 +131,7 @@ if sys.argv[3] == "blackhole":
     end.close()
     stats = {"events": total, "progress": progress}
 else:
-    from pipelines.runner import run_pipeline
+    from pipelines.stream.runner import run_pipeline
     report = run_pipeline(settings, bounded=True)
     stats = {"events": report.source_records}
 seconds = time.monotonic() - started
@@ -184,8 +184,8 @@ def run_job(settings: Settings, mode: str, job_name: str = "rollup-job",
 def ours_end_to_end(settings: Settings, scale: int) -> dict:
     """Produce the night as fast as the generator can, then time Flink + loader to the last row;
     meanwhile count the archive's rows from outside for the sustained rate."""
-    from pipelines.clickhouse import connect
-    from pipelines.generator import generate_night
+    from pipelines.reference.generator import generate_night
+    from pipelines.store.clickhouse import connect
 
     truth = generate_night(settings, scale=scale, seed=20240812, progress=lambda *_: None)
     client = connect(settings)
@@ -220,7 +220,7 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
     import orjson
     from confluent_kafka import Producer
 
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     client = connect(settings)
     env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
@@ -300,10 +300,10 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
 
 
 def clickhouse_load_alone(settings: Settings) -> float:
-    """ClickHouse's Kafka consumers alone (pipelines.streams) over the job's committed output already
+    """ClickHouse's Kafka consumers alone (pipelines.stream.streams) over the job's committed output already
     in Kafka, into a fresh database: records (every valid event and rollup row) per second."""
-    from pipelines import streams
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
+    from pipelines.stream import streams
 
     target = replace(settings, clickhouse_url=settings.clickhouse_url + "_reload")
     prepare(target)
@@ -329,8 +329,8 @@ def python_peer(settings: Settings) -> float:
     import orjson
     from kafka import KafkaConsumer
 
-    from pipelines import sketches
-    from pipelines.clickhouse import connect
+    from pipelines.rollups import sketches
+    from pipelines.store.clickhouse import connect
 
     client = connect(settings)
     client.execute("CREATE TABLE IF NOT EXISTS peer_post_minute (post_id UInt64, window_start DateTime, "
@@ -372,7 +372,7 @@ def python_peer(settings: Settings) -> float:
 
 def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
     """ClickHouse 18.16's own Kafka engine -> materialized view -> AggregatingMergeTree (no exact dedupe)."""
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     client = connect(settings)
     topic = settings.topics.source("view")
@@ -412,9 +412,9 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
 
 
 def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
-    from pipelines import query
-    from pipelines.clickhouse import connect
-    from pipelines.subjects import get_subject
+    from pipelines.rollups.subjects import get_subject
+    from pipelines.serve import query
+    from pipelines.store.clickhouse import connect
 
     client = connect(settings)
     subject = get_subject("space-2024-08-12")

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     jvm_out, py_out = RESULTS / "profile-jvm.collapsed", RESULTS / "profile-python.collapsed"
     try:
-        from pipelines.generator import generate_night
+        from pipelines.reference.generator import generate_night
 
         truth = generate_night(settings, scale=args.scale, seed=20240812, progress=lambda *_: None)
         env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,

@@ -104,7 +104,7 @@ def lags(settings: Settings, consumer) -> tuple[int, int]:
     """(records the job has not consumed, job output not yet loaded into ClickHouse)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from pipelines.rollup_job import job_group_id
+    from pipelines.stream.rollup_job import job_group_id
 
     def behind(group: str, topics: list[str]) -> int:
         partitions = [TopicPartition(t, p) for t in topics for p in range(settings.topic_partitions)]
@@ -120,8 +120,8 @@ def lags(settings: Settings, consumer) -> tuple[int, int]:
             total += max(high - max(tp.offset, 0), 0)
         return total
 
-    from pipelines import streams
-    from pipelines.tables import OUTPUTS
+    from pipelines.store.tables import OUTPUTS
+    from pipelines.stream import streams
 
     topics = settings.topics
     # Each output is loaded by its own reader: ClickHouse's Kafka consumer group, or the loader's.
@@ -151,7 +151,7 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
 
 def scale_for(rate: float, seconds: float) -> int:
     """The largest 1:N night (fewest events) that still lasts `seconds` at `rate`."""
-    from pipelines.night import PUBLISHED_RELATED_VIEWS, PUBLISHED_SUBJECT_VIEWS
+    from pipelines.reference.night import PUBLISHED_RELATED_VIEWS, PUBLISHED_SUBJECT_VIEWS
 
     # Views are most of a night's deliveries; leave a fifth of margin for the rest.
     return max(1, int((PUBLISHED_SUBJECT_VIEWS + PUBLISHED_RELATED_VIEWS) * 1.2 / (rate * seconds)))
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from confluent_kafka import Consumer
 
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     base = Settings.from_env()
     tag = secrets.token_hex(3)

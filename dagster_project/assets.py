@@ -6,7 +6,7 @@ import dagster as dg
 
 from dagster_project.partitions import hourly
 from dagster_project.resources import ClickHouseResource
-from pipelines import backfill, reconcile
+from pipelines.repair import backfill, reconcile
 
 
 def _hours(context: dg.AssetExecutionContext):
@@ -53,7 +53,7 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
     # A range runs as one run (`dagster asset materialize --partition-range a...b`), hour by hour.
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="rollups",
-    description="Every rollup table of the hour(s) (pipelines.backfill.ROLLUP_BUILDERS: post_minute, post_hour, "
+    description="Every rollup table of the hour(s) (pipelines.repair.backfill.ROLLUP_BUILDERS: post_minute, post_hour, "
     "post_surface_minute), rebuilt from events_raw and swapped in with REPLACE PARTITION.",
     # After the reconciliation when both run (the hourly schedule): drift is recorded, then mended.
     deps=[post_minute_reconciliation],
@@ -80,7 +80,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
     })
 
 
-# --- subject rollups (pipelines/subject_rollups.py) -------------------------------------------
+# --- subject rollups (pipelines/rollups/subject_rollups.py) -------------------------------------------
 
 @dg.asset(
     partitions_def=hourly,
@@ -94,9 +94,9 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
                                    "within the other's bounds")],
 )
 def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource):
-    from pipelines import subject_rollups
-    from pipelines.query import conversation_posts
-    from pipelines.subjects import load_subjects
+    from pipelines.rollups import subject_rollups
+    from pipelines.rollups.subjects import load_subjects
+    from pipelines.serve.query import conversation_posts
 
     client = clickhouse.client()
     drifts = []
@@ -134,12 +134,13 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="subjects",
     description="Each tracked subject's minute, hour and day rows of the hour(s), recomputed from post_minute, posts "
-    "and space_presence (pipelines.subject_rollups.rebuild_hour); posts the stream's attribution missed are added.",
+    "and space_presence (pipelines.rollups.subject_rollups.rebuild_hour); posts the stream's attribution missed are "
+    "added.",
     deps=[subject_rollup_reconciliation],
 )
 def subject_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource) -> dg.MaterializeResult:
-    from pipelines import subject_rollups as rollups
-    from pipelines.subjects import load_subjects
+    from pipelines.rollups import subject_rollups as rollups
+    from pipelines.rollups.subjects import load_subjects
 
     client = clickhouse.client()
     written = 0

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import dagster as dg
 
-from pipelines.clickhouse import connect
 from pipelines.config import Settings
+from pipelines.store.clickhouse import connect
 
 # The local stack's defaults (`make up`), used when the variable is not set; set the variables
 # to point the same definitions at another ClickHouse or Kafka.

@@ -15,7 +15,7 @@ log = logging.getLogger("viewcount")
 
 
 def _connect(settings: Settings):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     return connect(settings)
 
@@ -30,8 +30,8 @@ def cmd_stack(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     applied = apply_migrations(connect(settings, database="default"), database=settings.clickhouse.database)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ", none pending"))
@@ -39,7 +39,7 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def cmd_generate(args, settings: Settings) -> int:
-    from pipelines.generator import generate_night
+    from pipelines.reference.generator import generate_night
 
     truth = generate_night(
         settings, scale=args.scale, seed=args.seed, rate=args.rate,
@@ -54,7 +54,7 @@ def cmd_generate(args, settings: Settings) -> int:
 def cmd_run(args, settings: Settings) -> int:
     from dataclasses import replace
 
-    from pipelines.runner import run_pipeline
+    from pipelines.stream.runner import run_pipeline
 
     if args.cluster:
         settings = replace(settings, flink_cluster=args.cluster)
@@ -68,7 +68,7 @@ def cmd_run(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from pipelines.serve import serve
+    from pipelines.serve.api import serve
 
     print(f"dashboards API and live page on http://{args.host}:{args.port}/ (OpenAPI: /docs); Ctrl-C to stop")
     serve(settings, host=args.host, port=args.port, ttl_s=args.ttl)
@@ -76,7 +76,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def cmd_query_post(args, settings: Settings) -> int:
-    from pipelines import query
+    from pipelines.serve import query
 
     figures = query.post_figures(_connect(settings), args.post_id)
     print(f"post {figures.post_id}: {figures.views:,} views · {figures.impressions:,} impressions · "
@@ -86,8 +86,8 @@ def cmd_query_post(args, settings: Settings) -> int:
 
 
 def cmd_query_subject(args, settings: Settings) -> int:
-    from pipelines import query
-    from pipelines.subjects import get_subject
+    from pipelines.rollups.subjects import get_subject
+    from pipelines.serve import query
 
     subject = get_subject(args.subject_id)
     zone = args.tz or subject.time_zone
@@ -110,7 +110,7 @@ def cmd_query_subject(args, settings: Settings) -> int:
 def _local(moment, zone: str) -> str:
     from zoneinfo import ZoneInfo
 
-    from pipelines.query import ALL_TIME
+    from pipelines.serve.query import ALL_TIME
 
     return "the start" if moment == ALL_TIME[0] else "the end" if moment == ALL_TIME[1] else (
         moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"))
@@ -132,8 +132,8 @@ def cmd_dagster(args, settings: Settings) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from pipelines import query
-    from pipelines.generator import SUBJECT_POST_ID, generate_night
+    from pipelines.reference.generator import SUBJECT_POST_ID, generate_night
+    from pipelines.serve import query
 
     cmd_migrate(args, settings)
     started = time.monotonic()
@@ -141,20 +141,20 @@ def cmd_demo(args, settings: Settings) -> int:
     produced = time.monotonic()
     print(f"generated the night at 1:{args.scale}: {truth.deliveries:,} records into Kafka "
           f"in {produced - started:.1f} s")
-    from pipelines.runner import run_pipeline
+    from pipelines.stream.runner import run_pipeline
 
     stats = run_pipeline(settings, bounded=True)
     elapsed = time.monotonic() - produced
     client = _connect(settings)
-    from pipelines.backfill import hours_with_events, rebuild_hour
+    from pipelines.repair.backfill import hours_with_events, rebuild_hour
 
     # The night is over: rebuild its hours from the archive, as the hourly backfill would,
     # so events that came later than the stream's watermark are counted too.
     rebuilt = [rebuild_hour(client, hour) for hour in hours_with_events(client)]
     # The subject rollups of the rebuilt hours follow (REPLACE PARTITION bypasses the change log
     # the refresh reads), as the hourly Dagster job does.
-    from pipelines import subject_rollups
-    from pipelines.subjects import load_subjects
+    from pipelines.rollups import subject_rollups
+    from pipelines.rollups.subjects import load_subjects
 
     for tracked in load_subjects().values():
         for report in rebuilt:
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--key", help="the collector write key (default: VIEWCOUNT_COLLECTOR_KEY)")
     generate.set_defaults(func=cmd_generate)
 
-    from pipelines import collector
+    from pipelines.ingest import collector
 
     collect = sub.add_parser("collect", help="the HTTP collector: clients' event batches into Kafka")
     collect.set_defaults(func=collector.run)
@@ -265,16 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "py4j", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # The driver logs every failed connection with its traceback; while ClickHouse is away our own
-    # lines say what waits and when it is back (pipelines.runner, pipelines.loader).
+    # lines say what waits and when it is back (pipelines.stream.runner, pipelines.stream.loader).
     logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
     settings = Settings.from_env()
     try:
         return args.func(args, settings)
     except Exception as exc:  # a message the user can act on, not a traceback
-        from pipelines.clickhouse import ClickHouseUnavailable
-        from pipelines.query import QueryError
+        from pipelines.rollups.subjects import UnknownSubject
+        from pipelines.serve.query import QueryError
         from pipelines.stack import StackError
-        from pipelines.subjects import UnknownSubject
+        from pipelines.store.clickhouse import ClickHouseUnavailable
 
         if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError, QueryError, UnknownSubject)):
             print(f"error: {exc}", file=sys.stderr)

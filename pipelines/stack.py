@@ -222,7 +222,7 @@ def ensure_credentials(settings: Settings) -> Path:
 def _dashboard_grants(settings: Settings) -> Path:
     """Re-render users.xml (under a lock: concurrent sessions each add theirs) letting the dashboard
     user into every companion database that exists now, and make a running server load it."""
-    from pipelines.clickhouse import ClickHouseUnavailable, connect, render_clickhouse_config
+    from pipelines.store.clickhouse import ClickHouseUnavailable, connect, render_clickhouse_config
 
     home = clickhouse_service(settings).home
     home.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def allow_dashboard(settings: Settings, timeout_s: float = 30.0) -> None:
     """Let the local stack's dashboard user into settings' companion database (made by the
     migrations), polling until it can; a no-op unless this state folder's ClickHouse is running.
     An existing cluster's dashboard user is granted by its administrator (README, Access)."""
-    from pipelines.clickhouse import ClickHouseUnavailable, connect_dashboard
+    from pipelines.store.clickhouse import ClickHouseUnavailable, connect_dashboard
 
     if clickhouse_service(settings).running_pid() is None:
         return
@@ -297,7 +297,7 @@ def start_clickhouse(settings: Settings, timeout_s: float = 60.0) -> str:
 
 
 def _answers(settings: Settings) -> bool:
-    from pipelines.clickhouse import wait_ready
+    from pipelines.store.clickhouse import wait_ready
 
     try:
         wait_ready(settings, timeout_s=1)

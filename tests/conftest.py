@@ -43,9 +43,9 @@ def clickhouse(stack_settings, kafka_topics):
 
     It depends on the session's topics so that it is torn down before them: dropping a database
     whose Kafka tables read topics already deleted hangs 18.16 in librdkafka's consumer close."""
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations, drop_database
     from pipelines.stack import allow_dashboard
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations, drop_database
 
     admin = connect(stack_settings, database="default")
     apply_migrations(admin, database=stack_settings.clickhouse.database)
@@ -73,9 +73,9 @@ def kafka_topics(stack_settings):
 def own_stack(stack_settings, session_tag, request):
     """Topics and a migrated database of this test's own, for a test that reads or counts
     everything it finds (the session's topics hold the other tests' records)."""
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations, drop_database
     from pipelines.stack import allow_dashboard, create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations, drop_database
 
     name = f"{request.node.name.removeprefix('test_')[:10]}_{session_tag}"
     target = stack_settings.clickhouse

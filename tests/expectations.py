@@ -42,9 +42,9 @@ def assert_headline_matches_truth(figures, truth) -> None:
 
 
 def assert_same_figures(client, subject, start, end):
-    """The subject rollups give exactly the query-time figures (pipelines.query.subject_figures),
+    """The subject rollups give exactly the query-time figures (pipelines.serve.query.subject_figures),
     unique viewers and listeners within each other's sketch bounds; returns the rolled-up ones."""
-    from pipelines import query
+    from pipelines.serve import query
 
     reference = query.subject_figures(client, subject, start, end)
     rolled = query.subject_rollup_figures(client, subject, start, end)

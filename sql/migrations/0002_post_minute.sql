@@ -1,7 +1,7 @@
 -- post_minute: per post and 1-minute window (UTC), exact counts and the unique-viewer sketch.
 -- A window written again (a re-emit after a restore, a backfill) carries a higher version
 -- and replaces the earlier row: read with FINAL (or argMax by version).
--- unique_viewers_sketch: DataSketches HLL (lg_k and type in pipelines/sketches.py), compact
+-- unique_viewers_sketch: DataSketches HLL (lg_k and type in pipelines/rollups/sketches.py), compact
 -- bytes; ranges are unions of these sketches, never sums of unique_viewers.
 CREATE TABLE IF NOT EXISTS post_minute
 (

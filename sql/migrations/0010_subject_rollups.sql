@@ -1,6 +1,6 @@
 -- Subject rollups: a tracked subject's figures kept per minute, hour and day, so that its
 -- headline for any range reads O(windows in the range) rows and never the posts table.
--- pipelines/subject_rollups.py owns them (refresh as data arrives, rebuild per hour).
+-- pipelines/rollups/subject_rollups.py owns them (refresh as data arrives, rebuild per hour).
 --
 -- subject_posts: which posts are about which tracked subject (config/subjects.toml), stored as
 -- posts arrive, not recomputed per query. The root itself is not listed (its views are the

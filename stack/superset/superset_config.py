@@ -1,10 +1,10 @@
-"""Superset's configuration for the local stack (`make superset`, pipelines/superset.py): its metadata
+"""Superset's configuration for the local stack (`make superset`, pipelines/serve/superset.py): its metadata
 and secret key under the state folder, loopback only, nothing fetched from or sent to the internet."""
 
 import os
 from pathlib import Path
 
-# pipelines/superset.py sets SUPERSET_HOME to <state>/superset; Superset keeps its SQLite metadata
+# pipelines/serve/superset.py sets SUPERSET_HOME to <state>/superset; Superset keeps its SQLite metadata
 # database there (superset.db, its default location under SUPERSET_HOME).
 _HOME = Path(os.environ["SUPERSET_HOME"])
 

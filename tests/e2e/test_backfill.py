@@ -31,9 +31,9 @@ def settings(stack_settings, session_tag):
     """This module's topics and database on the session's services."""
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     database = f"{stack_settings.clickhouse.database}_backfill"
     target = stack_settings.clickhouse
@@ -52,7 +52,7 @@ def settings(stack_settings, session_tag):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     c = connect(settings)
     yield c
@@ -62,8 +62,8 @@ def client(settings):
 @pytest.fixture(scope="module")
 def night(settings, client):
     """The night through the stream; returns the ground truth and the stream's rows."""
-    from pipelines.generator import generate_night
-    from pipelines.runner import run_pipeline
+    from pipelines.reference.generator import generate_night
+    from pipelines.stream.runner import run_pipeline
 
     truth = generate_night(settings, scale=SCALE, seed=SEED)
     run_pipeline(settings, bounded=True)
@@ -105,8 +105,8 @@ def backfilled_hour(night, client, dagster_resources):
     """The busiest hour after one view was archived too late for the stream: the reconciliation
     before, then the hour rebuilt through Dagster, and every row after."""
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
-    from pipelines.clickhouse import EVENTS_RAW, insert_rows
-    from pipelines.tables import EVENTS_RAW_COLUMNS
+    from pipelines.store.clickhouse import EVENTS_RAW, insert_rows
+    from pipelines.store.tables import EVENTS_RAW_COLUMNS
 
     truth, before = night
     views_by_hour: dict[str, int] = {}
@@ -196,9 +196,9 @@ def test_the_reconciliation_flagged_the_late_archived_view_and_passes_after_the_
 def test_the_reconciliation_check_fails_on_a_seeded_drift_and_a_backfill_mends_it(
         backfilled_hour, client, dagster_resources):
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
-    from pipelines.backfill import BACKFILL_VERSION_BASE
-    from pipelines.clickhouse import POST_MINUTE, insert_rows
-    from pipelines.tables import POST_MINUTE_COLUMNS
+    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
+    from pipelines.store.clickhouse import POST_MINUTE, insert_rows
+    from pipelines.store.tables import POST_MINUTE_COLUMNS
 
     hour, _, _, _, _ = backfilled_hour  # rebuilt, so the stream and the archive agree exactly
     assert check_passed(materialize(post_minute_reconciliation, hour, dagster_resources))[0]
@@ -220,7 +220,7 @@ def test_the_reconciliation_check_fails_on_a_seeded_drift_and_a_backfill_mends_i
 
 
 def test_an_hour_rebuilds_in_one_chunk_or_many_with_the_same_rows(backfilled_hour, client, monkeypatch):
-    from pipelines import backfill, reconcile
+    from pipelines.repair import backfill, reconcile
 
     hour, _, _, _, _ = backfilled_hour
     whole = list(backfill.minute_rows(client, hour, version=1))
@@ -233,7 +233,7 @@ def test_an_hour_rebuilds_in_one_chunk_or_many_with_the_same_rows(backfilled_hou
 
 
 def test_a_backfill_of_an_hour_without_events_empties_it(night, client):
-    from pipelines import backfill
+    from pipelines.repair import backfill
 
     empty = datetime(2024, 8, 12, 20, tzinfo=UTC)  # before the night
     report = backfill.rebuild_hour(client, empty)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from pipelines.config import Topics
-from pipelines.generator import generate_night
+from pipelines.reference.generator import generate_night
 from tests.sockets import assert_loopback_only, process_tree
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ SEED = 1208
 
 @pytest.fixture(scope="module")
 def flink_cluster(stack_settings):
-    from pipelines import flink_cluster
+    from pipelines.stream import flink_cluster
 
     was_running = flink_cluster.overview() is not None
     flink_cluster.up(stack_settings, taskmanagers=2)
@@ -32,9 +32,9 @@ def flink_cluster(stack_settings):
 
 
 def _stack(base, name: str):
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     target = base.clickhouse
     settings = replace(base, topics=Topics(prefix=name), clickhouse_url=(
@@ -55,7 +55,7 @@ def _run(settings, log, *flags: str) -> None:
 
 
 def _minutes(settings) -> dict:
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     rows = connect(settings).execute(
         "SELECT post_id, toString(window_start), views, impressions, unique_viewers_sketch FROM post_minute FINAL",
@@ -65,7 +65,7 @@ def _minutes(settings) -> dict:
 
 def test_the_night_on_a_flink_cluster_at_parallelism_2_equals_the_mini_cluster(
         stack_settings, session_tag, flink_cluster, tmp_path):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     local, remote = _stack(stack_settings, f"local{session_tag}"), _stack(stack_settings, f"cluster{session_tag}")
     try:
@@ -92,7 +92,7 @@ def test_the_night_on_a_flink_cluster_at_parallelism_2_equals_the_mini_cluster(
 def test_the_cluster_listens_on_loopback_only(stack_settings, flink_cluster):
     """JobManager (RPC, blob server, REST, metrics RPC) and TaskManagers (RPC, metrics RPC, shuffle
     server): every socket they listen on is on loopback (stack/flink/config.yaml.template)."""
-    from pipelines import flink_cluster as cluster
+    from pipelines.stream import flink_cluster as cluster
 
     pids = cluster.pids(stack_settings)
     if not pids:

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines import query
-from pipelines.collector import CollectorProcess
 from pipelines.config import Topics
-from pipelines.generator import generate_night
-from pipelines.runner import run_pipeline
+from pipelines.ingest.collector import CollectorProcess
+from pipelines.reference.generator import generate_night
+from pipelines.serve import query
+from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
 
 pytestmark = pytest.mark.e2e
@@ -33,9 +33,9 @@ def via_http(stack_settings, session_tag):
     """Topics and a database of this module's own; the night sent through a collector."""
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     target = stack_settings.clickhouse
     settings = replace(
@@ -73,8 +73,8 @@ def test_every_post_minute_matches_ground_truth_as_on_the_direct_path(via_http):
 
 
 def test_the_nights_headline_figures_through_the_collector(via_http):
-    from pipelines.backfill import hours_with_events, rebuild_hour
-    from pipelines.subjects import get_subject
+    from pipelines.repair.backfill import hours_with_events, rebuild_hour
+    from pipelines.rollups.subjects import get_subject
 
     _, truth, _, clickhouse = via_http
     for hour in hours_with_events(clickhouse):  # late events, as the hourly rebuild counts them

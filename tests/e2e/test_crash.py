@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.generator import generate_night
+from pipelines.reference.generator import generate_night
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +39,7 @@ def _tail(log: Path) -> str:
 
 
 def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(own_stack, tmp_path):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     settings = own_stack
     clickhouse = connect(settings)

@@ -13,10 +13,11 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer
 
-from pipelines import query, sketches
-from pipelines.generator import generate_night
-from pipelines.runner import run_pipeline
-from pipelines.testdata import malformed_records
+from pipelines.reference.generator import generate_night
+from pipelines.reference.testdata import malformed_records
+from pipelines.rollups import sketches
+from pipelines.serve import query
+from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth, assert_same_figures
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +52,7 @@ def test_every_post_minute_matches_ground_truth_despite_duplicates_and_reorderin
 def test_the_live_subject_rollups_equal_the_query_time_figures_before_any_rebuild(night, clickhouse):
     """What dashboards read while the night runs: the runner's refresh, told by the change feed
     what ClickHouse's consumers loaded, with no hourly rebuild yet."""
-    from pipelines.subjects import get_subject
+    from pipelines.rollups.subjects import get_subject
 
     rolled = assert_same_figures(clickhouse, get_subject("space-2024-08-12"), *query.ALL_TIME)
     assert rolled.subject_views > 0 and rolled.views_of_posts_about > 0 and rolled.listeners.peak_listeners > 0
@@ -112,7 +113,7 @@ def _materialize(asset, hour, dagster_resources):
 def drift_before_backfill(night, clickhouse, dagster_resources):
     """The reconciliation of every hour as the stream left it (late events make some drift)."""
     from dagster_project.assets import post_minute_reconciliation
-    from pipelines.backfill import hours_with_events
+    from pipelines.repair.backfill import hours_with_events
 
     return {hour: _materialize(post_minute_reconciliation, hour, dagster_resources)
             for hour in hours_with_events(clickhouse)}
@@ -131,7 +132,7 @@ def backfilled(night, clickhouse, dagster_resources, drift_before_backfill):
 
 
 def test_backfill_rebuilds_stream_rows_identically_and_counts_late_events(night, backfilled, clickhouse):
-    from pipelines.backfill import rebuild_hour
+    from pipelines.repair.backfill import rebuild_hour
 
     truth, _ = night
     before, hours = backfilled
@@ -153,7 +154,7 @@ def _post_minute_rows(client):
 
 
 def test_the_nights_headline_figures_through_the_query_api(night, backfilled, clickhouse):
-    from pipelines.subjects import get_subject
+    from pipelines.rollups.subjects import get_subject
 
     truth, _ = night
     subject = get_subject("space-2024-08-12")
@@ -204,9 +205,9 @@ def test_reconciliation_flags_the_hours_with_late_events_and_passes_after_the_ba
 def test_reconciliation_fails_on_a_seeded_drift_and_a_backfill_mends_only_that_hour(
         night, backfilled, clickhouse, dagster_resources):
     from dagster_project.assets import post_minute_reconciliation, post_minute_rollups
-    from pipelines.backfill import BACKFILL_VERSION_BASE
-    from pipelines.clickhouse import POST_MINUTE, insert_rows
-    from pipelines.tables import POST_MINUTE_COLUMNS
+    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
+    from pipelines.store.clickhouse import POST_MINUTE, insert_rows
+    from pipelines.store.tables import POST_MINUTE_COLUMNS
 
     _, hours = backfilled
     target = hours[2]

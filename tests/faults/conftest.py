@@ -22,8 +22,8 @@ def no_pipeline_left_running():
 def own_stack(request):
     """Topics (kept forever: see harness.fresh_namespace) and a migrated database of this test's
     own on the configured stack; the database is dropped at the end."""
-    from pipelines.clickhouse import connect
     from pipelines.config import Settings
+    from pipelines.store.clickhouse import connect
 
     name = f"{request.node.name.removeprefix('test_')[:10]}_{secrets.token_hex(4)}"
     settings = harness.fresh_namespace(Settings.from_env(), name)

@@ -130,7 +130,7 @@ def poll(condition, timeout_s: float, what: str, interval_s: float = 0.2, alive:
 
 def rebuild_night(client) -> int:
     """The hourly backfill over every hour with events, as the Dagster schedule would run it."""
-    from pipelines.backfill import hours_with_events, rebuild_hour
+    from pipelines.repair.backfill import hours_with_events, rebuild_hour
 
     hours = hours_with_events(client)
     for hour in hours:
@@ -245,9 +245,9 @@ def fresh_namespace(settings: Settings, name: str) -> Settings:
     The topics keep their records forever: the generator stamps records with the night's times
     (2024), and a time retention (7 days by default) lets the broker delete them, measured here
     within 2 minutes of producing, before the job had read them."""
-    from pipelines.clickhouse import connect
-    from pipelines.migrate import apply_migrations
     from pipelines.stack import create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations
 
     target = settings.clickhouse
     own = replace(settings, topics=Topics(prefix=name), topic_retention_ms=-1, clickhouse_url=(

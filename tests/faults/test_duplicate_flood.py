@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from harness import archive_counts, assert_stream_within_truth, compare_with_truth, rebuild_night, start_pipeline
 
-from pipelines.generator import NIGHT_END_MS, build_night, generate_night, produce
+from pipelines.reference.generator import NIGHT_END_MS, build_night, generate_night, produce
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SCALE = 20_000
@@ -40,7 +40,7 @@ def replayed_hour(night, copies: int, first_arrival_ms: int):
 
 
 def test_an_hour_replayed_ten_times_changes_no_count(own_stack, tmp_path):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     settings, clickhouse = own_stack, connect(own_stack)
     truth = generate_night(settings, scale=SCALE, seed=SEED)

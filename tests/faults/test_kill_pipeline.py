@@ -25,8 +25,8 @@ from harness import (
     start_pipeline,
 )
 
-from pipelines.generator import generate_night
-from pipelines.rollup_job import SAVEPOINTS, EndOfInput
+from pipelines.reference.generator import generate_night
+from pipelines.stream.rollup_job import SAVEPOINTS, EndOfInput
 
 KINDS = ("loading", "checkpoint", "loading", "drain")
 
@@ -90,7 +90,7 @@ def _kill_at(run, settings, progress: _Progress, kind: str, delay_s: float, befo
 
 
 def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     settings = own_stack
     clickhouse = connect(settings)

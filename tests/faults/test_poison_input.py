@@ -29,9 +29,9 @@ from harness import (
     start_pipeline,
 )
 
-from pipelines import schemas
 from pipelines.config import EVENT_TYPES
-from pipelines.generator import NIGHT_END_MS, NIGHT_START_MS, generate_night
+from pipelines.ingest import schemas
+from pipelines.reference.generator import NIGHT_END_MS, NIGHT_START_MS, generate_night
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SCALE = 50_000
@@ -224,7 +224,7 @@ def topic_max_message_bytes(settings) -> int:
 
 @pytest.fixture(scope="module")
 def poisoned(own_stack_module, tmp_path_factory):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     settings = own_stack_module
     records = poison_records(SEED, RECORDS, topic_max_message_bytes(settings), settings.event_max_future_s,
@@ -244,8 +244,8 @@ def own_stack_module():
     """Topics and a migrated database of this module's own (harness.fresh_namespace)."""
     import secrets
 
-    from pipelines.clickhouse import connect
     from pipelines.config import Settings
+    from pipelines.store.clickhouse import connect
 
     settings = fresh_namespace(Settings.from_env(), f"poison_{secrets.token_hex(4)}")
     yield settings
@@ -264,8 +264,8 @@ def test_a_payload_at_the_topic_limit_is_dead_lettered_without_a_restart(tmp_pat
     payload plus its origin and reason, which must still fit the dead-letter topic."""
     import secrets
 
-    from pipelines.clickhouse import connect
     from pipelines.config import Settings
+    from pipelines.store.clickhouse import connect
 
     settings = fresh_namespace(Settings.from_env(), f"limit_{secrets.token_hex(4)}")
     clickhouse = connect(settings)

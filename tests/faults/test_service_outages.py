@@ -29,7 +29,7 @@ from harness import (
 )
 
 from pipelines.config import REPO_ROOT
-from pipelines.generator import GroundTruth, generate_night
+from pipelines.reference.generator import GroundTruth, generate_night
 from pipelines.stack import clickhouse_service, kafka_service
 
 # A stack of their own and a minute of deliberate outage each: in the long run (`pytest -m soak`),
@@ -53,7 +53,7 @@ def _hold(seconds: float, *runs) -> None:
 
 
 def _exact_after_rebuild(settings, truth) -> None:
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     clickhouse = connect(settings)
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
@@ -101,7 +101,7 @@ def test_broker_kill_9_and_restart_under_load_counts_every_acknowledged_event_on
 
 
 def test_clickhouse_stopped_then_paused_mid_run_the_pipeline_waits_and_loses_nothing(private_stack, tmp_path):
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     settings = fresh_namespace(private_stack, f"{private_stack.topics.prefix}_ch")
     truth = generate_night(settings, scale=5_000, seed=616)

@@ -24,8 +24,11 @@ import pytest
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from pipelines import cli, query
-from pipelines.clickhouse import (
+from pipelines import cli
+from pipelines.config import REPO_ROOT
+from pipelines.serve import query
+from pipelines.stack import clickhouse_service, kafka_service
+from pipelines.store.clickhouse import (
     DASHBOARD_TABLES,
     DEAD_LETTERS,
     EVENTS_RAW,
@@ -36,8 +39,6 @@ from pipelines.clickhouse import (
     connect_dashboard,
     insert_rows,
 )
-from pipelines.config import REPO_ROOT
-from pipelines.stack import clickhouse_service, kafka_service
 from tests.sockets import (
     assert_loopback_only,
     listeners_by_pid,

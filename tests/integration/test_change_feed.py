@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipelines import query, sketches, streams, subject_rollups
-from pipelines.subjects import load_subjects
+from pipelines.rollups import sketches, subject_rollups
+from pipelines.rollups.subjects import load_subjects
+from pipelines.serve import query
+from pipelines.stream import streams
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +52,8 @@ def _step_until(feed, done, what: str, deadline_s: float = 120) -> None:
 
 
 def test_rows_loaded_by_clickhouse_reach_the_subject_rollups_and_never_before_they_are_readable(own_stack):
-    from pipelines.change_feed import ChangeFeed
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
+    from pipelines.stream.change_feed import ChangeFeed
 
     settings, topics = own_stack, own_stack.topics
     subject = load_subjects()["space-2024-08-12"]

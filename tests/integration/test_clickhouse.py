@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from clickhouse_driver import errors as ch_errors
 
-from pipelines import migrate
-from pipelines.clickhouse import POST_MINUTE, ClickHouseUnavailable, connect, connect_analyst, insert_rows
-from pipelines.tables import POST_MINUTE_COLUMNS
+from pipelines.store import migrate
+from pipelines.store.clickhouse import POST_MINUTE, ClickHouseUnavailable, connect, connect_analyst, insert_rows
+from pipelines.store.tables import POST_MINUTE_COLUMNS
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2024, 8, 12, 23, 47, tzinfo=UTC)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import query, sketches, subject_rollups
-from pipelines.clickhouse import POST_MINUTE, POSTS, insert_rows
-from pipelines.subjects import load_subjects
+from pipelines.rollups import sketches, subject_rollups
+from pipelines.rollups.subjects import load_subjects
+from pipelines.serve import query
+from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
 
 pytestmark = pytest.mark.integration
@@ -27,11 +28,11 @@ POSTS_COLUMNS = ("post_id", "author_id", "created_at", "reply_to", "quote_of", "
 @pytest.fixture(scope="module")
 def night(stack_settings, session_tag):
     """A 1:1000 night written straight into a database of this module's own (no Flink), rolled up."""
-    from pipelines.clickhouse import connect
-    from pipelines.generator import build_night
-    from pipelines.migrate import apply_migrations, drop_database
-    from pipelines.night_tables import fill_night
+    from pipelines.reference.generator import build_night
+    from pipelines.reference.night_tables import fill_night
     from pipelines.stack import allow_dashboard
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations, drop_database
 
     target = stack_settings.clickhouse
     database = f"viewcount_subjects_{session_tag}"
@@ -138,7 +139,7 @@ def test_new_views_of_the_root_reach_the_rollup_in_one_refresh(night, subject):
 
 
 def test_the_hourly_reconciliation_finds_a_wrong_minute_and_the_rebuild_mends_it(night, subject):
-    from pipelines.clickhouse import SUBJECT_ROLLUP
+    from pipelines.store.clickhouse import SUBJECT_ROLLUP
 
     _, client = night
     hour = datetime(2024, 8, 13, 1, tzinfo=UTC)
@@ -173,7 +174,7 @@ def start_server(settings, ttl_s: float = 2.0):
 
     import uvicorn
 
-    from pipelines.serve import create_app
+    from pipelines.serve.api import create_app
 
     app = create_app(settings, ttl_s=ttl_s)
     port = _free_port()
@@ -317,13 +318,13 @@ def test_the_live_page_shows_the_apis_figures(api, subject):
     """Debian's chromium (headless) loads `/` and the counters on the page equal the API's."""
     import shutil
 
-    from pipelines.serve import CHART_DIR
+    from pipelines.serve.api import CHART_DIR
 
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         pytest.fail("chromium and chromium-driver are not installed: run `make browser` (apt)")
     if not CHART_DIR.is_dir():
         pytest.fail("the chart library is not installed: run `make web` (npm)")
-    from pipelines.browser import headless_chromium
+    from pipelines.serve.browser import headless_chromium
 
     base, _ = api
     driver = headless_chromium(1400, 1000)

@@ -1,6 +1,6 @@
 """Loading the job's output into ClickHouse, against the real Kafka broker and ClickHouse server:
 the Python loader (posts, presence, dead letters) and ClickHouse's own Kafka consumers (every
-valid event and rollup row, pipelines.streams)."""
+valid event and rollup row, pipelines.stream.streams)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def _load_until_caught_up(*loaders, deadline_s: float = 60) -> list[int]:
 def test_a_restarted_loader_with_nothing_new_to_read_is_caught_up(own_stack):
     """A partition a restarted loader reads nothing from has no consumer position: how far the
     group committed before the restart must count (a bounded run after a crash hung on this)."""
-    from pipelines.clickhouse import connect
-    from pipelines.loader import Loader
+    from pipelines.store.clickhouse import connect
+    from pipelines.stream.loader import Loader
 
     settings, topics = own_stack, own_stack.topics
     clickhouse = connect(settings)
@@ -68,8 +68,8 @@ def test_a_restarted_loader_with_nothing_new_to_read_is_caught_up(own_stack):
 
 
 def test_two_loaders_in_one_group_split_the_partitions_and_lose_or_double_nothing(own_stack):
-    from pipelines.clickhouse import connect
-    from pipelines.loader import Loader
+    from pipelines.store.clickhouse import connect
+    from pipelines.stream.loader import Loader
 
     settings, topics = own_stack, own_stack.topics
     clickhouse = connect(settings)
@@ -91,8 +91,8 @@ def test_two_loaders_in_one_group_split_the_partitions_and_lose_or_double_nothin
 def test_clickhouse_loads_valid_events_itself_and_a_replay_changes_nothing(own_stack):
     """ClickHouse's Kafka consumer writes every valid event into the archive; the same records
     delivered again (a crash between its write and its offset commit) leave the counts as they are."""
-    from pipelines import streams
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
+    from pipelines.stream import streams
 
     settings, topics = own_stack, own_stack.topics
     clickhouse = connect(settings)

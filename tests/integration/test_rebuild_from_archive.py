@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines import backfill, reconcile, sketches
-from pipelines.clickhouse import EVENTS_RAW, POST_MINUTE, connect, insert_rows
-from pipelines.tables import EVENTS_RAW_COLUMNS, POST_MINUTE_COLUMNS
+from pipelines.repair import backfill, reconcile
+from pipelines.rollups import sketches
+from pipelines.store.clickhouse import EVENTS_RAW, POST_MINUTE, connect, insert_rows
+from pipelines.store.tables import EVENTS_RAW_COLUMNS, POST_MINUTE_COLUMNS
 
 pytestmark = pytest.mark.integration
 HOUR = datetime(2024, 8, 13, 1, tzinfo=UTC)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import migrate
 from pipelines.config import CREDENTIALS_FILE, Settings
+from pipelines.store import migrate
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 

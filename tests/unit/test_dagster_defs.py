@@ -43,7 +43,7 @@ def test_resources_read_the_environment_and_fall_back_to_the_local_stack(monkeyp
 def test_every_rollup_table_is_rebuilt_by_one_builder_into_an_allowlisted_staging_table():
     from datetime import UTC, datetime
 
-    from pipelines import backfill
+    from pipelines.repair import backfill
 
     tables = [table for builder in backfill.ROLLUP_BUILDERS for table in builder.tables]
     assert sorted(tables) == ["post_hour", "post_minute", "post_surface_minute"]

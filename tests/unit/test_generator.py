@@ -8,8 +8,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipelines import generator, schemas, testdata
-from pipelines.generator import (
+from pipelines.ingest import schemas
+from pipelines.reference import generator, testdata
+from pipelines.reference.generator import (
     MAX_DISORDER_MS,
     NIGHT_END_MS,
     NIGHT_START_MS,
@@ -112,7 +113,7 @@ def test_malformed_records_fail_schema_validation():
 
 
 def test_listeners_follow_the_night_and_sessions_rebuild_from_presence_events(night, events):
-    from pipelines import listeners
+    from pipelines.rollups import listeners
 
     truth = ground_truth(night, SCALE)
     assert truth.peak_listeners > truth.listeners_per_minute[generator.FLOOD_DELAY_MINUTES + 5] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from pipelines.kafka import committed_offsets
+from pipelines.stream.kafka import committed_offsets
 
 
 class _Consumer:

@@ -1,6 +1,6 @@
 """Sessions from presence events and the concurrent-listener curve."""
 
-from pipelines.listeners import HEARTBEAT_TIMEOUT_MS, concurrent_per_minute, sessions
+from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, concurrent_per_minute, sessions
 
 M = 60_000
 

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from pipelines import backfill, migrate, query
+from pipelines.repair import backfill
+from pipelines.serve import query
+from pipelines.store import migrate
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from pipelines.progress import Progress
+from pipelines.stream.progress import Progress
 
 
 def test_without_a_terminal_progress_is_plain_log_lines_with_what_is_left(caplog):

@@ -13,8 +13,10 @@ from datetime import datetime
 import orjson
 import pytest
 
-from pipelines import rollup_job, schemas, sketches
 from pipelines.config import Settings
+from pipelines.ingest import schemas
+from pipelines.rollups import sketches
+from pipelines.stream import rollup_job
 
 SETTINGS = Settings.from_env()
 
@@ -124,7 +126,7 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
     by_key = {(r[0], r[1]): r for r in result}
     first = by_key[(10, datetime(2024, 8, 12, 23, 47))]
     assert first[2:5] == (3, 1, 6)
-    # The job's sketch is the one pipelines.sketches builds from the same viewers, byte for byte.
+    # The job's sketch is the one pipelines.rollups.sketches builds from the same viewers, byte for byte.
     assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1]))
     assert by_key[(10, datetime(2024, 8, 12, 23, 48))][2:4] == (1, 0)
     assert by_key[(11, datetime(2024, 8, 12, 23, 47))][2:4] == (1, 0)

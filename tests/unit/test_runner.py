@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.runner import _WhileClickHouseAway
+from pipelines.stream.runner import _WhileClickHouseAway
 
 
 class _Client:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines import sketches
+from pipelines.rollups import sketches
 
 
 def test_bytes_round_trip_keeps_the_estimate():

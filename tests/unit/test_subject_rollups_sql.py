@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipelines import migrate, query, subject_rollups
+from pipelines.rollups import subject_rollups
+from pipelines.serve import query
+from pipelines.store import migrate
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 
@@ -58,7 +60,7 @@ def test_grain_bounds_cover_a_range_with_whole_days_hours_and_minute_edges():
 
 
 def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak():
-    from pipelines import sketches
+    from pipelines.rollups import sketches
 
     def minute(m: int, viewers: list[int], listeners: int, total: int) -> dict:
         row = dict.fromkeys(subject_rollups.COUNT_COLUMNS, 1)

@@ -1,12 +1,12 @@
-"""The Superset dashboard's definition (pipelines/superset.py), without Superset: `make superset`
+"""The Superset dashboard's definition (pipelines/serve/superset.py), without Superset: `make superset`
 runs the real thing and checks it in chromium."""
 
 from __future__ import annotations
 
 import re
 
-from pipelines import superset
-from pipelines.subjects import load_subjects
+from pipelines.rollups.subjects import load_subjects
+from pipelines.serve import superset
 
 
 def _dataset_columns() -> set[str]:

@@ -8,10 +8,10 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from pipelines import validation
 from pipelines.config import Settings
-from pipelines.generator import build_night, night_events
-from pipelines.testdata import malformed_records
+from pipelines.ingest import validation
+from pipelines.reference.generator import build_night, night_events
+from pipelines.reference.testdata import malformed_records
 
 
 @pytest.mark.parametrize(("event_type", "raw", "expected"), malformed_records())

@@ -10,7 +10,7 @@ import org.apache.flink.types.Row;
 
 /**
  * {@code viewer_sketch(viewer_ids, lg_k, target_type)}: the DataSketches HLL sketch of a window's distinct
- * viewers, as hex of its compact bytes, and its estimate. The conventions are pipelines/sketches.py's
+ * viewers, as hex of its compact bytes, and its estimate. The conventions are pipelines/rollups/sketches.py's
  * (the one home of them; lg_k and the target type, e.g. HLL_4, come from there): ids deduplicated and fed in ascending order, since
  * the HIP estimator depends on update order, so the stream and a rebuild give the same bytes.
  */

@@ -9,7 +9,7 @@ version grows).
 Each rollup table family is a `RollupBuilder` in `ROLLUP_BUILDERS`: a new rollup (per subject,
 per surface, listeners, ...) is one more builder with the tables it owns and how it fills their
 staging copies; `rebuild_hour` stages and swaps whatever the builders own. How the stream's
-rows compare with a rebuild, without writing it, is `pipelines.reconcile`.
+rows compare with a rebuild, without writing it, is `pipelines.repair.reconcile`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import NamedTuple, Protocol
 
-from pipelines import sketches
-from pipelines.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
 from pipelines.config import REPO_ROOT
-from pipelines.tables import POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
+from pipelines.rollups import sketches
+from pipelines.store.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
+from pipelines.store.tables import POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
 
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
 # A rebuilt row's version: BACKFILL_VERSION_BASE + the run's epoch seconds. Stream rows carry

@@ -1,6 +1,6 @@
 """A standalone Flink session cluster on loopback: one JobManager and TaskManagers as processes.
 
-`make cluster-up` / `make cluster-down` (`python -m pipelines.flink_cluster up|down|status`). It is
+`make cluster-up` / `make cluster-down` (`python -m pipelines.stream.flink_cluster up|down|status`). It is
 the apache-flink wheel's own distribution (pyflink/bin, pyflink/lib) run with a conf folder of ours
 under the state folder; `viewcount run --cluster 127.0.0.1:<rest port>` submits the same job to it.
 """

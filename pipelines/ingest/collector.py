@@ -4,7 +4,7 @@ POST /v1/events takes a JSON array or NDJSON of events (gzip bodies too, and the
 of a browser's navigator.sendBeacon). Each event names its type and schema version in two
 envelope fields (`event_type`, `schema_version`), which the collector removes: what reaches the
 source topic is the event as the generator writes it, keyed as the generator keys it. Every
-event is validated with the job's rules (pipelines/validation.py); a rejected one goes to the
+event is validated with the job's rules (pipelines/ingest/validation.py); a rejected one goes to the
 dead-letter topic with the client's key name and the reason, and does not sink the batch.
 
 A 2xx means durable: it is sent only once Kafka acknowledged every event of the batch (idempotent
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import orjson
 
-from pipelines import schemas, validation
 from pipelines.config import EVENT_TYPES, Settings
+from pipelines.ingest import schemas, validation
 
 log = logging.getLogger("viewcount.collector")
 
@@ -600,7 +600,7 @@ def serve(settings: Settings, config: CollectorSettings) -> None:
     log.warning("collector on http://%s:%d%s (%d workers) -> Kafka at %s, topics %s.*", config.host, config.port,
                 PATH, config.workers, settings.kafka_bootstrap, settings.topics.prefix)
     try:
-        uvicorn.run("pipelines.collector:create_app", factory=True, host=config.host, port=config.port,
+        uvicorn.run("pipelines.ingest.collector:create_app", factory=True, host=config.host, port=config.port,
                     workers=config.workers, loop="uvloop", http="httptools", access_log=False,
                     limit_concurrency=config.max_connections,
                     log_level="warning", timeout_graceful_shutdown=int(config.ack_timeout_s) + 5)
@@ -635,7 +635,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.collector", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.ingest.collector", description=__doc__.splitlines()[0])
     add_arguments(parser)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(parser.parse_args(argv), Settings.from_env())
@@ -665,7 +665,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class CollectorProcess:
-    """`python -m pipelines.collector` as a child in a session of its own (tests, benchmarks)."""
+    """`python -m pipelines.ingest.collector` as a child in a session of its own (tests, benchmarks)."""
 
     def __init__(self, settings: Settings, keys: dict[str, str], port: int | None = None, workers: int = 2,
                  log_path: Path | None = None, **knobs: object):
@@ -681,7 +681,8 @@ class CollectorProcess:
         self.log_path = log_path or Path(f"/tmp/viewcount-collector-{self.port}.log")
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.collector", "--port", str(self.port), "--workers", str(workers)],
+                [sys.executable, "-m", "pipelines.ingest.collector", "--port", str(self.port),
+                 "--workers", str(workers)],
                 cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
 

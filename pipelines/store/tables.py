@@ -16,7 +16,7 @@ DEAD_LETTERS = "dead_letters"
 SPACE_PRESENCE = "space_presence"
 POST_SURFACE_MINUTE = "post_surface_minute"
 POST_HOUR = "post_hour"
-# Subject rollups (pipelines/subject_rollups.py, migration 0010).
+# Subject rollups (pipelines/rollups/subject_rollups.py, migration 0010).
 SUBJECT_POSTS = "subject_posts"
 SUBJECT_ROLLUP = "subject_rollup"
 SUBJECT_REFRESH_STATE = "subject_refresh_state"
@@ -60,7 +60,7 @@ def _fields(*specs: str) -> tuple[Field, ...]:
 class Output:
     """One output of the job: a Kafka topic (`Topics.<topic>`) and the fields of its records.
     `table` is the ClickHouse table it ends in: loaded by ClickHouse's own Kafka engine when
-    `clickhouse_loads`, else by pipelines.loader."""
+    `clickhouse_loads`, else by pipelines.stream.loader."""
 
     name: str
     topic: str
@@ -75,8 +75,8 @@ class Output:
 
 # The job's outputs. The high-volume ones (every valid event, every rollup row, every listener's
 # presence) go from Kafka to ClickHouse without Python: ClickHouse's Kafka engine reads them
-# (pipelines.streams). Posts (nullable links) and dead letters (counted by reason) go through
-# pipelines.loader.
+# (pipelines.stream.streams). Posts (nullable links) and dead letters (counted by reason) go through
+# pipelines.stream.loader.
 EVENTS_VALID = Output("events_valid", "events_valid", _fields(
     "event_type STRING String", "event_id STRING String", "event_time_ms BIGINT UInt64",
     "post_id BIGINT UInt64", "author_id BIGINT UInt64", "viewer_id BIGINT UInt64",

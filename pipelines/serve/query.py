@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from pipelines import sketches
 from pipelines.config import REPO_ROOT
+from pipelines.rollups import sketches
 
 QUERIES_DIR = REPO_ROOT / "sql" / "queries"
 # Wide enough for any event; 18.16 cannot compare DateTime with dates past 2105.
@@ -121,7 +121,7 @@ def space_listeners(client, space_id: int, start: datetime, end: datetime) -> Li
     and its minute, unique listeners (HLL). Sessions that began before start count from it."""
     import pandas as pd
 
-    from pipelines.listeners import concurrent_per_minute, sessions
+    from pipelines.rollups.listeners import concurrent_per_minute, sessions
 
     # A session open at `start` began at most a Space's length earlier; read a day back.
     lookback = datetime.fromtimestamp(max(0.0, start.timestamp() - 86_400), UTC)
@@ -148,7 +148,7 @@ def space_listeners(client, space_id: int, start: datetime, end: datetime) -> Li
 
 def conversation_posts(client, subject) -> tuple[set[int], dict[int, datetime]]:
     """(posts about the subject, creation time of every known post)."""
-    from pipelines.subjects import posts_about
+    from pipelines.rollups.subjects import posts_about
 
     rows = client.execute(query_text("posts_graph"))
     created = {row[0]: row[5] for row in rows}
@@ -309,7 +309,7 @@ def top_posts(client, subject, start: datetime, end: datetime, limit: int = 10):
     return pd.DataFrame(rows, columns=["post_id", "views", "impressions"])
 
 
-# --- from the subject rollups (pipelines/subject_rollups.py) ----------------------------------
+# --- from the subject rollups (pipelines/rollups/subject_rollups.py) ----------------------------------
 
 DAY = timedelta(days=1)
 GRAIN_LENGTH = {"minute": timedelta(minutes=1), "hour": HOUR, "day": DAY}

@@ -1,6 +1,6 @@
 """How the stream's post_minute rows of an hour differ from a rebuild from the archive (written nowhere).
 
-Both sides come chunk by chunk in (post_id, window_start) order, as `pipelines.backfill` reads
+Both sides come chunk by chunk in (post_id, window_start) order, as `pipelines.repair.backfill` reads
 the archive, and are walked side by side: memory stays one chunk of each, whatever the hour.
 """
 
@@ -11,9 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from pipelines import sketches
-from pipelines.backfill import READ_BLOCK_ROWS, as_utc, backfill_sql, grouped_minutes, hour_chunks, hour_of, hour_window
-from pipelines.clickhouse import sibling
+from pipelines.repair.backfill import (
+    READ_BLOCK_ROWS,
+    as_utc,
+    backfill_sql,
+    grouped_minutes,
+    hour_chunks,
+    hour_of,
+    hour_window,
+)
+from pipelines.rollups import sketches
+from pipelines.store.clickhouse import sibling
 
 
 @dataclass

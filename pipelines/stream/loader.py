@@ -1,7 +1,7 @@
 """The loader: the job's low-volume outputs upserted into ClickHouse, effectively once.
 
 It reads (read_committed) what the Flink job's transactional sinks committed for the outputs
-ClickHouse does not load itself (pipelines.tables: posts and dead letters) and
+ClickHouse does not load itself (pipelines.store.tables: posts and dead letters) and
 writes them with clickhouse-driver. Offsets are committed only after ClickHouse accepted the rows,
 so a crash repeats a batch and never loses one; a repeated batch changes nothing because the
 tables are ReplacingMergeTree keyed by the row's identity.
@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 import orjson
 
-from pipelines import kafka
-from pipelines.clickhouse import insert_rows
 from pipelines.config import Settings
-from pipelines.tables import DEAD_LETTER, OUTPUTS, POSTS_VALID, TABLE_COLUMNS, Output
+from pipelines.store.clickhouse import insert_rows
+from pipelines.store.tables import DEAD_LETTER, OUTPUTS, POSTS_VALID, TABLE_COLUMNS, Output
+from pipelines.stream import kafka
 
 log = logging.getLogger("viewcount.loader")
 LOADED_BY_PYTHON = tuple(o for o in OUTPUTS if not o.clickhouse_loads)
@@ -64,7 +64,7 @@ def dead_letter_row(record: dict, _offset: int, now: datetime) -> tuple:
     return (record["topic"], record["partition"], record["offset"], record["reason"], record["payload"] or "", now)
 
 
-# Output -> how one of its records becomes a row of its table (columns: pipelines.tables).
+# Output -> how one of its records becomes a row of its table (columns: pipelines.store.tables).
 ROW_BUILDERS: dict[str, Callable[[dict, int, datetime], tuple]] = {
     POSTS_VALID.name: post_row, DEAD_LETTER.name: dead_letter_row,
 }

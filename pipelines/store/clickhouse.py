@@ -10,7 +10,7 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.tables import (  # noqa: F401 - the table names, re-exported for their readers
+from pipelines.store.tables import (  # noqa: F401 - the table names, re-exported for their readers
     DEAD_LETTERS,
     EVENTS_RAW,
     POST_HOUR,

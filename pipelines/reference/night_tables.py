@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pipelines.backfill import hours_with_events, rebuild_hour
-from pipelines.clickhouse import EVENTS_RAW, POSTS, SPACE_PRESENCE, insert_rows
-from pipelines.night import IMPRESSION, POST, PRESENCE, VIEW, Night, _enum, event_id
+from pipelines.reference.night import IMPRESSION, POST, PRESENCE, VIEW, Night, _enum, event_id
+from pipelines.repair.backfill import hours_with_events, rebuild_hour
+from pipelines.store.clickhouse import EVENTS_RAW, POSTS, SPACE_PRESENCE, insert_rows
 
 BLOCK_ROWS = 500_000
 # Unrelated posts get ids far above the night's, so they never collide with its posts.

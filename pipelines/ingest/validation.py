@@ -16,8 +16,8 @@ from functools import cache
 
 import orjson
 
-from pipelines import schemas
 from pipelines.config import EVENT_TYPES, Settings
+from pipelines.ingest import schemas
 
 NOT_AN_OBJECT = "not a JSON object"
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1

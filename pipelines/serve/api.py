@@ -175,7 +175,7 @@ class Database:
         self.queries = 0  # ClickHouse queries sent (connection checks included)
 
     def client(self):
-        from pipelines.clickhouse import connect_dashboard
+        from pipelines.store.clickhouse import connect_dashboard
 
         client = getattr(self._local, "client", None)
         if client is None:
@@ -201,7 +201,7 @@ class Database:
 def _outage_types() -> tuple[type[BaseException], ...]:
     from clickhouse_driver import errors as ch_errors
 
-    from pipelines.clickhouse import ClickHouseUnavailable
+    from pipelines.store.clickhouse import ClickHouseUnavailable
 
     return (ClickHouseUnavailable, ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError)
 
@@ -210,7 +210,7 @@ def _outage_types() -> tuple[type[BaseException], ...]:
 
 @functools.cache
 def _subjects() -> dict:
-    from pipelines.subjects import load_subjects
+    from pipelines.rollups.subjects import load_subjects
 
     return load_subjects()
 
@@ -238,7 +238,7 @@ def _asked(subject_id: str, start: str | None, end: str | None, tz: str | None):
 
 
 def _range(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    from pipelines.query import ALL_TIME
+    from pipelines.serve.query import ALL_TIME
 
     if not start and not end:
         return ALL_TIME
@@ -274,7 +274,7 @@ def subjects_answer() -> list[dict]:
 
 
 def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneInfo) -> dict:
-    from pipelines import query
+    from pipelines.serve import query
 
     try:
         f = query.subject_rollup_figures(client, subject, start, end)
@@ -299,7 +299,7 @@ def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneIn
 
 
 def series_answer(client, subject, start: datetime, end: datetime, grain: str, zone: ZoneInfo) -> dict:
-    from pipelines import query
+    from pipelines.serve import query
 
     frame = query.subject_minute_rows(client, subject, start, end, grain=grain)
     rows = frame.to_dict("records")
@@ -322,7 +322,7 @@ def listeners_answer(client, subject, start: datetime, end: datetime, zone: Zone
 
 
 def post_answer(client, post_id: int, start: datetime, end: datetime) -> dict:
-    from pipelines import query
+    from pipelines.serve import query
 
     f = query.post_figures(client, post_id, start, end)
     if not f.minutes:
@@ -333,14 +333,14 @@ def post_answer(client, post_id: int, start: datetime, end: datetime) -> dict:
 
 
 def top_posts_answer(client, subject, start: datetime, end: datetime, limit: int) -> dict:
-    from pipelines import query
+    from pipelines.serve import query
 
     frame = query.subject_top_posts(client, subject, start, end, limit)
     return {"subject_id": subject.id, "posts": frame.to_dict("records")}
 
 
 def health_answer(client) -> dict:
-    from pipelines.query import query_text
+    from pipelines.serve.query import query_text
 
     rows = client.execute(query_text("subject_freshness"))
     subjects = []

@@ -3,7 +3,7 @@
 `refresh(client, settings)` brings every tracked subject's rollups up to what the loader has
 written, incrementally and idempotently: it reads what changed since its last run from
 `rollup_changes` (filled by materialized views on direct inserts into post_minute, posts and
-space_presence, and by pipelines.change_feed for what ClickHouse's Kafka consumers load),
+space_presence, and by pipelines.stream.change_feed for what ClickHouse's Kafka consumers load),
 attributes new posts (a reply to a reply, and posts that arrived before what they answer),
 recomputes only the minutes touched and rewrites their hour and day rows. A subject seen for
 the first time is built from scratch. Running it twice, or concurrently with the hourly
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-from pipelines import sketches
-from pipelines.clickhouse import SUBJECT_POSTS, SUBJECT_REFRESH_STATE, SUBJECT_ROLLUP, insert_rows
 from pipelines.config import REPO_ROOT
-from pipelines.listeners import HEARTBEAT_TIMEOUT_MS, sessions
-from pipelines.subjects import Subject, load_subjects
+from pipelines.rollups import sketches
+from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, sessions
+from pipelines.rollups.subjects import Subject, load_subjects
+from pipelines.store.clickhouse import SUBJECT_POSTS, SUBJECT_REFRESH_STATE, SUBJECT_ROLLUP, insert_rows
 
 log = logging.getLogger("viewcount.subject_rollups")
 SQL_DIR = REPO_ROOT / "sql" / "subject_rollups"
@@ -201,8 +201,8 @@ def _runs(minutes: list[datetime], gap: timedelta) -> list[list[datetime]]:
 
 def _listeners(client, subject: Subject, minutes: list[datetime], rows: dict[datetime, dict]) -> None:
     """Concurrent listeners of the subject's Space in each minute (sessions open at any moment of
-    it, as pipelines.listeners defines them) and the sketch of who they were."""
-    from pipelines.query import query_text
+    it, as pipelines.rollups.listeners defines them) and the sketch of who they were."""
+    from pipelines.serve.query import query_text
 
     for run in _runs(minutes, PRESENCE_RUN_GAP):
         start, end = run[0], run[-1] + MINUTE
@@ -422,9 +422,9 @@ class RefreshTimer:
 
 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:
-    """The whole attribution walk over every post (pipelines.subjects.posts_about); stores the
+    """The whole attribution walk over every post (pipelines.rollups.subjects.posts_about); stores the
     posts about the subject that subject_posts lacks and returns them."""
-    from pipelines.query import conversation_posts
+    from pipelines.serve.query import conversation_posts
 
     about, created = conversation_posts(client, subject)
     missing = about - _members_among(client, subject, about) if about else set()

@@ -6,14 +6,14 @@ over its bytes, with rules generated from schemas/*.json); an event time implaus
 record's Kafka time is a reject too, and never moves the watermark. Duplicates collapse inside the
 window (a duplicate is the same event_id with the same event_time, so it always falls in the same
 window), and each post-minute row carries its viewers' DataSketches HLL sketch, built in the job
-with the conventions of `pipelines.sketches`.
+with the conventions of `pipelines.rollups.sketches`.
 
 Outputs go to Kafka with Flink's exactly-once (transactional) sink, committed on checkpoints:
 dead letters, validated events for the archive, post-minute and post-surface-minute rollups, and
 the validated post creations and Space presence events. ClickHouse's Kafka engine loads the archive
-and the rollups itself (`pipelines.streams`); `pipelines.loader` upserts the rest. Kept apart:
+and the rollups itself (`pipelines.stream.streams`); `pipelines.stream.loader` upserts the rest. Kept apart:
 the transformation (`decode_sql`, `post_minute_sql`, ..., testable on in-memory rows), the Kafka
-wiring (`build`, `submit`) and the running of a job (`pipelines.runner`).
+wiring (`build`, `submit`) and the running of a job (`pipelines.stream.runner`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipelines import schemas, sketches
 from pipelines.config import EVENT_TYPES, Settings
-from pipelines.tables import (
+from pipelines.ingest import schemas
+from pipelines.rollups import sketches
+from pipelines.store.tables import (
     DEAD_LETTER,
     EVENTS_VALID,
     OUTPUTS,
@@ -256,7 +257,7 @@ class EndOfInput:
     transactions: a transaction's closing marker would sit past the last committed offset."""
 
     def __init__(self, settings: Settings):
-        from pipelines.kafka import TopicEnds
+        from pipelines.stream.kafka import TopicEnds
 
         self._ends = TopicEnds(settings, job_group_id(settings),
                                [settings.topics.source(t) for t in EVENT_TYPES])
@@ -287,7 +288,7 @@ def drain(job_client, settings: Settings):
 def run_to_end(result, settings: Settings, end: EndOfInput, on_progress=None, poll_s: float = 1.0) -> str:
     """The job alone as a bounded run: wait until it has consumed up to `end` (calling
     on_progress(remaining) on every poll), drain it, wait for it to finish. Returns the
-    savepoint's path. (`pipelines.runner` does the same with the loader beside it.)"""
+    savepoint's path. (`pipelines.stream.runner` does the same with the loader beside it.)"""
     job = result.get_job_client()
     while remaining := end.remaining():
         if on_progress is not None:

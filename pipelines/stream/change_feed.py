@@ -1,9 +1,9 @@
 """The change feed: which post-minutes and Space minutes ClickHouse's Kafka consumers have loaded.
 
-The subject rollups (pipelines.subject_rollups) refresh what `rollup_changes` says changed. Rows
+The subject rollups (pipelines.rollups.subject_rollups) refresh what `rollup_changes` says changed. Rows
 inserted directly into post_minute or space_presence reach it through materialized views, but
 ClickHouse 18.16 does not run a table's views for rows another view writes into it, and that is
-how its Kafka consumers load those tables (pipelines.streams). A second view on a Kafka table would
+how its Kafka consumers load those tables (pipelines.stream.streams). A second view on a Kafka table would
 see the rows, but made 18.16 abort on dropping such a table (docs/design.md).
 
 So this feed reads the same topics in a consumer group of its own, keeps only the keys (post and
@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 
 import orjson
 
-from pipelines import kafka, streams
-from pipelines.clickhouse import insert_rows
 from pipelines.config import Settings
-from pipelines.subject_rollups import server_now
-from pipelines.tables import POST_MINUTE_ROWS, PRESENCE_VALID, ROLLUP_CHANGES, TABLE_COLUMNS, Output
+from pipelines.rollups.subject_rollups import server_now
+from pipelines.store.clickhouse import insert_rows
+from pipelines.store.tables import POST_MINUTE_ROWS, PRESENCE_VALID, ROLLUP_CHANGES, TABLE_COLUMNS, Output
+from pipelines.stream import kafka, streams
 
 log = logging.getLogger("viewcount.change_feed")
 

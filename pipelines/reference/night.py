@@ -6,7 +6,7 @@ counts are the published ones divided by N (integer division), exactly. On top: 
 (interactions) on a fraction of views, duplicate deliveries of the same event, arrival up to
 5 s out of order, and a few events delivered minutes late. Arrays (numpy) hold the night in
 about 40 bytes an event, so 1:100 (about 11M records) fits comfortably in memory.
-`pipelines.producer` sends a night to Kafka; `pipelines.generator.generate_night` does both.
+`pipelines.reference.producer` sends a night to Kafka; `pipelines.reference.generator.generate_night` does both.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipelines import schemas
+from pipelines.ingest import schemas
 
 NIGHT_START = datetime(2024, 8, 12, 23, 47, tzinfo=UTC)
 NIGHT_START_MS = int(NIGHT_START.timestamp() * 1000)
@@ -279,7 +279,7 @@ def _listeners(rng: np.random.Generator, scale: int, population: int):
     """The Space's presence events: about 1M/scale join when it finally starts after the flood,
     more join until the 1.3M/scale peak near 21:14 ET, then they drift away; most stay to the
     end; a tenth of those leaving early just vanish (their heartbeats stop, no leave)."""
-    from pipelines.listeners import HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS
+    from pipelines.rollups.listeners import HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS
 
     minute = 60_000
     start = NIGHT_START_MS + FLOOD_DELAY_MINUTES * minute
@@ -357,7 +357,7 @@ def night_events(night: Night) -> Iterator[tuple[int, str, dict]]:
 def ground_truth(night: Night, scale: int, detail: bool = True) -> GroundTruth:
     import pandas as pd
 
-    from pipelines.listeners import concurrent_per_minute
+    from pipelines.rollups.listeners import concurrent_per_minute
 
     curve = concurrent_per_minute(night.listener_sessions.tolist(), NIGHT_START_MS, NIGHT_MINUTES)
     first = ~night.duplicate

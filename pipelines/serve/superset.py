@@ -26,8 +26,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.stack import Service, StackError
-from pipelines.subjects import Subject, load_subjects
 
 STACK_DIR = REPO_ROOT / "stack" / "superset"
 REQUIREMENTS = STACK_DIR / "requirements.txt"
@@ -353,8 +353,8 @@ def provision(settings: Settings) -> dict[str, int]:
 def _expected(settings: Settings, subject: Subject) -> int:
     """The checked figure as `viewcount serve` answers it (all time), read as the dashboard user;
     0 before the pipeline has run."""
-    from pipelines import query
-    from pipelines.clickhouse import connect_dashboard
+    from pipelines.serve import query
+    from pipelines.store.clickhouse import connect_dashboard
 
     client = connect_dashboard(settings)
     try:
@@ -373,7 +373,7 @@ def check(settings: Settings, subject: Subject, screenshot: Path = SCREENSHOT, t
         raise StackError("chromium and chromium-driver are not installed: run `make browser` (apt)")
     from selenium.webdriver.common.by import By
 
-    from pipelines.browser import headless_chromium
+    from pipelines.serve.browser import headless_chromium
 
     expected = _expected(settings, subject)
     api = login(settings)
@@ -436,7 +436,7 @@ def up(settings: Settings, with_check: bool = True) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.superset", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.serve.superset", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("up", "down", "provision", "check"))
     parser.add_argument("--no-check", action="store_true", help="up: skip the check in chromium")
     args = parser.parse_args(argv)

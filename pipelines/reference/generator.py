@@ -1,7 +1,7 @@
 """`generate_night`: the reference night built, its ground truth written, and the night sent to Kafka.
 
-The night and its ground truth live in `pipelines.night`, the Kafka producer in
-`pipelines.producer`; the names other modules and tests take from here are re-exported.
+The night and its ground truth live in `pipelines.reference.night`, the Kafka producer in
+`pipelines.reference.producer`; the names other modules and tests take from here are re-exported.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from pipelines.config import Settings
-from pipelines.night import (
+from pipelines.reference.night import (
     FLOOD_DELAY_MINUTES,
     HOST_AUTHOR_ID,
     IMPRESSION,
@@ -33,8 +33,8 @@ from pipelines.night import (
     ground_truth,
     night_events,
 )
-from pipelines.producer import produce
-from pipelines.progress import Progress
+from pipelines.reference.producer import produce
+from pipelines.stream.progress import Progress
 
 __all__ = [
     "FLOOD_DELAY_MINUTES", "HOST_AUTHOR_ID", "IMPRESSION", "MAX_DISORDER_MS", "NIGHT_END_MS", "NIGHT_MINUTES",
@@ -51,7 +51,7 @@ def generate_night(settings: Settings, scale: int = 1000, seed: int = 20240812,
     """Build the night at 1:`scale`, write its ground truth to `truth_path` (if given), send it
     to Kafka, or through the HTTP collector at `via` as client batches. Without a
     `progress(sent, total)` callback, progress shows as a bar on a terminal and as periodic log
-    lines elsewhere (`pipelines.progress`)."""
+    lines elsewhere (`pipelines.stream.progress`)."""
     night = build_night(scale, seed)
     truth = ground_truth(night, scale, detail=truth_detail)
     if truth_path is not None:
@@ -60,8 +60,8 @@ def generate_night(settings: Settings, scale: int = 1000, seed: int = 20240812,
         shown = Progress("producing the night", total=len(night.kind)) if progress is None else nullcontext()
         with shown:
             report = progress or (lambda sent, _total: shown.set(sent))
-            if via:  # through the HTTP collector at this URL (pipelines/collector_client.py)
-                from pipelines.collector_client import send_night
+            if via:  # through the HTTP collector at this URL (pipelines/ingest/collector_client.py)
+                from pipelines.ingest.collector_client import send_night
 
                 send_night(via, via_key, ((t, e) for _, t, e in night_events(night)), len(night.kind), report,
                            rate=rate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from pipelines.night import HOST_AUTHOR_ID, NIGHT_START_MS, SUBJECT_POST_ID
+from pipelines.reference.night import HOST_AUTHOR_ID, NIGHT_START_MS, SUBJECT_POST_ID
 
 
 def malformed_records() -> list[tuple[str, bytes, str]]:

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipelines import rollup_job, streams
-from pipelines.change_feed import ChangeFeed
 from pipelines.config import Settings
-from pipelines.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
-from pipelines.subject_rollups import RefreshTimer
+from pipelines.rollups.subject_rollups import RefreshTimer
+from pipelines.stream import rollup_job, streams
+from pipelines.stream.change_feed import ChangeFeed
+from pipelines.stream.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
 
 log = logging.getLogger("viewcount.runner")
 # A bounded run gives up when ClickHouse's consumers commit nothing for this long after the job ended.
@@ -123,7 +123,7 @@ class _WhileClickHouseAway:
 
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
     """Run the Flink job, ClickHouse's consumers and the loader until the job ends (bounded) or a signal."""
-    from pipelines.clickhouse import connect
+    from pipelines.store.clickhouse import connect
 
     started = time.monotonic()
     stopping = threading.Event()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.kafka import TopicEnds
-from pipelines.tables import OUTPUTS, Output
+from pipelines.store.tables import OUTPUTS, Output
+from pipelines.stream.kafka import TopicEnds
 
 log = logging.getLogger("viewcount.streams")
 SQL_DIR = REPO_ROOT / "sql" / "streams"
@@ -58,7 +58,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
                                                 "group": group_id(settings, output, consumer)})
             created.append(queue)
         # The one materialized view over the Kafka table: a second one made 18.16 abort when the
-        # table was dropped (docs/design.md); other readers follow the topic (pipelines.change_feed).
+        # table was dropped (docs/design.md); other readers follow the topic (pipelines.stream.change_feed).
         client.execute((SQL_DIR / f"{output.name}.sql").read_text())
     return created
 

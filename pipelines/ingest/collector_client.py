@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from pipelines import schemas
+from pipelines.ingest import schemas
 
 PATH = "/v1/events"
 

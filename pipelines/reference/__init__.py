@@ -1,0 +1,1 @@
+"""The reference night: its generator, ground truth, producer and test data."""

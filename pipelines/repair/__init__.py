@@ -1,0 +1,1 @@
+"""Where the archive corrects the stream: hour rebuilds (backfill) and reconciliation."""

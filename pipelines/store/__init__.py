@@ -1,0 +1,1 @@
+"""Where rows are kept: the ClickHouse client, migrations and the registry of tables and their columns."""
