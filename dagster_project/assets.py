@@ -98,15 +98,15 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
     from pipelines.rollups.subjects import load_subjects
     from pipelines.serve.query import conversation_posts
 
-    client = clickhouse.client()
     drifts = []
-    for subject in load_subjects().values():
-        about, _ = conversation_posts(client, subject)
-        stored = {pid for (pid,) in client.execute(
-            "SELECT post_id FROM subject_posts WHERE subject_id = %(subject_id)s", {"subject_id": subject.id})}
-        missing = len(about - stored)
-        drifts += [subject_rollups.compare_hour(client, subject, hour, missing_posts=missing)
-                   for hour in _hours(context)]
+    with clickhouse.client() as client:
+        for subject in load_subjects().values():
+            about, _ = conversation_posts(client, subject)
+            stored = {pid for (pid,) in client.execute(
+                "SELECT post_id FROM subject_posts WHERE subject_id = %(subject_id)s", {"subject_id": subject.id})}
+            missing = len(about - stored)
+            drifts += [subject_rollups.compare_hour(client, subject, hour, missing_posts=missing)
+                       for hour in _hours(context)]
     totals = {
         "missing_posts": max((d.missing_posts for d in drifts), default=0),
         "missing_windows": sum(d.missing_windows for d in drifts),
@@ -142,11 +142,11 @@ def subject_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHouseRes
     from pipelines.rollups import subject_rollups as rollups
     from pipelines.rollups.subjects import load_subjects
 
-    client = clickhouse.client()
     written = 0
-    for subject in load_subjects().values():
-        for hour in _hours(context):
-            rows = rollups.rebuild_hour(client, subject, hour)
-            written += rows
-            context.log.info(f"{subject.id} {hour:%Y-%m-%d %H:00} UTC: {rows} minute rows")
+    with clickhouse.client() as client:
+        for subject in load_subjects().values():
+            for hour in _hours(context):
+                rows = rollups.rebuild_hour(client, subject, hour)
+                written += rows
+                context.log.info(f"{subject.id} {hour:%Y-%m-%d %H:00} UTC: {rows} minute rows")
     return dg.MaterializeResult(metadata={"minute_rows": written, "hours": len(_hours(context))})

@@ -8,16 +8,18 @@ from dagster_project.assets import (
     subject_rollup_reconciliation,
     subject_rollups,
 )
+from dagster_project.ledger import repair_changed_hours, repair_changed_hours_schedule
 from dagster_project.resources import resources
 from dagster_project.schedules import reconcile_hourly, reconcile_job
 
 
 def rollups() -> dg.Definitions:
-    """The rollups domain: rebuild from the archive, reconcile with the stream, hourly."""
+    """The rollups domain: rebuild from the archive, reconcile with the stream, hourly; repair the
+    hours in the ledger of changed hours every 10 minutes."""
     return dg.Definitions(
         assets=[post_minute_rollups, post_minute_reconciliation, subject_rollup_reconciliation, subject_rollups],
-        jobs=[reconcile_job],
-        schedules=[reconcile_hourly],
+        jobs=[reconcile_job, repair_changed_hours],
+        schedules=[reconcile_hourly, repair_changed_hours_schedule],
     )
 
 

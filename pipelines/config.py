@@ -133,6 +133,12 @@ class Settings:
     checkpoint_interval_ms: int = 2000
     # Declared out-of-orderness: a window closes this long after its end (event time).
     watermark_delay_s: int = 10
+    # An event's own time moves the watermark only up to its record's Kafka time plus this lead:
+    # an event dated ahead (a fast client clock, or a forged time inside event_max_future_s) is
+    # counted when its time is reached, and cannot close everyone else's windows early. Keep it
+    # at or below 0: a lead L above 0 lets one such event push the watermark to its arrival +
+    # L - watermark_delay_s, so honest events of the next L s arrive late (docs/design.md).
+    watermark_max_lead_s: int = 0
     # A live source partition silent this long stops holding the watermark back (0 = never).
     source_idle_timeout_s: int = 30
     # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
@@ -173,6 +179,7 @@ class Settings:
                 _env("CHECKPOINT_INTERVAL_MS", str(base.checkpoint_interval_ms))
             ),
             watermark_delay_s=int(_env("WATERMARK_DELAY_S", str(base.watermark_delay_s))),
+            watermark_max_lead_s=int(_env("WATERMARK_MAX_LEAD_S", str(base.watermark_max_lead_s))),
             source_idle_timeout_s=int(_env("SOURCE_IDLE_TIMEOUT_S", str(base.source_idle_timeout_s))),
             dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
             event_max_future_s=int(_env("EVENT_MAX_FUTURE_S", str(base.event_max_future_s))),

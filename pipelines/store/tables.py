@@ -22,6 +22,10 @@ SUBJECT_ROLLUP = "subject_rollup"
 SUBJECT_REFRESH_STATE = "subject_refresh_state"
 # What changed, for the subject refresh: (source table, post or Space id, minute, server time).
 ROLLUP_CHANGES = "rollup_changes"
+# The ledger of changed hours and their repairs (pipelines/repair/ledger.py, migration 0011).
+CHANGED_HOURS = "changed_hours"
+HOUR_REPAIRS = "hour_repairs"
+LEDGER_SCANS = "ledger_scans"
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
@@ -34,11 +38,17 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     POSTS: ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version"),
     SPACE_PRESENCE: ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id"),
     ROLLUP_CHANGES: ("source", "key", "window_start", "changed_at"),
+    CHANGED_HOURS: ("hour_start", "reason", "rows", "noted_at"),
+    HOUR_REPAIRS: ("hour_start", "covered_until", "repaired_at"),
+    LEDGER_SCANS: ("scanned_at",),
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
 # Tables the pipeline may write; identifiers in SQL text come only from here.
 WRITABLE_TABLES = frozenset({*TABLE_COLUMNS, SUBJECT_POSTS, SUBJECT_ROLLUP, SUBJECT_REFRESH_STATE})
 EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]
+# Filled by the archive itself (migration 0011): whether the stream had closed the event's window
+# when it was archived, and when the row was loaded. Writers leave them to their defaults.
+EVENTS_RAW_ARCHIVE_COLUMNS = ("late", "loaded_at")
 POST_MINUTE_COLUMNS = TABLE_COLUMNS[POST_MINUTE]
 POST_HOUR_COLUMNS = TABLE_COLUMNS[POST_HOUR]
 
@@ -80,7 +90,7 @@ class Output:
 EVENTS_VALID = Output("events_valid", "events_valid", _fields(
     "event_type STRING String", "event_id STRING String", "event_time_ms BIGINT UInt64",
     "post_id BIGINT UInt64", "author_id BIGINT UInt64", "viewer_id BIGINT UInt64",
-    "surface STRING String", "client STRING String", "action STRING String",
+    "surface STRING String", "client STRING String", "action STRING String", "late INT UInt8",
 ), EVENTS_RAW, clickhouse_loads=True)
 POST_MINUTE_ROWS = Output("post_minute", "post_minute", _fields(
     "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "views BIGINT UInt64",
@@ -104,4 +114,5 @@ DEAD_LETTER = Output("dead_letter", "dead_letter", _fields(
     "payload STRING String",
 ), DEAD_LETTERS, clickhouse_loads=False)
 OUTPUTS = (DEAD_LETTER, EVENTS_VALID, POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, POSTS_VALID, PRESENCE_VALID)
-VALID_EVENT_FIELDS = EVENTS_VALID.field_names
+# The fields of a valid counted event as the job carries it (the archive's `late` is decided at the sink).
+VALID_EVENT_FIELDS = tuple(f for f in EVENTS_VALID.field_names if f != "late")

@@ -37,9 +37,16 @@ def _queue_sql(output: Output) -> str:
     return (SQL_DIR / "queue.sql").read_text().replace("{queue}", queue_table(output)).replace("{columns}", columns)
 
 
+def _columns(client, table: str) -> list[tuple[str, str]]:
+    return [tuple(row) for row in client.execute(
+        "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = %(table)s",
+        {"table": table})]  # in the table's order
+
+
 def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
     """Create the Kafka tables and their views in the client's database (idempotent); a consumer
-    left pointing at another topic (another prefix) is replaced. Returns what it created.
+    left pointing at another topic (another prefix), or with other columns than the job's output
+    now has (a deployment of a new version), is replaced. Returns what it created.
     `consumer` names the consumer groups (another name reads the topics again from the start)."""
     created = []
     for output in LOADED_BY_CLICKHOUSE:
@@ -48,8 +55,14 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         existing = client.execute(
             "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = %(name)s",
             {"name": queue})
+        stale = None
         if existing and f"'{topic}'" not in existing[0][0]:
-            log.info("replacing ClickHouse's consumer %s: it reads another topic than %s", queue, topic)
+            stale = f"reads another topic than {topic}"
+        elif existing and _columns(client, queue) != [(f.name, f.clickhouse) for f in output.fields]:
+            stale = "has other columns than the job's output"
+        if stale:
+            # Its consumer group stays: the new consumer goes on from the old one's committed offsets.
+            log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
             client.execute(f"DROP TABLE IF EXISTS {loader_view(output)}")
             client.execute(f"DROP TABLE IF EXISTS {queue}")
             existing = []

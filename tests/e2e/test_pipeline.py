@@ -147,6 +147,28 @@ def test_backfill_rebuilds_stream_rows_identically_and_counts_late_events(night,
     assert _post_minute_rows(clickhouse) == after, "a second rebuild changed something"
 
 
+def test_the_hourly_job_repairs_the_dashboards_rollups_to_ground_truth(night, backfilled, clickhouse,
+                                                                       dagster_resources):
+    """The hourly schedule's job, all four assets of it, over every hour of the night: the subject
+    rollups the dashboards read then hold the late events too, exactly the night's figures."""
+    from dagster_project.definitions import defs
+    from pipelines.rollups.subjects import get_subject
+
+    truth, _ = night
+    _, hours = backfilled
+    job = defs.resolve_job_def("reconcile_closed_hour")
+    assert len(job.asset_layer.executable_asset_keys) == 4
+    for hour in hours:
+        result = job.execute_in_process(partition_key=f"{hour:%Y-%m-%d-%H:00}", resources=dagster_resources,
+                                        raise_on_error=False)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    subject = get_subject("space-2024-08-12")
+    start, end = query.parse_range(*NIGHT)
+    rolled = assert_same_figures(clickhouse, subject, start, end)
+    assert (rolled.subject_views, rolled.posts_about, rolled.views_of_posts_about, rolled.combined_views) == (
+        truth.subject_views, truth.related_posts, truth.related_views, truth.combined_views)
+
+
 def _post_minute_rows(client):
     rows = client.execute("SELECT post_id, toString(window_start), views, impressions, unique_viewers_sketch "
                           "FROM post_minute FINAL", settings={"strings_as_bytes": True})

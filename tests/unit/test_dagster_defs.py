@@ -15,6 +15,9 @@ def test_definitions_load_with_assets_check_and_schedule():
     assert checks == {"stream_agrees_with_archive", "subject_rollups_agree_with_sources"}
     schedule = defs.resolve_schedule_def("reconcile_closed_hour_schedule")
     assert schedule.cron_schedule == "15 * * * *"
+    repair = defs.resolve_schedule_def("repair_changed_hours_schedule")
+    assert repair.cron_schedule == "*/10 * * * *" and repair.job_name == "repair_changed_hours"
+    assert defs.resolve_job_def("repair_changed_hours").required_resource_keys - {"io_manager"} == {"clickhouse"}
 
 
 def test_partitions_are_utc_hours_from_the_night():

@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from pipelines.repair import backfill
+from pipelines.repair import backfill, ledger
 from pipelines.serve import query
 from pipelines.store import migrate
+from pipelines.store.tables import EVENTS_RAW_COLUMNS
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 
@@ -37,7 +38,8 @@ def migrated(session):
 def test_every_migration_statement_runs_on_current_clickhouse(migrated):
     tables = migrated.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
     assert str(tables).split() == [f'"{name}"' for name in (
-        "dead_letters", "events_raw", "post_hour", "post_minute", "post_minute_changes", "post_surface_minute",
+        "changed_hours", "dead_letters", "events_raw", "hour_repairs", "ledger_scans", "post_hour", "post_minute",
+        "post_minute_changes", "post_surface_minute",
         "posts", "posts_changes", "rollup_changes", "space_presence", "space_presence_changes", "subject_posts",
         "subject_refresh_state", "subject_rollup")]
 
@@ -80,9 +82,9 @@ def _backfill_text(name: str, values: dict[str, str], **tables: str) -> str:
 
 
 def test_every_backfill_statement_runs_on_current_clickhouse(migrated):
-    migrated.query("INSERT INTO events_raw VALUES ('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, "
-                  "'home', 'ios', ''), ('impression', 'e2', '2024-08-13 01:02:04', 1723510924000, 7, 3, 42, "
-                  "'home', 'ios', 'like')")
+    migrated.query(f"INSERT INTO events_raw ({', '.join(EVENTS_RAW_COLUMNS)}) VALUES "
+                   "('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, 'home', 'ios', ''), "
+                   "('impression', 'e2', '2024-08-13 01:02:04', 1723510924000, 7, 3, 42, 'home', 'ios', 'like')")
     hour = {"from": "'2024-08-13 01:00:00'", "to": "'2024-08-13 02:00:00'", "chunks": "1", "chunk": "0",
             "version": "5", "partition": "2024081301"}
     staging = "post_surface_minute_staging_2024081301"
@@ -100,3 +102,19 @@ def test_every_backfill_statement_runs_on_current_clickhouse(migrated):
     assert _rows(migrated, _backfill_text("hour_rollups", hour)) == []
     tables = _rows(migrated, "SELECT name FROM system.tables WHERE database = 'viewcount' AND name LIKE '%staging%'")
     assert tables == []
+
+
+def test_the_ledger_notes_late_rows_and_lists_pending_hours_on_current_clickhouse(migrated):
+    columns = ", ".join(EVENTS_RAW_COLUMNS)
+    migrated.query(f"INSERT INTO events_raw ({columns}, late) VALUES ('view', 'e1', '2024-08-13 01:02:03', "
+                   "1723510923000, 7, 3, 42, 'home', 'ios', '', 1), ('view', 'e2', '2024-08-13 02:02:03', "
+                   "1723514523000, 7, 3, 42, 'home', 'ios', '', 0)")
+    assert _rows(migrated, ledger._sql("last_scan")) == [["1970-01-01 00:00:00"]]
+    since = {"since": "'2024-01-01 00:00:00'"}
+    assert _rows(migrated, _with_values(ledger._sql("late_hours"), since)) == [["2024-08-13 01:00:00", 1]]
+    assert _rows(migrated, _with_values(ledger._sql("late_hours"), {"since": "now() + 60"})) == []
+    migrated.query("INSERT INTO changed_hours VALUES ('2024-08-13 01:00:00', 'late', 1, '2026-01-01 00:00:10'), "
+                   "('2024-08-13 03:00:00', 'erasure', 0, '2026-01-01 00:00:10')")
+    migrated.query("INSERT INTO hour_repairs VALUES ('2024-08-13 03:00:00', '2026-01-01 00:00:10', "
+                   "'2026-01-01 00:00:11')")
+    assert _rows(migrated, ledger._sql("pending_hours")) == [["2024-08-13 01:00:00"]]
