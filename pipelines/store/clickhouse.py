@@ -37,6 +37,32 @@ class ClickHouseUnavailable(RuntimeError):
     """ClickHouse could not be reached or refused us; the message says what to do."""
 
 
+# Server errors that say "not now" rather than "never": the same statement may succeed later, so a
+# writer keeps its batch and tries again with backoff, as when the server is unreachable.
+BUSY_SERVER_CODES = frozenset({
+    159,  # TIMEOUT_EXCEEDED
+    201,  # QUOTA_EXPIRED (a user's quota for the interval is used up)
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES (max_concurrent_queries)
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR (between servers)
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY (a replica that lost ZooKeeper)
+    252,  # TOO_MANY_PARTS (inserts faster than merges)
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure worth retrying: the server unreachable, the connection lost, or a server
+    error of BUSY_SERVER_CODES. Anything else (a wrong statement, a missing table) is a bug to raise."""
+    from clickhouse_driver import errors as ch_errors
+
+    if isinstance(exc, ch_errors.ServerException):
+        return exc.code in BUSY_SERVER_CODES
+    return isinstance(exc, (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError,
+                            OSError))
+
+
 def connect(settings: Settings, user: str | None = None, password: str | None = None,
             database: str | None = None, check: bool = True, role: str = "writer"):
     """A clickhouse-driver Client for the configured server, checked with a round trip.

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from pipelines.config import Settings
-from pipelines.store.clickhouse import insert_rows
+from pipelines.store.clickhouse import insert_rows, is_transient
 from pipelines.store.tables import DEAD_LETTER, OUTPUTS, POSTS_VALID, TABLE_COLUMNS, Output
 from pipelines.stream import kafka
 
@@ -122,8 +122,6 @@ class Loader:
     def _write(self, rows: dict[str, list[tuple]]) -> None:
         """Write the batch, then commit its offsets; while ClickHouse is unreachable, wait and try
         again with backoff (never skip the batch: its offsets are only committed once it is in)."""
-        from clickhouse_driver import errors as ch_errors
-
         delay, attempt = RETRY_FIRST_S, 0
         while True:
             try:
@@ -131,7 +129,9 @@ class Loader:
                     if rows[output.name]:
                         insert_rows(self.client, output.table, TABLE_COLUMNS[output.table], rows[output.name])
                 break
-            except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 # A table written before the failure is written again: ReplacingMergeTree keeps one row.
                 attempt += 1
                 log.warning("ClickHouse did not take the loader's batch (%s: %s); attempt %d, trying again in "

@@ -77,8 +77,33 @@ def source_columns(event_type: str) -> str:
     return ", ".join(["reject_reason STRING", *columns, "payload STRING"])
 
 
+def watermark_sql(settings: Settings, floor_ms: int | None = None) -> str:
+    """The watermark: an event's time, but never past its record's Kafka time (+ the lead), less
+    the delay; and never below `floor_ms` (the stream's windows already written, see
+    `watermark_floor_ms`), so that a restarted job cannot open a window it has already closed."""
+    own = (f"LEAST(event_time, kafka_time + INTERVAL '{int(settings.watermark_max_lead_s)}' SECOND) "
+           f"- INTERVAL '{int(settings.watermark_delay_s)}' SECOND")
+    return own if floor_ms is None else f"GREATEST({own}, TO_TIMESTAMP_LTZ({int(floor_ms)}, 3))"
+
+
+def watermark_floor_ms(client) -> int | None:
+    """The last millisecond of the newest window the stream has written to post_minute (None when
+    it has written none). Flink does not keep watermarks in its checkpoints: a restarted job's
+    watermark starts from nothing, and an event already late before the restart (or a replayed
+    one) would open its fired window again and overwrite the row with only itself in it. Every
+    row in ClickHouse was committed by a completed checkpoint, whose watermark was past that
+    window's end, so starting the watermark there loses no window still open in the restored state;
+    what arrives for an older window is marked late and repaired (pipelines.repair.ledger)."""
+    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
+
+    ((newest,),) = client.execute(
+        "SELECT toUInt64(max(window_start)) FROM post_minute WHERE version < %(backfill)s",
+        {"backfill": BACKFILL_VERSION_BASE})
+    return newest * 1000 + 60_000 - 1 if newest else None
+
+
 def event_source_ddl(table: str, event_type: str, origin_columns: str, options: dict[str, str],
-                     settings: Settings) -> str:
+                     settings: Settings, watermark_floor: int | None = None) -> str:
     """A source of decoded events with their origin columns (topic, partition, offset, kafka_time)
     and the event-time watermark every window is cut by."""
     spec_text = json.dumps(schemas.validation_spec(schemas.load_schema(event_type)), separators=(",", ":"))
@@ -90,8 +115,7 @@ CREATE TABLE {quoted(table)} (
   -- A rejected record, or one with an implausible time, never moves the watermark (epoch 0).
   event_time AS event_time_of(reject_reason, event_time_ms, kafka_time, {int(settings.event_max_future_s)},
                               {int(settings.event_max_age_s)}),
-  WATERMARK FOR event_time AS LEAST(event_time, kafka_time + INTERVAL '{int(settings.watermark_max_lead_s)}' SECOND)
-    - INTERVAL '{int(settings.watermark_delay_s)}' SECOND
+  WATERMARK FOR event_time AS {watermark_sql(settings, watermark_floor)}
 ) WITH ({_options(options)})"""
 
 
@@ -194,7 +218,8 @@ def job_group_id(settings: Settings) -> str:
     return f"{settings.topics.prefix}.{settings.job_name}"
 
 
-def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool) -> str:
+def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool,
+               watermark_floor: int | None = None) -> str:
     options = {
         "connector": "kafka",
         "topic": settings.topics.source(event_type),
@@ -214,7 +239,7 @@ def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool) -
         # idle, the watermark would pass it, and its events would all arrive late (measured:
         # at 5 s, 94 % of the night's views were dropped as late in a bounded run).
         options["scan.watermark.idle-timeout"] = f"{settings.source_idle_timeout_s} s"
-    return event_source_ddl(table, event_type, KAFKA_ORIGIN_COLUMNS, options, settings)
+    return event_source_ddl(table, event_type, KAFKA_ORIGIN_COLUMNS, options, settings, watermark_floor)
 
 
 def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False) -> str:
@@ -394,14 +419,15 @@ def register_functions(t_env) -> None:
         t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{java_class}' LANGUAGE JAVA")
 
 
-def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False):
+def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
     """Register sources, views and sinks; return the statement set of the job's outputs
-    (blackhole: every sink discards its rows, to measure the job without them)."""
+    (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
+    `watermark_floor_ms`)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
         source = f"source_{event_type}"
-        t_env.execute_sql(source_ddl(settings, source, event_type, bounded))
+        t_env.execute_sql(source_ddl(settings, source, event_type, bounded, watermark_floor))
         decoded[event_type] = f"decoded_{event_type}"
         t_env.execute_sql(
             f"CREATE TEMPORARY VIEW {quoted(decoded[event_type])} AS {decode_sql(event_type, source, settings)}")
@@ -427,10 +453,10 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False):
     return statements
 
 
-def submit(settings: Settings, bounded: bool, blackhole: bool = False):
+def submit(settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
     """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult."""
     t_env = table_environment(settings)
-    return build(t_env, settings, bounded, blackhole).execute()
+    return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import RefreshTimer
+from pipelines.store.clickhouse import is_transient
+from pipelines.store.tables import POST_MINUTE_ROWS
 from pipelines.stream import rollup_job, streams
 from pipelines.stream.change_feed import ChangeFeed
 from pipelines.stream.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
@@ -27,6 +30,9 @@ log = logging.getLogger("viewcount.runner")
 CLICKHOUSE_STALL_S = 180.0
 # The longest the loader waits for records before the change feed and the refresh get their turn.
 LOADER_WAIT_S = 0.25
+# At start, how long to wait for ClickHouse to load the post-minute rows already in Kafka before
+# reading where the stream's windows end (the watermark's floor).
+FLOOR_WAIT_S = 10.0
 
 
 @dataclass
@@ -100,14 +106,14 @@ class _WhileClickHouseAway:
 
     def __call__(self) -> int | bool | None:
         """The step's result; None while ClickHouse is away (or its next try is not due)."""
-        from clickhouse_driver import errors as ch_errors
-
         now = time.monotonic()
         if now < self.next_at:
             return None
         try:
             result = self.step()
-        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, ConnectionError, EOFError, OSError) as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             self.client.disconnect()
             if self.away_since is None:
                 self.away_since = now
@@ -119,6 +125,22 @@ class _WhileClickHouseAway:
             log.info("%s reached ClickHouse again after %.0f s", self.what, now - self.away_since)
             self.delay, self.away_since = RETRY_FIRST_S, None
         return result
+
+
+def _watermark_floor(settings: Settings, client, wait_s: float = FLOOR_WAIT_S) -> int | None:
+    """rollup_job.watermark_floor_ms once ClickHouse has loaded the post-minute rows already
+    committed in Kafka (at most wait_s: a floor read earlier is lower, which only protects less)."""
+    loaded = streams.Progress(settings, outputs=(POST_MINUTE_ROWS,))
+    try:
+        deadline = time.monotonic() + wait_s
+        while (left := loaded.remaining()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling ClickHouse's consumer, with a deadline
+        if left:
+            log.warning("ClickHouse has %d post-minute records of the job still to load; the watermark starts "
+                        "from the windows it has", left)
+    finally:
+        loaded.close()
+    return rollup_job.watermark_floor_ms(client)
 
 
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
@@ -136,7 +158,11 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
         log.info("ClickHouse now loads %s from Kafka itself", ", ".join(created))
     end = rollup_job.EndOfInput(settings) if bounded else None
     total = sum(end.ends.values()) if end is not None else 0
-    result = rollup_job.submit(settings, bounded=bounded)
+    floor = _watermark_floor(settings, client)
+    if floor is not None:
+        log.info("the stream has written its windows up to %s UTC: the watermark starts there",
+                 datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M"))
+    result = rollup_job.submit(settings, bounded=bounded, watermark_floor=floor)
     job = result.get_job_client()
     log.info("flink job %s submitted (%s%s)", job.get_job_id(), "bounded" if bounded else "streaming",
              f", on the cluster at {settings.flink_cluster}" if settings.flink_cluster else "")

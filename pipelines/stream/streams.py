@@ -80,9 +80,10 @@ class Progress:
     """How many records of the job's outputs ClickHouse's consumers have still to commit, up to
     where the topics end now (call once the job has stopped writing them)."""
 
-    def __init__(self, settings: Settings, consumer: str = "clickhouse"):
+    def __init__(self, settings: Settings, consumer: str = "clickhouse",
+                 outputs: tuple[Output, ...] = LOADED_BY_CLICKHOUSE):
         self._ends = [TopicEnds(settings, group_id(settings, o, consumer), [getattr(settings.topics, o.topic)],
-                                transactional=True) for o in LOADED_BY_CLICKHOUSE]
+                                transactional=True) for o in outputs]
 
     @property
     def total(self) -> int:

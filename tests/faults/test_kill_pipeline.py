@@ -19,6 +19,7 @@ import time
 import pytest
 from harness import (
     archive_counts,
+    assert_stream_within_truth,
     compare_with_truth,
     poll,
     rebuild_night,
@@ -119,6 +120,8 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
     assert last.wait(timeout_s=600) == 0, last.tail()
     assert last.restarts() == [], last.restarts()[:3]
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
+    # The stream's own rows first, before any rebuild could hide a window written twice.
+    assert_stream_within_truth(clickhouse, truth)
     rebuild_night(clickhouse)
     result = compare_with_truth(clickhouse, truth)
     print(f"kills: {len(moments)} ({', '.join(moments)}); windows {result.windows}; lost views "

@@ -18,6 +18,7 @@ import time
 import pytest
 from harness import (
     archive_counts,
+    assert_stream_within_truth,
     compare_with_truth,
     fresh_namespace,
     pipeline_env,
@@ -52,11 +53,13 @@ def _hold(seconds: float, *runs) -> None:
         time.sleep(0.5)
 
 
-def _exact_after_rebuild(settings, truth) -> None:
+def _exact_before_and_after_rebuild(settings, truth) -> None:
     from pipelines.store.clickhouse import connect
 
     clickhouse = connect(settings)
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
+    # The stream's own rows first, before any rebuild could hide a window written twice.
+    assert_stream_within_truth(clickhouse, truth)
     rebuild_night(clickhouse)
     result = compare_with_truth(clickhouse, truth)
     print(f"after the rebuild: {result}")
@@ -97,7 +100,7 @@ def test_broker_kill_9_and_restart_under_load_counts_every_acknowledged_event_on
                 os.killpg(process.pid, signal.SIGKILL)
     catch_up = start_pipeline(settings, tmp_path, "catch-up")
     assert catch_up.wait(timeout_s=600) == 0, catch_up.tail()
-    _exact_after_rebuild(settings, truth)
+    _exact_before_and_after_rebuild(settings, truth)
 
 
 def test_clickhouse_stopped_then_paused_mid_run_the_pipeline_waits_and_loses_nothing(private_stack, tmp_path):
@@ -128,4 +131,4 @@ def test_clickhouse_stopped_then_paused_mid_run_the_pipeline_waits_and_loses_not
         if run.alive():
             run.kill_9()
     assert RETRY_SAID.search(run.log.read_text(errors="replace")), "the log never says it is waiting/retrying"
-    _exact_after_rebuild(settings, truth)
+    _exact_before_and_after_rebuild(settings, truth)

@@ -39,3 +39,33 @@ def test_a_step_backs_off_while_clickhouse_is_away_and_the_log_says_when_it_is_b
     assert sum("reached ClickHouse again" in m for m in messages) == 1
     assert client.disconnects == 2
     assert follow.delay == 0.5 and follow.away_since is None
+
+
+def test_a_busy_server_is_waited_out_like_an_absent_one_and_a_wrong_statement_is_raised():
+    import pytest
+    from clickhouse_driver.errors import ServerException
+
+    from pipelines.store.clickhouse import is_transient
+
+    too_many = ServerException("Too many simultaneous queries. Maximum: 1", code=202)
+    memory = ServerException("Memory limit (for query) exceeded", code=241)
+    unknown_table = ServerException("Table viewcount.nope doesn't exist.", code=60)
+    assert is_transient(too_many) and is_transient(memory) and is_transient(ConnectionResetError())
+    assert not is_transient(unknown_table) and not is_transient(ValueError("a bug"))
+
+    outcomes = iter([too_many, memory, 1, unknown_table])
+
+    def step():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    refresh = _WhileClickHouseAway("the subject rollups' refresh", _Client(), step)
+    assert refresh() is None
+    refresh.next_at = 0.0
+    assert refresh() is None
+    refresh.next_at = 0.0
+    assert refresh() == 1
+    with pytest.raises(ServerException):
+        refresh()
