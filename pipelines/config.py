@@ -156,6 +156,9 @@ class Settings:
     flink_cluster: str = ""
     # Apache Superset for analysts (make superset), on loopback: 8088 is its usual port.
     superset_port: int = 8088
+    # The tracked subjects (pipelines/rollups/subjects.py), read again at every refresh: a subject
+    # added while `viewcount run` is live is built from all its history within a second or so.
+    subjects_file: Path = REPO_ROOT / "config" / "subjects.toml"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -187,6 +190,7 @@ class Settings:
             max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),
             flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
             superset_port=int(_env("SUPERSET_PORT", str(base.superset_port))),
+            subjects_file=Path(_env("SUBJECTS_FILE", str(base.subjects_file))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings

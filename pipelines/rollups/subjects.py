@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipelines.config import REPO_ROOT
-
-SUBJECTS_FILE = REPO_ROOT / "config" / "subjects.toml"
+from pipelines.config import Settings
 
 
 class UnknownSubject(LookupError):
@@ -32,7 +30,9 @@ class Subject:
         return ZoneInfo(self.time_zone)
 
 
-def load_subjects(path: Path = SUBJECTS_FILE) -> dict[str, Subject]:
+def load_subjects(path: Path | None = None) -> dict[str, Subject]:
+    """The subjects of `path`, by default the configured file (VIEWCOUNT_SUBJECTS_FILE)."""
+    path = Settings.from_env().subjects_file if path is None else path
     with open(path, "rb") as f:
         entries = tomllib.load(f).get("subject", [])
     subjects = {}
@@ -50,7 +50,8 @@ def load_subjects(path: Path = SUBJECTS_FILE) -> dict[str, Subject]:
     return subjects
 
 
-def get_subject(subject_id: str, path: Path = SUBJECTS_FILE) -> Subject:
+def get_subject(subject_id: str, path: Path | None = None) -> Subject:
+    path = Settings.from_env().subjects_file if path is None else path
     subjects = load_subjects(path)
     if subject_id not in subjects:
         known = ", ".join(sorted(subjects)) or "none"

@@ -51,11 +51,16 @@ def _run_the_repair_job(settings) -> None:
     assert result.success
 
 
-def test_early_events_do_not_blank_the_on_time_views_and_late_ones_are_counted_by_one_repair(own_stack, tmp_path):
+def test_early_events_do_not_blank_the_on_time_views_and_late_ones_are_counted_by_one_repair(own_stack, tmp_path,
+                                                                                          monkeypatch):
     from pipelines.store.clickhouse import connect
 
     settings = own_stack
     client = connect(settings)
+    # The live run reads a copy of the subjects file, to which a subject is added while it runs.
+    subjects_file = tmp_path / "subjects.toml"
+    subjects_file.write_text(settings.subjects_file.read_text())
+    monkeypatch.setenv("VIEWCOUNT_SUBJECTS_FILE", str(subjects_file))
     live = start_pipeline(settings, tmp_path, "live", bounded=False)
     try:
         poll(lambda: live.says_in_flink_log("switched from state CREATED to RUNNING"), 900, "the live job running",
@@ -104,6 +109,14 @@ def test_early_events_do_not_blank_the_on_time_views_and_late_ones_are_counted_b
              60, "the early events in the archive", alive=live)
         assert client.execute("SELECT count() FROM post_minute WHERE post_id = %(p)s", {"p": EARLY_POST}) == [(0,)]
 
+        # A subject added to the file while the run is live: picked up without a restart, and
+        # built from its whole history (the on-time views of its root, counted minutes ago).
+        with subjects_file.open("a") as f:
+            f.write(f'\n[[subject]]\nid = "added-live"\nroot_post_id = {ON_TIME_POST}\n')
+        poll(lambda: client.execute(
+            "SELECT sum(subject_views) FROM subject_rollup FINAL WHERE subject_id = 'added-live' "
+            "AND grain = 'minute'")[0][0] == ON_TIME_VIEWS, 60, "the added subject's rollups", alive=live)
+
         # Late and old views of the tracked subject's root post: archived and marked late by the
         # job, noted in the ledger by the repair's scan, and counted by that one repair run.
         now_ms = _now_ms()
@@ -122,8 +135,8 @@ def test_early_events_do_not_blank_the_on_time_views_and_late_ones_are_counted_b
                                       {"p": SUBJECT_ROOT}))
         assert counted == dict.fromkeys(minutes, 1)
         subject = dict(client.execute(
-            "SELECT window_start, subject_views FROM subject_rollup FINAL WHERE grain = 'minute' "
-            "AND subject_views > 0"))
+            "SELECT window_start, subject_views FROM subject_rollup FINAL WHERE subject_id = 'space-2024-08-12' "
+            "AND grain = 'minute' AND subject_views > 0"))
         assert subject == dict.fromkeys(minutes, 1)
     finally:
         live.kill_9()
