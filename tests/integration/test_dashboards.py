@@ -176,7 +176,9 @@ def start_server(settings, ttl_s: float = 2.0):
 
     from pipelines.serve.api import create_app
 
-    app = create_app(settings, ttl_s=ttl_s)
+    # No per-client rate limit: these tests send bursts of 40 from one address on purpose (the
+    # limit itself: tests/security/test_dashboards_abuse.py).
+    app = create_app(replace(settings, api_rate_per_s=0), ttl_s=ttl_s)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
