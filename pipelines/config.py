@@ -159,6 +159,13 @@ class Settings:
     # The tracked subjects (pipelines/rollups/subjects.py), read again at every refresh: a subject
     # added while `viewcount run` is live is built from all its history within a second or so.
     subjects_file: Path = REPO_ROOT / "config" / "subjects.toml"
+    # The dashboards API's per-client token bucket (pipelines/serve/limits.py): a client address
+    # may send api_burst requests at once, then api_rate_per_s a second; beyond that 429. The live
+    # page sends 4 requests every 5 s per open tab. 0 for either turns the limit off.
+    api_rate_per_s: float = 10.0
+    api_burst: int = 40
+    # A series asked without from/to covers this many hours up to the subject's newest minute.
+    api_default_span_h: int = 24
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -191,6 +198,9 @@ class Settings:
             flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
             superset_port=int(_env("SUPERSET_PORT", str(base.superset_port))),
             subjects_file=Path(_env("SUBJECTS_FILE", str(base.subjects_file))),
+            api_rate_per_s=float(_env("API_RATE_PER_S", str(base.api_rate_per_s))),
+            api_burst=int(_env("API_BURST", str(base.api_burst))),
+            api_default_span_h=int(_env("API_DEFAULT_SPAN_H", str(base.api_default_span_h))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings

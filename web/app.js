@@ -1,6 +1,7 @@
 // The live page: polls the dashboards API every few seconds and shows the tracked subject's
 // figures in its own time zone. ?subject=<id>&from=<local>&to=<local> choose what; default: the
-// first subject, all its data.
+// first subject, the API's default series range (the last hours up to its newest minute), never
+// all time: every request names its range, so a poller's cost does not grow with history.
 "use strict";
 
 const REFRESH_MS = 5000;
@@ -48,10 +49,13 @@ function makeCharts() {
 }
 
 async function refresh() {
-  const q = rangeQuery();
-  const [figures, series, listeners, health] = await Promise.all([
+  // Without a range in the address the series' default range (bounded by the API) is the range
+  // of every other request too: asked first, then the rest for exactly its from and to.
+  let q = rangeQuery();
+  const series = await getJson(`/api/subjects/${subject.id}/series?grain=minute${q ? "&" + q : ""}`);
+  if (!q) q = `from=${encodeURIComponent(series.from)}&to=${encodeURIComponent(series.to)}`;
+  const [figures, listeners, health] = await Promise.all([
     getJson(`/api/subjects/${subject.id}/figures?${q}`),
-    getJson(`/api/subjects/${subject.id}/series?grain=minute&${q}`),
     subject.space_id ? getJson(`/api/subjects/${subject.id}/listeners?${q}`) : Promise.resolve(null),
     getJson("/api/health"),
   ]);

@@ -3,7 +3,9 @@
 Every answer comes from the subject rollups (or a post's minute rows) as the `dashboard`
 ClickHouse user. Polling is the normal load: identical requests within the TTL share one
 ClickHouse query (single-flight), and answers carry Cache-Control and an ETag. Bad input gets
-a 4xx JSON error naming the parameter; a ClickHouse outage a 503 with Retry-After.
+a 4xx JSON error naming the parameter (an unknown parameter too: it never reaches the cache);
+a ClickHouse outage, or ClickHouse refusing work (quota, concurrency, memory), a 503 with
+Retry-After; a client over its rate (pipelines/serve/limits.py) a 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Request  # at module level: the endpoints' annotations are resolved by name
 
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.serve.limits import RateLimit, TokenBuckets, overload
 
 log = logging.getLogger("viewcount.serve")
 
@@ -208,6 +211,32 @@ def _outage_types() -> tuple[type[BaseException], ...]:
 
 # --- request parameters -----------------------------------------------------------------------
 
+def accepted_parameters(route) -> list[str]:
+    """The query parameters an endpoint declares (their public names: `from`, not `start`)."""
+    names, dependants = set(), [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        names.update(p.alias for p in dependant.query_params)
+        dependants.extend(dependant.dependencies)
+    return sorted(names)
+
+
+def known_parameters_only(request: Request) -> None:
+    """Refuse a query parameter the endpoint does not declare, or one given twice, before anything
+    else: junk parameters would otherwise each make a cache key of their own and a ClickHouse query."""
+    route = request.scope.get("route")
+    if route is None or not request.url.path.startswith("/api/"):
+        return
+    accepted = accepted_parameters(route)
+    names = [name for name, _ in request.query_params.multi_items()]
+    for name in names:
+        if name not in accepted:
+            raise ApiError(400, name, f"unknown parameter {name!r}: {route.path} accepts "
+                           f"{', '.join(accepted) if accepted else 'no parameters'}")
+        if names.count(name) > 1:
+            raise ApiError(400, name, f"{name} is given {names.count(name)} times: give it once")
+
+
 @functools.cache
 def _subjects() -> dict:
     from pipelines.rollups.subjects import load_subjects
@@ -229,12 +258,32 @@ def _zone(name: str | None, default: str) -> ZoneInfo:
         raise ApiError(400, "tz", f"unknown time zone {name!r}: use an IANA name like America/New_York or UTC") from exc
 
 
-def _asked(subject_id: str, start: str | None, end: str | None, tz: str | None):
-    """A request's subject, time zone and UTC range, checked (ApiError names what is wrong)."""
+def _asked(subject_id: str, start: str | None, end: str | None, tz: str | None, series: bool = False):
+    """A request's subject, time zone and UTC range, checked (ApiError names what is wrong).
+
+    A series asked without a range gets (None, None): recent_range() bounds it when it is computed."""
     subject = _subject(subject_id)
     zone = _zone(tz, subject.time_zone)
+    if series and not start and not end:
+        return subject, zone, None, None
     lo, hi = _range(start, end, zone)
     return subject, zone, lo, hi
+
+
+def recent_range(client, subject, span: timedelta) -> tuple[datetime, datetime]:
+    """The default range of a series: span up to the end of the subject's newest minute with views
+    (an archived night shows its last hours, a live one the last hours up to now); span up to the
+    current minute if it has none yet. Never all time: a poller's cost must not grow with history."""
+    from pipelines.serve.query import query_text
+
+    rows = client.execute(query_text("subject_freshness"))
+    newest = [m for (subject_id, _at, _read_to, m, _now) in rows if subject_id == subject.id and m and m.year > 1970]
+    if newest:
+        end = newest[0] + timedelta(minutes=1)
+    else:
+        end = (rows[0][4] if rows else datetime.now(UTC).replace(tzinfo=None)).replace(second=0, microsecond=0)
+    end = end.replace(tzinfo=UTC)
+    return end - span, end
 
 
 def _range(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -298,27 +347,32 @@ def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneIn
     return answer
 
 
-def series_answer(client, subject, start: datetime, end: datetime, grain: str, zone: ZoneInfo) -> dict:
+def series_answer(client, subject, start: datetime | None, end: datetime | None, grain: str, zone: ZoneInfo,
+                  default_span: timedelta = timedelta(hours=24)) -> dict:
     from pipelines.serve import query
 
+    if start is None or end is None:
+        start, end = recent_range(client, subject, default_span)
     frame = query.subject_minute_rows(client, subject, start, end, grain=grain)
     rows = frame.to_dict("records")
     for row in rows:
         row["window_start"] = _local(row["window_start"].to_pydatetime(), zone)
         row["unique_viewers"] = round(row["unique_viewers"])
-    return {"subject_id": subject.id, "grain": grain, "time_zone": str(zone), "rows": rows}
+    return {"subject_id": subject.id, "grain": grain, "time_zone": str(zone), "from": _local(start, zone),
+            "to": _local(end, zone), "rows": rows}
 
 
-def listeners_answer(client, subject, start: datetime, end: datetime, zone: ZoneInfo) -> dict:
+def listeners_answer(client, subject, start: datetime | None, end: datetime | None, zone: ZoneInfo,
+                     default_span: timedelta = timedelta(hours=24)) -> dict:
     if not subject.space_id:
         raise ApiError(404, "subject_id", f"subject {subject.id} has no Space: no listeners")
-    series = series_answer(client, subject, start, end, "minute", zone)
+    series = series_answer(client, subject, start, end, "minute", zone, default_span)
     curve = [{"window_start": r["window_start"], "listeners": r["listeners"]} for r in series["rows"]]
     now = curve[-1]["listeners"] if curve else 0
     peak = max(curve, key=lambda r: r["listeners"], default=None)
-    return {"subject_id": subject.id, "space_id": subject.space_id, "time_zone": str(zone), "now": now,
-            "peak": peak["listeners"] if peak else 0, "peak_minute": peak["window_start"] if peak else None,
-            "minutes": curve}
+    return {"subject_id": subject.id, "space_id": subject.space_id, "time_zone": str(zone), "from": series["from"],
+            "to": series["to"], "now": now, "peak": peak["listeners"] if peak else 0,
+            "peak_minute": peak["window_start"] if peak else None, "minutes": curve}
 
 
 def post_answer(client, post_id: int, start: datetime, end: datetime) -> dict:
@@ -359,7 +413,7 @@ def health_answer(client) -> dict:
 # --- the application --------------------------------------------------------------------------
 
 def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
-    from fastapi import FastAPI, Query
+    from fastapi import Depends, FastAPI, Query
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -369,8 +423,11 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     app = FastAPI(title="viewcount dashboards API", version="1", docs_url=None, redoc_url=None,
                   description="Read-only figures for dashboards, from the subject rollups. Times are local to "
                   "`tz` (default: the subject's zone); ranges are [from, to). Answers are cached for "
-                  f"{ttl_s:g} s.")
+                  f"{ttl_s:g} s. Unknown parameters are refused (400); each client address may send "
+                  f"{settings.api_burst} requests at once and {settings.api_rate_per_s:g} a second (429 beyond).",
+                  dependencies=[Depends(known_parameters_only)])
     database = Database(settings)
+    default_span = timedelta(hours=settings.api_default_span_h)
     cache = SingleFlightCache(ttl_s)
     app.state.cache, app.state.database = cache, database
     outage = _outage_types()
@@ -381,6 +438,20 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
                 f"stale-while-revalidate={max(1, int(STALE_LIMIT_TTLS * ttl_s))}", "ETag": found.etag}
 
     app.add_middleware(FreshAnswers, cache=cache, headers=answer_headers)
+    app.state.rate_limit = None
+    if settings.api_rate_per_s > 0 and settings.api_burst > 0:
+        # Added last, so it runs first: a client over its rate is refused before the cache.
+        app.add_middleware(RateLimit, buckets=TokenBuckets(settings.api_rate_per_s, settings.api_burst))
+
+    def refused(exc: BaseException):
+        """A 503 for ClickHouse refusing work (quota, concurrency, memory, time), else None."""
+        found = overload(exc)
+        if found is None:
+            return None
+        what, retry_after = found
+        log.warning("ClickHouse refused the dashboard's query: %s", str(exc).splitlines()[0][:300])
+        return JSONResponse(status_code=503, headers={"Retry-After": str(retry_after)}, content={
+            "error": f"{what}; try again in {retry_after} s", "parameter": None})
 
     async def answer(request: Request, compute: Callable[[], object]) -> Response:
         key = cache_key(request.url.path, request.query_params.multi_items())
@@ -406,6 +477,11 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
             log.warning("ClickHouse unavailable: %s", exc)
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
                 "error": "ClickHouse is unavailable; try again shortly", "parameter": None})
+        except Exception as exc:
+            response = refused(exc)
+            if response is None:
+                raise
+            return response
         headers = answer_headers(found)
         if request.headers.get("if-none-match") == found.etag:
             return Response(status_code=304, headers=headers)
@@ -428,12 +504,16 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
         if isinstance(exc, outage):
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
                 "error": "ClickHouse is unavailable; try again shortly", "parameter": None})
+        response = refused(exc)
+        if response is not None:
+            return response
         log.error("unexpected error", exc_info=exc)
         return JSONResponse(status_code=500, content={"error": "internal error (logged by the server)",
                                                       "parameter": None})
 
     subject_path = PathParam(description="an id from config/subjects.toml (GET /api/subjects)")
-    from_q = Query(None, alias="from", description="local start, e.g. 2024-08-12T19:47 (omit both for all data)")
+    from_q = Query(None, alias="from", description="local start, e.g. 2024-08-12T19:47 (omit both for all data; "
+                   f"series and listeners: the {settings.api_default_span_h} h up to the subject's newest minute)")
     to_q = Query(None, alias="to", description="local end (exclusive)")
     tz_q = Query(None, description="IANA time zone of from/to and of the answer (default: the subject's)")
 
@@ -451,14 +531,16 @@ def create_app(settings: Settings, ttl_s: float = DEFAULT_TTL_S):
     async def series(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                end: str | None = to_q, tz: str | None = tz_q,
                grain: str = Query("minute", pattern="^(minute|hour)$", description="minute or hour")):
-        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
-        return await answer(request, lambda: series_answer(database.client(), subject, lo, hi, grain, zone))
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz, series=True)
+        return await answer(request, lambda: series_answer(database.client(), subject, lo, hi, grain, zone,
+                                                            default_span))
 
     @app.get("/api/subjects/{subject_id}/listeners", summary="concurrent listeners of the subject's Space per minute")
     async def listeners(request: Request, subject_id: str = subject_path, start: str | None = from_q,
                   end: str | None = to_q, tz: str | None = tz_q):
-        subject, zone, lo, hi = _asked(subject_id, start, end, tz)
-        return await answer(request, lambda: listeners_answer(database.client(), subject, lo, hi, zone))
+        subject, zone, lo, hi = _asked(subject_id, start, end, tz, series=True)
+        return await answer(request, lambda: listeners_answer(database.client(), subject, lo, hi, zone,
+                                                              default_span))
 
     @app.get("/api/subjects/{subject_id}/top-posts", summary="the subject's most viewed posts")
     async def top_posts(request: Request, subject_id: str = subject_path, start: str | None = from_q,

@@ -176,7 +176,9 @@ def start_server(settings, ttl_s: float = 2.0):
 
     from pipelines.serve.api import create_app
 
-    app = create_app(settings, ttl_s=ttl_s)
+    # No per-client rate limit: these tests send bursts of 40 from one address on purpose (the
+    # limit itself: tests/security/test_dashboards_abuse.py).
+    app = create_app(replace(settings, api_rate_per_s=0), ttl_s=ttl_s)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -356,3 +358,37 @@ def test_the_live_page_shows_the_apis_figures(api, subject):
         driver.save_screenshot(str(SCREENSHOT))
     finally:
         driver.quit()
+
+
+@pytest.mark.browser
+def test_the_live_page_never_asks_for_all_time(api, subject):
+    """Opened without a range, the page asks its series for the API's bounded default and every
+    other figure for exactly that range: no request of it reads all of history."""
+    import shutil
+    from urllib.parse import parse_qs, urlparse
+
+    if not shutil.which("chromium") or not shutil.which("chromedriver"):
+        pytest.fail("chromium and chromium-driver are not installed: run `make browser` (apt)")
+    from pipelines.serve.browser import headless_chromium
+
+    base, _ = api
+    driver = headless_chromium(1400, 1000)
+    try:
+        driver.get(f"{base}/")
+        deadline = time.monotonic() + 30
+        while not driver.execute_script("return document.body.dataset.loaded || ''"):
+            assert time.monotonic() < deadline, driver.find_element("id", "status").text
+            time.sleep(0.1)
+        asked = [urlparse(u) for u in driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)") if "/api/subjects/" in u]
+    finally:
+        driver.quit()
+    series = [u for u in asked if u.path.endswith("/series")]
+    ranged = [u for u in asked if u.path.endswith(("/figures", "/listeners"))]
+    assert series and ranged
+    _, _, answer = get(f"{base}{series[0].path}?{series[0].query}")
+    for url in ranged:
+        query = parse_qs(url.query)
+        assert (query["from"], query["to"]) == ([answer["from"]], [answer["to"]]), url.geturl()
+    start, end = datetime.fromisoformat(answer["from"]), datetime.fromisoformat(answer["to"])
+    assert end - start == timedelta(hours=24), answer
