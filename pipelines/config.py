@@ -141,8 +141,6 @@ class Settings:
     watermark_max_lead_s: int = 0
     # A live source partition silent this long stops holding the watermark back (0 = never).
     source_idle_timeout_s: int = 30
-    # Exact dedupe horizon: a duplicate arriving later than this after its original may count twice.
-    dedupe_horizon_s: int = 3600
     # Plausible event times, against the time the record reached Kafka (its record timestamp):
     # further ahead (client clock skew) or further back goes to the dead letters with its reason.
     # The past bound is generous by default because replaying an archived night is normal use (the
@@ -191,7 +189,6 @@ class Settings:
             watermark_delay_s=int(_env("WATERMARK_DELAY_S", str(base.watermark_delay_s))),
             watermark_max_lead_s=int(_env("WATERMARK_MAX_LEAD_S", str(base.watermark_max_lead_s))),
             source_idle_timeout_s=int(_env("SOURCE_IDLE_TIMEOUT_S", str(base.source_idle_timeout_s))),
-            dedupe_horizon_s=int(_env("DEDUPE_HORIZON_S", str(base.dedupe_horizon_s))),
             event_max_future_s=int(_env("EVENT_MAX_FUTURE_S", str(base.event_max_future_s))),
             event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
             max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),

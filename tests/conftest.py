@@ -72,18 +72,8 @@ def kafka_topics(stack_settings):
 @pytest.fixture()
 def own_stack(stack_settings, session_tag, request):
     """Topics and a migrated database of this test's own, for a test that reads or counts
-    everything it finds (the session's topics hold the other tests' records)."""
-    from pipelines.stack import allow_dashboard, create_topics
-    from pipelines.store.clickhouse import connect
-    from pipelines.store.migrate import apply_migrations, drop_database
+    everything it finds (the session's topics hold the other tests' records); removed at the end."""
+    from tests.support import namespace
 
-    name = f"{request.node.name.removeprefix('test_')[:10]}_{session_tag}"
-    target = stack_settings.clickhouse
-    settings = replace(stack_settings, topics=Topics(prefix=name), clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"))
-    create_topics(settings)
-    admin = connect(settings, database="default")
-    apply_migrations(admin, settings.clickhouse.database)
-    allow_dashboard(settings)
-    yield settings
-    drop_database(admin, settings.clickhouse.database)
+    with namespace(stack_settings, f"{request.node.name.removeprefix('test_')[:10]}_{session_tag}") as settings:
+        yield settings

@@ -48,6 +48,12 @@ def assert_same_figures(client, subject, start, end):
 
     reference = query.subject_figures(client, subject, start, end)
     rolled = query.subject_rollup_figures(client, subject, start, end)
+    return assert_figures_agree(reference, rolled)
+
+
+def assert_figures_agree(reference, rolled):
+    """Rolled-up figures against query-time ones (taken at the same moment): counts exact, unique
+    viewers and listeners within each other's sketch bounds, the listener peak exact."""
     for name in ("subject_views", "posts_about", "views_of_posts_about", "combined_views"):
         assert getattr(rolled, name) == getattr(reference, name), name
     assert reference.unique_viewers_lower <= rolled.unique_viewers <= reference.unique_viewers_upper

@@ -17,7 +17,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.faults.harness import poll, start_pipeline
+from tests.faults.harness import start_pipeline
+from tests.support import poll
 
 pytestmark = pytest.mark.e2e
 ON_TIME_POST, EARLY_POST, TICK_POST = 424242, 525252, 626262

@@ -20,15 +20,14 @@ def no_pipeline_left_running():
 
 @pytest.fixture()
 def own_stack(request):
-    """Topics (kept forever: see harness.fresh_namespace) and a migrated database of this test's
-    own on the configured stack; the database is dropped at the end."""
+    """Topics without time retention (harness.fresh_namespace says why) and a migrated database of
+    this test's own on the configured stack; all removed at the end."""
     from pipelines.config import Settings
-    from pipelines.store.clickhouse import connect
+    from tests.support import namespace
 
     name = f"{request.node.name.removeprefix('test_')[:10]}_{secrets.token_hex(4)}"
-    settings = harness.fresh_namespace(Settings.from_env(), name)
-    yield settings
-    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    with namespace(Settings.from_env(), name, topic_retention_ms=-1) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -21,23 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.config import REPO_ROOT, Settings, Topics
+from tests.support import pipeline_env, poll  # noqa: F401 - the fault tests take them from here
 
 # A job restart in the JobManager's log: the job leaves RUNNING for RESTARTING (or fails).
 RESTART_LINE = re.compile(r"switched from state \w+ to (RESTARTING|FAILING|FAILED)")
-
-
-def pipeline_env(settings: Settings, flink_log_dir: Path | None = None) -> dict[str, str]:
-    env = {**os.environ,
-           "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
-           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url,
-           "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
-           "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "VIEWCOUNT_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-           "VIEWCOUNT_STATE_DIR": str(settings.state_dir)}
-    if flink_log_dir is not None:
-        flink_log_dir.mkdir(parents=True, exist_ok=True)
-        env["FLINK_LOG_DIR"] = str(flink_log_dir)
-    return env
 
 
 @dataclass
@@ -110,22 +97,6 @@ def start_pipeline(settings: Settings, folder: Path, name: str, bounded: bool = 
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     STARTED.append(PipelineRun(process, log, flink_logs))
     return STARTED[-1]
-
-
-def poll(condition, timeout_s: float, what: str, interval_s: float = 0.2, alive: PipelineRun | None = None):
-    """Wait for condition() to be truthy (returned), failing with `what` at the deadline, or
-    at once when the pipeline it depends on has exited."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if alive is not None and not alive.alive():
-            raise AssertionError(f"the pipeline exited (code {alive.process.returncode}) while waiting for "
-                                 f"{what}:\n{alive.tail()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
 
 
 def rebuild_night(client) -> int:

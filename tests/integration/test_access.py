@@ -47,6 +47,7 @@ from tests.sockets import (
     process_name,
     process_tree,
 )
+from tests.support import answers, poll
 
 READONLY = 164  # "Cannot ... in readonly mode", "Table functions are forbidden in readonly mode"
 ACCESS_DENIED = 291  # "Access denied to database ..."
@@ -299,16 +300,13 @@ def test_the_dagster_ui_listens_on_loopback_only(tmp_path, stack_settings):
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dagster", "--port", str(port)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300  # dagster dev starts three processes: minutes on a busy 2-core box
-        while True:
+        def running() -> None:
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the Dagster UI did not answer within 300 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-                    assert "dagster_webserver_version" in json.loads(response.read())
-                break
-            except OSError:
-                time.sleep(0.5)
+
+        # dagster dev starts three processes: minutes on a busy 2-core box
+        info = poll(lambda: answers(f"http://127.0.0.1:{port}/server_info"), 300, "the Dagster UI answering",
+                    interval_s=0.5, check=running)
+        assert "dagster_webserver_version" in json.loads(info)
         assert_loopback_only("Dagster", process_tree(process.pid), {port})
     finally:
         os.killpg(process.pid, 15)

@@ -4,7 +4,6 @@ written as the job writes them)."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import orjson
@@ -14,6 +13,7 @@ from pipelines.rollups import sketches, subject_rollups
 from pipelines.rollups.subjects import load_subjects
 from pipelines.serve import query
 from pipelines.stream import streams
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,13 @@ def _produce(settings, topic: str, records: list[bytes]) -> None:
 
 
 def _step_until(feed, done, what: str, deadline_s: float = 120) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not done():
+    def stepped() -> bool:
+        if done():
+            return True
         feed.step(wait_s=0.2)
-        assert time.monotonic() < deadline, f"{what} within {deadline_s:.0f} s"
+        return False
+
+    poll(stepped, deadline_s, what, interval_s=0)
 
 
 def test_rows_loaded_by_clickhouse_reach_the_subject_rollups_and_never_before_they_are_readable(own_stack):

@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.support import answers, poll
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +33,11 @@ def test_the_dagster_webserver_answers_on_loopback(tmp_path, stack_settings):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120
-        info = None
-        while info is None:
+        def running() -> None:
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the webserver did not answer within 120 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-                    info = json.loads(response.read())
-            except OSError:
-                time.sleep(0.5)
+
+        info = json.loads(poll(lambda: answers(f"http://127.0.0.1:{port}/server_info"), 120,
+                               "the webserver answering", interval_s=0.5, check=running))
         assert "dagster_webserver_version" in info
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/graphql?query={{version}}", timeout=10) as response:
             assert json.loads(response.read())["data"]["version"]

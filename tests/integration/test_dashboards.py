@@ -15,6 +15,7 @@ from pipelines.rollups.subjects import load_subjects
 from pipelines.serve import query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
+from tests.support import answers, poll
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +172,6 @@ def _free_port() -> int:
 def start_server(settings, ttl_s: float = 2.0):
     """`viewcount serve` in a thread of this process, on a free loopback port; polled until it answers."""
     import threading
-    import urllib.request
 
     import uvicorn
 
@@ -184,15 +184,7 @@ def start_server(settings, ttl_s: float = 2.0):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    poll(lambda: answers(f"http://127.0.0.1:{port}/openapi.json"), 30, "the API answering", interval_s=0.05)
     return server, thread, f"http://127.0.0.1:{port}", app
 
 
@@ -335,10 +327,8 @@ def test_the_live_page_shows_the_apis_figures(api, subject, tmp_path):
     driver = headless_chromium(1400, 1000)
     try:
         driver.get(f"{base}/?{PUBLISHED}")
-        deadline = time.monotonic() + 30
-        while not driver.execute_script("return document.body.dataset.loaded || ''"):
-            assert time.monotonic() < deadline, driver.find_element("id", "status").text
-            time.sleep(0.1)
+        poll(lambda: driver.execute_script("return document.body.dataset.loaded || ''"), 30,
+             "the live page loaded", interval_s=0.1)
         _, _, figures = get(f"{base}/api/subjects/{subject.id}/figures?{PUBLISHED}")
         _, _, listeners = get(f"{base}/api/subjects/{subject.id}/listeners?{PUBLISHED}")
 
@@ -380,10 +370,8 @@ def test_the_live_page_never_asks_for_all_time(api, subject):
     driver = headless_chromium(1400, 1000)
     try:
         driver.get(f"{base}/")
-        deadline = time.monotonic() + 30
-        while not driver.execute_script("return document.body.dataset.loaded || ''"):
-            assert time.monotonic() < deadline, driver.find_element("id", "status").text
-            time.sleep(0.1)
+        poll(lambda: driver.execute_script("return document.body.dataset.loaded || ''"), 30,
+             "the live page loaded", interval_s=0.1)
         asked = [urlparse(u) for u in driver.execute_script(
             "return performance.getEntriesByType('resource').map(e => e.name)") if "/api/subjects/" in u]
     finally:

@@ -4,10 +4,10 @@ valid event and rollup row, pipelines.stream.streams)."""
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
+
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,15 @@ def _produce(settings, topic: str, records: list[bytes], keys=None) -> None:
 
 
 def _load_until_caught_up(*loaders, deadline_s: float = 60) -> list[int]:
-    deadline = time.monotonic() + deadline_s
     loaded = [0] * len(loaders)
-    while True:
+
+    def caught_up() -> bool:
         reads = [loader.load_batch(max_wait_s=0.5) for loader in loaders]
-        loaded = [a + b for a, b in zip(loaded, reads, strict=True)]
-        if not any(reads) and all(loader.caught_up() for loader in loaders):
-            return loaded
-        assert time.monotonic() < deadline, "the loaders never reported being caught up"
+        loaded[:] = [a + b for a, b in zip(loaded, reads, strict=True)]
+        return not any(reads) and all(loader.caught_up() for loader in loaders)
+
+    poll(caught_up, deadline_s, "the loaders caught up", interval_s=0)
+    return loaded
 
 
 def test_a_restarted_loader_with_nothing_new_to_read_is_caught_up(own_stack):
@@ -101,10 +102,9 @@ def test_clickhouse_loads_valid_events_itself_and_a_replay_changes_nothing(own_s
     _produce(settings, topics.events_valid, records[:1_000])  # the replay
     assert streams.ensure(clickhouse, settings) == [streams.queue_table(o) for o in streams.LOADED_BY_CLICKHOUSE]
     assert streams.ensure(clickhouse, settings) == []  # idempotent
-    deadline = time.monotonic() + 120
-    while (rows := clickhouse.execute("SELECT count() FROM events_raw")[0][0]) < 6_000:
-        assert time.monotonic() < deadline, f"ClickHouse loaded {rows} of 6,000 records in 120 s"
-        time.sleep(0.2)
+    poll(lambda: clickhouse.execute("SELECT count() FROM events_raw")[0][0] >= 6_000, 120,
+         "ClickHouse loading 6,000 records")
+    (rows,), = clickhouse.execute("SELECT count() FROM events_raw")
     progress = streams.Progress(settings)
     try:
         assert progress.remaining() == 0

@@ -1,0 +1,90 @@
+"""What every test tier shares: one way to wait (poll with a deadline), one way to hand settings to a
+subprocess (its environment), and one namespace per test or module (topics, database and the
+database's dashboard companion, always removed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from pipelines.config import Settings, Topics
+
+
+def poll(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2,
+         alive=None, check: Callable[[], None] | None = None):
+    """Wait for condition() to be truthy and return it, failing with `what` at the deadline.
+    `alive` (a pipeline run: alive(), process, tail()) fails it at once when that run has exited;
+    `check()` may raise to fail it at once for any other reason (a server process that died)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if alive is not None and not alive.alive():
+            raise AssertionError(f"the pipeline exited (code {alive.process.returncode}) while waiting for "
+                                 f"{what}:\n{alive.tail()}")
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+def answers(url: str, timeout_s: float = 2.0) -> bytes | None:
+    """The body at url, or None while nothing answers there (for poll)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.read() or b" "
+    except OSError:
+        return None
+
+
+def pipeline_env(settings: Settings, flink_log_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a `viewcount` subprocess that reads `settings`: the only way tests pass
+    settings to a child process (every knob is a VIEWCOUNT_* variable, pipelines/config.py)."""
+    env = {**os.environ,
+           "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url,
+           "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
+           "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "VIEWCOUNT_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+           "VIEWCOUNT_STATE_DIR": str(settings.state_dir),
+           **extra}
+    if flink_log_dir is not None:
+        flink_log_dir.mkdir(parents=True, exist_ok=True)
+        env["FLINK_LOG_DIR"] = str(flink_log_dir)
+    return env
+
+
+@contextlib.contextmanager
+def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
+    """Topics and a migrated database of their own (and the database's dashboard companion, which
+    the local stack's dashboard user may read), on the same services; all removed at the end, the
+    database before the topics (dropping a Kafka table whose topic is gone hangs 18.16)."""
+    from confluent_kafka.admin import AdminClient
+
+    from pipelines.stack import allow_dashboard, create_topics
+    from pipelines.store.clickhouse import connect
+    from pipelines.store.migrate import apply_migrations, drop_database
+
+    target = base.clickhouse
+    settings = replace(base, topics=Topics(prefix=name), clickhouse_url=(
+        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"), **overrides)
+    create_topics(settings)
+    admin = connect(settings, database="default")
+    apply_migrations(admin, settings.clickhouse.database)
+    allow_dashboard(settings)
+    try:
+        yield settings
+    finally:
+        drop_database(admin, settings.clickhouse.database)
+        admin.disconnect()
+        kafka = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # best effort: a topic already gone is fine
+                future.result()
