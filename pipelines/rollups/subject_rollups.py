@@ -29,6 +29,7 @@ from pipelines.rollups import sketches
 from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, sessions
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store.clickhouse import SUBJECT_POSTS, SUBJECT_REFRESH_STATE, SUBJECT_ROLLUP, insert_rows
+from pipelines.store.tables import TABLE_COLUMNS
 
 log = logging.getLogger("viewcount.subject_rollups")
 SQL_DIR = REPO_ROOT / "sql" / "subject_rollups"
@@ -55,14 +56,10 @@ REFRESH_INTERVAL_S = 1.0
 CHANGES_KEPT = timedelta(days=2)
 PRUNE_INTERVAL_S = 3600.0
 
-ROLLUP_COLUMNS = (
-    "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
-    "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
-    "unique_viewers_sketch", "unique_viewers", "listeners", "peak_minute", "unique_listeners_sketch", "version",
-)
+ROLLUP_COLUMNS = TABLE_COLUMNS[SUBJECT_ROLLUP]
 COUNT_COLUMNS = ("subject_views", "subject_impressions", "posts_new", "views_of_posts_about",
                  "impressions_of_posts_about", "combined_views", "impressions", "post_rows")
-SUBJECT_POSTS_COLUMNS = ("subject_id", "post_id", "created_at", "version")
+SUBJECT_POSTS_COLUMNS = TABLE_COLUMNS[SUBJECT_POSTS]
 
 
 @cache
@@ -335,7 +332,7 @@ def _read_to(client, subject: Subject) -> datetime | None:
 
 
 def _record_read_to(client, subject: Subject, read_to: datetime) -> None:
-    insert_rows(client, SUBJECT_REFRESH_STATE, ("subject_id", "changes_read_to", "refreshed_at", "version"),
+    insert_rows(client, SUBJECT_REFRESH_STATE, TABLE_COLUMNS[SUBJECT_REFRESH_STATE],
                 [(subject.id, read_to, server_now(client), new_version())])
 
 

@@ -38,17 +38,26 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     POSTS: ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version"),
     SPACE_PRESENCE: ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id"),
     ROLLUP_CHANGES: ("source", "key", "window_start", "changed_at"),
+    SUBJECT_POSTS: ("subject_id", "post_id", "created_at", "version"),
+    SUBJECT_ROLLUP: (
+        "subject_id", "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
+        "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
+        "unique_viewers_sketch", "unique_viewers", "listeners", "peak_minute", "unique_listeners_sketch", "version",
+    ),
+    SUBJECT_REFRESH_STATE: ("subject_id", "changes_read_to", "refreshed_at", "version"),
     CHANGED_HOURS: ("hour_start", "reason", "rows", "noted_at"),
     HOUR_REPAIRS: ("hour_start", "covered_until", "repaired_at"),
     LEDGER_SCANS: ("scanned_at",),
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
 # Tables the pipeline may write; identifiers in SQL text come only from here.
-WRITABLE_TABLES = frozenset({*TABLE_COLUMNS, SUBJECT_POSTS, SUBJECT_ROLLUP, SUBJECT_REFRESH_STATE})
+WRITABLE_TABLES = frozenset(TABLE_COLUMNS)
 EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]
 # Filled by the archive itself (migration 0011): whether the stream had closed the event's window
 # when it was archived, and when the row was loaded. Writers leave them to their defaults.
 EVENTS_RAW_ARCHIVE_COLUMNS = ("late", "loaded_at")
+# Columns a table has beyond what its writers name (the registry test compares the rest).
+FILLED_BY_CLICKHOUSE: dict[str, tuple[str, ...]] = {EVENTS_RAW: EVENTS_RAW_ARCHIVE_COLUMNS}
 POST_MINUTE_COLUMNS = TABLE_COLUMNS[POST_MINUTE]
 POST_HOUR_COLUMNS = TABLE_COLUMNS[POST_HOUR]
 
@@ -116,3 +125,14 @@ DEAD_LETTER = Output("dead_letter", "dead_letter", _fields(
 OUTPUTS = (DEAD_LETTER, EVENTS_VALID, POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, POSTS_VALID, PRESENCE_VALID)
 # The fields of a valid counted event as the job carries it (the archive's `late` is decided at the sink).
 VALID_EVENT_FIELDS = tuple(f for f in EVENTS_VALID.field_names if f != "late")
+
+# How a record of an output loaded by ClickHouse becomes a row of its table: a ClickHouse
+# expression over the Kafka table's columns per target column; a column not listed here takes the
+# output's field of the same name (pipelines.stream.streams renders the materialized view).
+LOAD_EXPRESSIONS: dict[str, dict[str, str]] = {
+    EVENTS_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))", "loaded_at": "now()"},
+    POST_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')",
+                            "unique_viewers_sketch": "unhex(unique_viewers_sketch)"},
+    POST_SURFACE_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')"},
+    PRESENCE_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))"},
+}

@@ -118,3 +118,36 @@ def test_the_ledger_notes_late_rows_and_lists_pending_hours_on_current_clickhous
     migrated.query("INSERT INTO hour_repairs VALUES ('2024-08-13 03:00:00', '2026-01-01 00:00:10', "
                    "'2026-01-01 00:00:11')")
     assert _rows(migrated, ledger._sql("pending_hours")) == [["2024-08-13 01:00:00"]]
+
+
+def test_the_column_registry_equals_the_migrated_schema(migrated):
+    """pipelines/store/tables.py is where every table's columns are written down: each table the
+    registry names has exactly those columns (plus what ClickHouse fills itself), in that order,
+    and every table the migrations create is in the registry."""
+    from pipelines.store.tables import FILLED_BY_CLICKHOUSE, TABLE_COLUMNS
+
+    rows = _rows(migrated, "SELECT table, name FROM system.columns WHERE database = 'viewcount' "
+                           "AND table IN (SELECT name FROM system.tables WHERE database = 'viewcount' "
+                           "AND engine LIKE '%MergeTree')")
+    schema: dict[str, list[str]] = {}
+    for table, name in rows:
+        schema.setdefault(table, []).append(name)
+    assert sorted(schema) == sorted(TABLE_COLUMNS), "a migrated table missing from the registry, or the reverse"
+    for table, columns in TABLE_COLUMNS.items():
+        assert schema[table] == [*columns, *FILLED_BY_CLICKHOUSE.get(table, ())], table
+
+
+def test_every_view_of_clickhouse_s_kafka_consumers_names_every_column_of_its_table():
+    from pipelines.store.tables import FILLED_BY_CLICKHOUSE, TABLE_COLUMNS
+    from pipelines.stream import streams
+
+    for output in streams.LOADED_BY_CLICKHOUSE:
+        select = streams.view_sql(output).split("SELECT ", 1)[1].split("\nFROM", 1)[0]
+        parts, depth, start = [], 0, 0
+        for i, char in enumerate(select):  # split on the commas outside parentheses
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                parts.append(select[start:i])
+                start = i + 1
+        named = [part.split(" AS ")[-1].strip() for part in [*parts, select[start:]]]
+        assert named == [*TABLE_COLUMNS[output.table], *FILLED_BY_CLICKHOUSE.get(output.table, ())], output.name
