@@ -67,24 +67,39 @@ class QueryError(ValueError):
     """A question the data cannot answer as asked; the message says what to change."""
 
 
+class RangeError(QueryError):
+    """A range that is not one: `bound` names the side at fault (as the caller named it)."""
+
+    def __init__(self, bound: str, message: str):
+        super().__init__(message)
+        self.bound = bound
+
+
+def local_range(start: str, end: str, zone, names: tuple[str, str] = ("from", "to")) -> tuple[datetime, datetime]:
+    """Local times ('2024-08-12 19:47', ISO; a time with its own offset keeps it) in `zone` -> an
+    aware UTC [start, end). `names` are the bounds as the caller's user writes them."""
+    bounds = []
+    for name, text in zip(names, (start, end), strict=True):
+        try:
+            local = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise RangeError(name, f"{name} {text!r} is not a time: write it like '2024-08-12 19:47'") from exc
+        bounds.append((local if local.tzinfo else local.replace(tzinfo=zone)).astimezone(UTC))
+    if bounds[1] <= bounds[0]:
+        raise RangeError(names[1], f"the range ends ({end}) before it starts ({start}): swap {names[0]} and "
+                         f"{names[1]}")
+    return bounds[0], bounds[1]
+
+
 def parse_range(start: str, end: str, time_zone: str) -> tuple[datetime, datetime]:
-    """'YYYY-MM-DD HH:MM' local times in time_zone -> an aware UTC [start, end)."""
+    """'YYYY-MM-DD HH:MM' local times in time_zone -> an aware UTC [start, end) (the CLI's range)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         zone = ZoneInfo(time_zone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise QueryError(f"unknown time zone {time_zone!r}: use an IANA name like America/New_York or UTC") from exc
-    bounds = []
-    for label, text in (("--from", start), ("--to", end)):
-        try:
-            local = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise QueryError(f"{label} {text!r} is not a time: write it like '2024-08-12 19:47'") from exc
-        bounds.append((local if local.tzinfo else local.replace(tzinfo=zone)).astimezone(UTC))
-    if bounds[1] <= bounds[0]:
-        raise QueryError(f"the range ends ({end}) before it starts ({start}): swap --from and --to")
-    return bounds[0], bounds[1]
+    return local_range(start, end, zone, ("--from", "--to"))
 
 
 @dataclass(frozen=True)
