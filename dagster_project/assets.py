@@ -80,7 +80,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
     })
 
 
-# --- subject rollups (pipelines/rollups/subject_rollups.py) -------------------------------------------
+# --- subject rollups (pipelines/repair/subject_repair.py) ---------------------------------------------
 
 @dg.asset(
     partitions_def=hourly,
@@ -94,7 +94,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
                                    "within the other's bounds")],
 )
 def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource):
-    from pipelines.rollups import subject_rollups
+    from pipelines.repair import subject_repair
     from pipelines.rollups.subjects import load_subjects
     from pipelines.serve.query import conversation_posts
 
@@ -105,7 +105,7 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
             stored = {pid for (pid,) in client.execute(
                 "SELECT post_id FROM subject_posts WHERE subject_id = %(subject_id)s", {"subject_id": subject.id})}
             missing = len(about - stored)
-            drifts += [subject_rollups.compare_hour(client, subject, hour, missing_posts=missing)
+            drifts += [subject_repair.compare_hour(client, subject, hour, missing_posts=missing)
                        for hour in _hours(context)]
     totals = {
         "missing_posts": max((d.missing_posts for d in drifts), default=0),
@@ -134,19 +134,19 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="subjects",
     description="Each tracked subject's minute, hour and day rows of the hour(s), recomputed from post_minute, posts "
-    "and space_presence (pipelines.rollups.subject_rollups.rebuild_hour); posts the stream's attribution missed are "
+    "and space_presence (pipelines.repair.subject_repair.rebuild_hour); posts the stream's attribution missed are "
     "added.",
     deps=[subject_rollup_reconciliation],
 )
 def subject_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource) -> dg.MaterializeResult:
-    from pipelines.rollups import subject_rollups as rollups
+    from pipelines.repair import subject_repair
     from pipelines.rollups.subjects import load_subjects
 
     written = 0
     with clickhouse.client() as client:
         for subject in load_subjects().values():
             for hour in _hours(context):
-                rows = rollups.rebuild_hour(client, subject, hour)
+                rows = subject_repair.rebuild_hour(client, subject, hour)
                 written += rows
                 context.log.info(f"{subject.id} {hour:%Y-%m-%d %H:00} UTC: {rows} minute rows")
     return dg.MaterializeResult(metadata={"minute_rows": written, "hours": len(_hours(context))})

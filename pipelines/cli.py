@@ -153,12 +153,12 @@ def cmd_demo(args, settings: Settings) -> int:
     rebuilt = [rebuild_hour(client, hour) for hour in hours_with_events(client)]
     # The subject rollups of the rebuilt hours follow (REPLACE PARTITION bypasses the change log
     # the refresh reads), as the hourly Dagster job does.
-    from pipelines.rollups import subject_rollups
+    from pipelines.repair import subject_repair
     from pipelines.rollups.subjects import load_subjects
 
     for tracked in load_subjects().values():
         for report in rebuilt:
-            subject_rollups.rebuild_hour(client, tracked, report.hour_start)
+            subject_repair.rebuild_hour(client, tracked, report.hour_start)
     subject = query.post_figures(client, SUBJECT_POST_ID)
     totals = query.all_posts_totals(client)
     print()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pipelines.config import REPO_ROOT
-from pipelines.repair import backfill
-from pipelines.rollups import subject_rollups
+from pipelines.repair import backfill, subject_repair
+from pipelines.rollups import subject_rows
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store.clickhouse import insert_rows
 from pipelines.store.tables import CHANGED_HOURS, HOUR_REPAIRS, LEDGER_SCANS, TABLE_COLUMNS
@@ -55,10 +55,10 @@ def note_hours(client, hours: Iterable[datetime], reason: str, rows: int = 0) ->
 def note_late_hours(client) -> dict[datetime, int]:
     """Note the hours of the late rows loaded into the archive since the last scan (with
     SCAN_OVERLAP); returns {hour: late rows seen}."""
-    scanned_at = subject_rollups.server_now(client)
+    scanned_at = subject_rows.server_now(client)
     ((last,),) = client.execute(_sql("last_scan"))
-    since = max(subject_rollups.naive_utc(last) - SCAN_OVERLAP, EPOCH) if last else EPOCH
-    found = {subject_rollups.naive_utc(h): n for h, n in client.execute(_sql("late_hours"), {"since": since})}
+    since = max(subject_rows.naive_utc(last) - SCAN_OVERLAP, EPOCH) if last else EPOCH
+    found = {subject_rows.naive_utc(h): n for h, n in client.execute(_sql("late_hours"), {"since": since})}
     if found:
         insert_rows(client, CHANGED_HOURS, NOTE_COLUMNS, [(h, LATE, n) for h, n in sorted(found.items())])
     insert_rows(client, LEDGER_SCANS, TABLE_COLUMNS[LEDGER_SCANS], [(scanned_at,)])
@@ -68,7 +68,7 @@ def note_late_hours(client) -> dict[datetime, int]:
 def _wait_for_server_clock(client, moment: datetime, timeout_s: float = 30.0) -> None:
     """Poll the server's clock (second resolution) until it reads `moment`."""
     deadline = time.monotonic() + timeout_s
-    while subject_rollups.server_now(client) < moment:
+    while subject_rows.server_now(client) < moment:
         if time.monotonic() > deadline:
             raise RuntimeError(f"ClickHouse's clock did not reach {moment} within {timeout_s:.0f} s")
         time.sleep(0.2)
@@ -76,7 +76,7 @@ def _wait_for_server_clock(client, moment: datetime, timeout_s: float = 30.0) ->
 
 def pending_hours(client) -> list[datetime]:
     """Hours with a change noted after their last repair covered them, oldest first."""
-    return [subject_rollups.naive_utc(h) for (h,) in client.execute(_sql("pending_hours"))]
+    return [subject_rows.naive_utc(h) for (h,) in client.execute(_sql("pending_hours"))]
 
 
 @dataclass
@@ -95,8 +95,8 @@ def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True
     # Let the newest note (this run's scan, an erasure a moment ago) fall outside the grace, so
     # that this run covers it: at most COMMIT_GRACE of waiting, none when it is older.
     ((latest,),) = client.execute(_sql("latest_note"))
-    _wait_for_server_clock(client, subject_rollups.naive_utc(latest) + COMMIT_GRACE)
-    covered_until = subject_rollups.server_now(client) - COMMIT_GRACE
+    _wait_for_server_clock(client, subject_rows.naive_utc(latest) + COMMIT_GRACE)
+    covered_until = subject_rows.server_now(client) - COMMIT_GRACE
     report.hours = pending_hours(client)
     subjects = load_subjects() if subjects is None else subjects
     for hour in report.hours:
@@ -105,9 +105,9 @@ def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True
         report.views += built.views
         report.impressions += built.impressions
         for subject in subjects.values():
-            report.subject_minute_rows += subject_rollups.rebuild_hour(client, subject, hour_aware)
+            report.subject_minute_rows += subject_repair.rebuild_hour(client, subject, hour_aware)
         insert_rows(client, HOUR_REPAIRS, TABLE_COLUMNS[HOUR_REPAIRS],
-                    [(hour, covered_until, subject_rollups.server_now(client))])
+                    [(hour, covered_until, subject_rows.server_now(client))])
         log.info("repaired %s UTC: %d views, %d impressions", f"{hour:%Y-%m-%d %H:00}", built.views,
                  built.impressions)
     return report

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.rollups import sketches, subject_rollups
+from pipelines.repair import subject_repair
+from pipelines.rollups import sketches, subject_rollups, subject_rows
 from pipelines.rollups.subjects import load_subjects
 from pipelines.serve import query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
@@ -145,17 +146,17 @@ def test_the_hourly_reconciliation_finds_a_wrong_minute_and_the_rebuild_mends_it
 
     _, client = night
     hour = datetime(2024, 8, 13, 1, tzinfo=UTC)
-    assert subject_rollups.compare_hour(client, subject, hour).clean
+    assert subject_repair.compare_hour(client, subject, hour).clean
     # A minute row gone wrong (as a lost refresh would leave it): a higher version, views off by one.
-    (row,) = [r for r in subject_rollups._existing(client, subject, "minute", datetime(2024, 8, 13, 1, 30),
+    (row,) = [r for r in subject_rollups.existing_rows(client, subject, "minute", datetime(2024, 8, 13, 1, 30),
                                                    datetime(2024, 8, 13, 1, 31))]
     wrong = {**row, "subject_views": row["subject_views"] + 1, "version": row["version"] + 1}
-    insert_rows(client, SUBJECT_ROLLUP, subject_rollups.ROLLUP_COLUMNS,
-                [tuple(wrong[c] for c in subject_rollups.ROLLUP_COLUMNS)])
-    drift = subject_rollups.compare_hour(client, subject, hour)
+    insert_rows(client, SUBJECT_ROLLUP, subject_rows.ROLLUP_COLUMNS,
+                [tuple(wrong[c] for c in subject_rows.ROLLUP_COLUMNS)])
+    drift = subject_repair.compare_hour(client, subject, hour)
     assert (drift.clean, drift.count_differences) == (False, 1), drift
-    subject_rollups.rebuild_hour(client, subject, hour)
-    assert subject_rollups.compare_hour(client, subject, hour).clean
+    subject_repair.rebuild_hour(client, subject, hour)
+    assert subject_repair.compare_hour(client, subject, hour).clean
     assert_same_figures(client, subject, *WINDOW)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipelines.rollups import subject_rollups
+from pipelines.rollups import subject_rollups, subject_rows
 from pipelines.serve import query
 from pipelines.store import migrate
 
@@ -38,7 +38,7 @@ def session(tmp_path):
 
 
 def test_every_subject_rollup_statement_runs_on_current_clickhouse(session):
-    paths = sorted(subject_rollups.SQL_DIR.glob("*.sql")) + sorted(query.QUERIES_DIR.glob("subject_*.sql"))
+    paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(query.QUERIES_DIR.glob("subject_*.sql"))
     assert len(paths) >= 14
     for path in paths:
         session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), path.read_text()))
@@ -63,7 +63,7 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
     from pipelines.rollups import sketches
 
     def minute(m: int, viewers: list[int], listeners: int, total: int) -> dict:
-        row = dict.fromkeys(subject_rollups.COUNT_COLUMNS, 1)
+        row = dict.fromkeys(subject_rows.COUNT_COLUMNS, 1)
         row.update(window_start=datetime(2024, 8, 13, 0, m), posts_total=total, listeners=listeners,
                    peak_minute=datetime(2024, 8, 13, 0, m),
                    unique_viewers_sketch=sketches.to_bytes(sketches.sketch_of(viewers)),
@@ -71,7 +71,7 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
         return row
 
     parts = [minute(0, [1, 2], 5, 3), minute(1, [2, 3], 9, 4)]
-    hour = subject_rollups.combine("s", "hour", datetime(2024, 8, 13), parts)
+    hour = subject_rows.combine("s", "hour", datetime(2024, 8, 13), parts)
     assert (hour["subject_views"], hour["listeners"], hour["posts_total"]) == (2, 9, 4)
     assert hour["peak_minute"] == datetime(2024, 8, 13, 0, 1)
     assert round(sketches.from_bytes(hour["unique_viewers_sketch"]).get_estimate()) == 3
