@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: soak cluster-up cluster-down superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: test-fast soak cluster-up cluster-down superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ demo: up web ## the reference night at 1:1000 through Kafka -> Flink -> ClickHou
 
 test: lint up web browser ## lint (ruff), then every test: unit, integration, end-to-end and the live page in chromium, against the local stack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: lint up ## the inner loop (under 3 minutes): unit and integration tests, no Flink job
+	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
 
 test-unit: venv jars ## unit tests only (no services)
 	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import time
 from dataclasses import replace
@@ -20,6 +21,27 @@ from pipelines.config import Settings, Topics
 # this already running process until tzset() reads it again.
 os.environ["TZ"] = "UTC"
 time.tzset()
+
+# VIEWCOUNT_TEST_ORDER_SEED=N runs the modules, and the tests inside each module, in an order
+# shuffled with seed N (CI does, .ci/run): no test may depend on another's data or order. Tests
+# stay grouped by module, so a module's fixtures are still set up once.
+ORDER_SEED = os.environ.get("VIEWCOUNT_TEST_ORDER_SEED", "")
+
+
+def pytest_report_header(config):
+    return f"test order: shuffled with VIEWCOUNT_TEST_ORDER_SEED={ORDER_SEED}" if ORDER_SEED else None
+
+
+def pytest_collection_modifyitems(config, items):
+    if not ORDER_SEED:
+        return
+    rng = random.Random(int(ORDER_SEED))
+    by_module: dict[str, list] = {}
+    for item in items:
+        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
+    modules = sorted(by_module)
+    rng.shuffle(modules)
+    items[:] = [item for module in modules for item in rng.sample(by_module[module], len(by_module[module]))]
 
 
 @pytest.fixture(scope="session")

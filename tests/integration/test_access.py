@@ -313,7 +313,7 @@ def test_the_dagster_ui_listens_on_loopback_only(tmp_path, stack_settings):
         process.wait(timeout=60)
 
 
-@pytest.mark.e2e
+@pytest.mark.e2e  # it starts the Flink job: not in make test-fast
 def test_the_flink_job_listens_on_loopback_only(own_stack, tmp_path):
     """`viewcount run` on the local mini-cluster, its whole process tree (the viewcount process and
     its JVM: py4j, blob server, REST endpoint, PyFlink), sampled from its start until every task
