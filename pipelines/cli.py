@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import sys
@@ -116,6 +117,18 @@ def _local(moment, zone: str) -> str:
         moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"))
 
 
+def cmd_erase(args, settings: Settings) -> int:
+    """Erase viewers from every table and every sketch; the ids are printed nowhere."""
+    from pipelines.repair import erasure
+
+    report = erasure.erase(_connect(settings), args.viewer, requested_by=args.requested_by)
+    rows = ", ".join(f"{table} {n:,}" for table, n in report.rows.items())
+    print(f"erased {report.viewers} viewer(s) (request {report.request_id}): rows deleted: {rows}; "
+          f"{len(report.hours)} hour(s) rebuilt; {report.seconds:.1f} s "
+          f"({report.mutation_seconds:.1f} s waiting for mutations, {report.repair_seconds:.1f} s rebuilding)")
+    return 0
+
+
 def cmd_dagster(args, settings: Settings) -> int:
     """The Dagster UI (webserver + daemon for the schedule) on loopback, against these settings."""
     import os
@@ -192,6 +205,12 @@ def cmd_demo(args, settings: Settings) -> int:
     return 0
 
 
+def _viewer_id(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a viewer id (a positive integer)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viewcount", description="View and impression metrics pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -242,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ttl", type=float, default=2.0, help="seconds identical requests share one answer")
     serve.set_defaults(func=cmd_serve)
 
+    erase = sub.add_parser("erase", help="erase viewers: their rows from every table, them from every sketch "
+                           "(docs/access.md, Erasure)")
+    erase.add_argument("--viewer", type=_viewer_id, nargs="+", required=True, metavar="ID",
+                       help="viewer (or listener) ids")
+    erase.add_argument("--requested-by", default=getpass.getuser(),
+                       help="who asked, recorded with the request (a ticket or a name; default: your user name)")
+    erase.set_defaults(func=cmd_erase)
+
     dagster = sub.add_parser("dagster", help="the Dagster UI for backfills and reconciliation, on loopback")
     dagster.add_argument("--port", type=int, default=3000)
     dagster.set_defaults(func=cmd_dagster)
@@ -271,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, settings)
     except Exception as exc:  # a message the user can act on, not a traceback
+        from pipelines.repair.erasure import ErasureTimeout
         from pipelines.rollups.subjects import UnknownSubject
         from pipelines.serve.query import QueryError
         from pipelines.stack import StackError
         from pipelines.store.clickhouse import ClickHouseUnavailable
 
-        if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError, QueryError, UnknownSubject)):
+        if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError, QueryError, UnknownSubject,
+                            ErasureTimeout)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

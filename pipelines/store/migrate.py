@@ -106,7 +106,18 @@ def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) ->
             [(migration.version, migration.name, migration.checksum, _now())],
         )
         applied.append(migration.path.name)
+    _ensure_pseudonym_key(client, database)
     return applied
+
+
+def _ensure_pseudonym_key(client, database: str) -> None:
+    # The pseudonym key (migration 0012) is a secret of each database: made here, once, as data.
+    if client.execute("SELECT count() FROM system.tables WHERE database = %(d)s AND name = 'pseudonym_key'",
+                      {"d": database})[0][0]:
+        from pipelines.store.pseudonyms import ensure_key
+
+        client.execute(f"USE {database}")
+        ensure_key(client)
 
 
 def drop_database(client, database: str) -> None:

@@ -26,6 +26,12 @@ ROLLUP_CHANGES = "rollup_changes"
 CHANGED_HOURS = "changed_hours"
 HOUR_REPAIRS = "hour_repairs"
 LEDGER_SCANS = "ledger_scans"
+# Erasure (pipelines/repair/erasure.py, migration 0012): the pseudonym key, the erased viewers (by
+# pseudonym), the requests, the sweeps.
+PSEUDONYM_KEY = "pseudonym_key"
+ERASED_VIEWERS = "erased_viewers"
+ERASURE_REQUESTS = "erasure_requests"
+ERASURE_SWEEPS = "erasure_sweeps"
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
@@ -48,6 +54,11 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     CHANGED_HOURS: ("hour_start", "reason", "rows", "noted_at"),
     HOUR_REPAIRS: ("hour_start", "covered_until", "repaired_at"),
     LEDGER_SCANS: ("scanned_at",),
+    PSEUDONYM_KEY: ("key",),
+    ERASED_VIEWERS: ("viewer_key", "erased_at", "request_id"),
+    ERASURE_REQUESTS: ("request_id", "requested_by", "requested_at", "finished_at", "viewers", "hours",
+                       "events_raw_rows", "space_presence_rows", "dead_letters_rows"),
+    ERASURE_SWEEPS: ("swept_at",),
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
 # Tables the pipeline may write; identifiers in SQL text come only from here.

@@ -6,4 +6,8 @@ SELECT post_id, toStartOfMinute(event_time) AS window_start, surface, action,
        %(version)s AS version
 FROM events_raw FINAL
 WHERE event_time >= %(from)s AND event_time < %(to)s
+  -- Erased viewers are skipped (sql/migrations/0012): their pseudonym, key from a scalar subquery.
+  AND reinterpretAsUInt64(substring(SHA256(concat((SELECT min(key) FROM pseudonym_key),
+                                                  toString(viewer_id))), 1, 8))
+      NOT IN (SELECT viewer_key FROM erased_viewers)
 GROUP BY post_id, window_start, surface, action

@@ -8,6 +8,10 @@ SELECT post_id, toStartOfMinute(event_time) AS window_start,
        countIf(event_type = 'view') AS views, countIf(event_type = 'impression') AS impressions,
        groupUniqArrayIf(viewer_id, event_type = 'view') AS viewer_ids
 FROM events_raw FINAL
-WHERE event_time >= %(from)s AND event_time < %(to)s AND modulo(post_id, %(chunks)s) = %(chunk)s
+WHERE event_time >= %(from)s AND event_time < %(to)s
+  -- Erased viewers are skipped (sql/migrations/0012): their pseudonym, key from a scalar subquery.
+  AND reinterpretAsUInt64(substring(SHA256(concat((SELECT min(key) FROM pseudonym_key),
+                                                  toString(viewer_id))), 1, 8))
+      NOT IN (SELECT viewer_key FROM erased_viewers) AND modulo(post_id, %(chunks)s) = %(chunk)s
 GROUP BY post_id, window_start
 ORDER BY post_id, window_start

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from pipelines.repair import backfill, ledger
+from pipelines.repair import backfill, erasure, ledger
 from pipelines.serve import query
-from pipelines.store import migrate
+from pipelines.store import migrate, pseudonyms
 from pipelines.store.tables import EVENTS_RAW_COLUMNS
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
@@ -38,9 +38,10 @@ def migrated(session):
 def test_every_migration_statement_runs_on_current_clickhouse(migrated):
     tables = migrated.query("SELECT name FROM system.tables WHERE database = 'viewcount' ORDER BY name", "CSV")
     assert str(tables).split() == [f'"{name}"' for name in (
-        "changed_hours", "dead_letters", "events_raw", "hour_repairs", "ledger_scans", "post_hour", "post_minute",
-        "post_minute_changes", "post_surface_minute",
-        "posts", "posts_changes", "rollup_changes", "space_presence", "space_presence_changes", "subject_posts",
+        "changed_hours", "dead_letters", "erased_viewers", "erasure_requests", "erasure_sweeps", "events_raw",
+        "hour_repairs", "ledger_scans", "post_hour", "post_minute", "post_minute_changes", "post_surface_minute",
+        "posts", "posts_changes", "pseudonym_key", "rollup_changes", "space_presence", "space_presence_changes",
+        "subject_posts",
         "subject_refresh_state", "subject_rollup")]
 
 
@@ -151,3 +152,50 @@ def test_every_view_of_clickhouse_s_kafka_consumers_names_every_column_of_its_ta
                 start = i + 1
         named = [part.split(" AS ")[-1].strip() for part in [*parts, select[start:]]]
         assert named == [*TABLE_COLUMNS[output.table], *FILLED_BY_CLICKHOUSE.get(output.table, ())], output.name
+
+
+KEY = "0123456789abcdef"
+
+
+def test_erasure_statements_run_on_current_clickhouse_and_match_python_pseudonyms(migrated):
+    migrated.query(f"INSERT INTO pseudonym_key (key) VALUES ('{KEY}')")
+    assert _rows(migrated, _with_values(pseudonyms.SQL_DIR.joinpath("pseudonym.sql").read_text(),
+                                        {"viewer_id": "42"})) == [[pseudonyms.pseudonym(KEY, 42)]]
+    migrated.query(f"INSERT INTO events_raw ({', '.join(EVENTS_RAW_COLUMNS)}) VALUES "
+                   "('view', 'e1', '2024-08-13 01:02:03', 1723510923000, 7, 3, 42, 'home', 'ios', ''), "
+                   "('view', 'e2', '2024-08-13 01:02:04', 1723510924000, 7, 3, 43, 'home', 'ios', '')")
+    migrated.query("INSERT INTO space_presence (space_id, listener_id, event_time, event_time_ms, action, event_id) "
+                   "VALUES (9, 42, '2024-08-13 01:59:00', 1723514340000, 'join', 'p1')")
+    migrated.query("INSERT INTO dead_letters (source_topic, source_partition, source_offset, reason, payload, "
+                   "loaded_at) VALUES ('t', 0, 1, 'bad', '{\"viewer_id\": \"42\", \"x\"', now()), "
+                   "('t', 0, 2, 'bad', '{\"viewer_id\": 420}', now())")
+    ids = {"viewer_ids": "(42)", "heartbeat_timeout_s": "150", "table": "'events_raw'", "since": "'1970-01-01'"}
+    assert _rows(migrated, _with_values(erasure._sql("viewer_hours"), ids)) == [["2024-08-13 01:00:00", 1]]
+    assert sorted(_rows(migrated, _with_values(erasure._sql("listener_hours"), ids))) == [
+        ["2024-08-13 01:00:00", 1], ["2024-08-13 02:00:00", 1]]
+    assert _rows(migrated, _with_values(erasure._sql("dead_letter_rows"), ids)) == [[1]]
+    assert _rows(migrated, _with_values(erasure._sql("presence_rows"), ids)) == [[1]]
+    assert _rows(migrated, _with_values(erasure._sql("pending_mutations"), ids)) == [[0]]
+    assert _rows(migrated, _with_values(erasure._sql("last_sweep"), ids)) == [["1970-01-01 00:00:00"]]
+    migrated.query(f"INSERT INTO erased_viewers (viewer_key, erased_at, request_id) VALUES "
+                   f"({pseudonyms.pseudonym(KEY, 42)}, now(), 'r')")
+    assert _rows(migrated, _with_values(erasure._sql("returned_viewers"), ids)) == [[42]]
+    hour = {"from": "'2024-08-13 01:00:00'", "to": "'2024-08-13 02:00:00'", "chunks": "1", "chunk": "0"}
+    assert _rows(migrated, _backfill_text("hour_minutes", hour)) == [[7, "2024-08-13 01:02:00", 1, 0, [43]]], (
+        "a rebuild counted an erased viewer")
+    for name in ("delete_events", "delete_presence", "delete_dead_letters"):
+        migrated.query(_with_values(erasure._sql(name), ids))
+    assert _rows(migrated, "SELECT count() FROM events_raw WHERE viewer_id = 42") == [[0]]
+    assert _rows(migrated, "SELECT count() FROM space_presence") == [[0]]
+    assert _rows(migrated, "SELECT source_offset FROM dead_letters") == [[2]]
+
+
+def test_every_statement_computes_pseudonyms_the_same_way():
+    from pipelines.config import REPO_ROOT
+
+    expression = ("reinterpretAsUInt64(substring(SHA256(concat((SELECT min(key) FROM pseudonym_key),")
+    users = [p for p in (REPO_ROOT / "sql").rglob("*.sql") if "SHA256" in p.read_text()]
+    assert len(users) >= 4
+    for path in users:
+        text = " ".join(path.read_text().split())
+        assert text.count("SHA256") == text.count(expression), f"{path}: a pseudonym computed another way"
