@@ -8,8 +8,10 @@ from dagster_project.assets import (
     subject_rollup_reconciliation,
     subject_rollups,
 )
+from dagster_project.erasure import erase_viewers, sweep_erased_viewers, sweep_erased_viewers_schedule
 from dagster_project.ledger import repair_changed_hours, repair_changed_hours_schedule
 from dagster_project.resources import resources
+from dagster_project.retention import drop_expired_raw_partitions, drop_expired_raw_partitions_schedule
 from dagster_project.schedules import reconcile_hourly, reconcile_job
 
 
@@ -23,5 +25,12 @@ def rollups() -> dg.Definitions:
     )
 
 
+def privacy() -> dg.Definitions:
+    """Viewer privacy: erasure of a batch of viewers on demand, the sweep of erased viewers' returning
+    rows every 10 minutes, the raw tables' retention daily."""
+    return dg.Definitions(jobs=[erase_viewers, sweep_erased_viewers, drop_expired_raw_partitions],
+                          schedules=[sweep_erased_viewers_schedule, drop_expired_raw_partitions_schedule])
+
+
 # Only `defs` may live at module scope: the CLI refuses a module with two Definitions.
-defs = dg.Definitions.merge(rollups(), dg.Definitions(resources=resources()))
+defs = dg.Definitions.merge(rollups(), privacy(), dg.Definitions(resources=resources()))

@@ -164,6 +164,12 @@ class Settings:
     api_burst: int = 40
     # A series asked without from/to covers this many hours up to the subject's newest minute.
     api_default_span_h: int = 24
+    # Raw rows (events_raw, space_presence, dead_letters) older than this are dropped, a partition
+    # at a time (pipelines/repair/retention.py, daily); the rollups stay. 90 days: a quarter of
+    # history to rebuild from (late events, erasures, a fix to a rollup) and to analyse exactly,
+    # while no viewer's raw views are kept beyond that (docs/access.md, Retention). 0 keeps them all
+    # (replaying an archived night, such as the 2024 reference night, into a stack needs it).
+    raw_retention_days: int = 90
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -198,6 +204,7 @@ class Settings:
             api_rate_per_s=float(_env("API_RATE_PER_S", str(base.api_rate_per_s))),
             api_burst=int(_env("API_BURST", str(base.api_burst))),
             api_default_span_h=int(_env("API_DEFAULT_SPAN_H", str(base.api_default_span_h))),
+            raw_retention_days=int(_env("RAW_RETENTION_DAYS", str(base.raw_retention_days))),
             flink_connector_jar=Path(p) if (p := os.environ.get("VIEWCOUNT_FLINK_CONNECTOR_JAR")) else None,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from pipelines.config import REPO_ROOT
 from pipelines.repair import ledger
-from pipelines.rollups import subject_rollups
+from pipelines.rollups import subject_rows
 from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS
 from pipelines.rollups.sketches import normalise_viewer_id
 from pipelines.store import pseudonyms
@@ -89,7 +89,7 @@ def _rows_and_hours(client, ids: tuple[int, ...]) -> tuple[dict[str, int], set[d
     presence = client.execute(_sql("listener_hours"), params)
     ((dead,),) = client.execute(_sql("dead_letter_rows"), params)
     ((presence_rows,),) = client.execute(_sql("presence_rows"), params)
-    hours = {subject_rollups.naive_utc(h) for h, _ in (*events, *presence)}
+    hours = {subject_rows.naive_utc(h) for h, _ in (*events, *presence)}
     return {EVENTS_RAW: sum(n for _, n in events), SPACE_PRESENCE: presence_rows, DEAD_LETTERS: dead}, hours
 
 
@@ -101,7 +101,7 @@ def erase(client, viewer_ids: Iterable[int], requested_by: str, reason: str = ER
     if not ids:
         raise ValueError("no viewer to erase")
     report = ErasureReport(request_id=str(uuid.uuid4()), viewers=len(ids))
-    requested_at = subject_rollups.server_now(client)
+    requested_at = subject_rows.server_now(client)
     key = pseudonyms.ensure_key(client)
     # First: from now on every rebuild skips them, even one running beside this erasure.
     insert_rows(client, ERASED_VIEWERS, TABLE_COLUMNS[ERASED_VIEWERS],
@@ -118,7 +118,7 @@ def erase(client, viewer_ids: Iterable[int], requested_by: str, reason: str = ER
         ledger.repair(client, scan=False)
     report.repair_seconds = time.monotonic() - repair_started
     insert_rows(client, ERASURE_REQUESTS, TABLE_COLUMNS[ERASURE_REQUESTS], [
-        (report.request_id, requested_by, requested_at, subject_rollups.server_now(client), len(ids), report.hours,
+        (report.request_id, requested_by, requested_at, subject_rows.server_now(client), len(ids), report.hours,
           report.rows[EVENTS_RAW], report.rows[SPACE_PRESENCE], report.rows[DEAD_LETTERS])])
     report.seconds = time.monotonic() - started
     log.info("erasure %s (%s): %d viewer(s); rows deleted: %s; %d hour(s) rebuilt in %.1f s",
@@ -129,9 +129,9 @@ def erase(client, viewer_ids: Iterable[int], requested_by: str, reason: str = ER
 def sweep(client, mutation_timeout_s: float = MUTATION_TIMEOUT_S) -> ErasureReport | None:
     """Erase again the erased viewers whose rows were loaded since the last sweep (with
     SWEEP_OVERLAP); None when there were none."""
-    swept_at = subject_rollups.server_now(client)
+    swept_at = subject_rows.server_now(client)
     ((last,),) = client.execute(_sql("last_sweep"))
-    since = max(subject_rollups.naive_utc(last) - SWEEP_OVERLAP, EPOCH) if last else EPOCH
+    since = max(subject_rows.naive_utc(last) - SWEEP_OVERLAP, EPOCH) if last else EPOCH
     returned = [v for (v,) in client.execute(_sql("returned_viewers"), {"since": since})]
     report = erase(client, returned, requested_by=SWEEP, mutation_timeout_s=mutation_timeout_s) if returned else None
     insert_rows(client, ERASURE_SWEEPS, TABLE_COLUMNS[ERASURE_SWEEPS], [(swept_at,)])

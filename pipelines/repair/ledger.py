@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pipelines.config import REPO_ROOT
-from pipelines.repair import backfill, subject_repair
+from pipelines.config import REPO_ROOT, Settings
+from pipelines.repair import backfill, retention, subject_repair
 from pipelines.rollups import subject_rows
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store.clickhouse import insert_rows
@@ -83,21 +83,40 @@ def pending_hours(client) -> list[datetime]:
 class RepairReport:
     late_rows: dict[datetime, int] = field(default_factory=dict)  # hour -> late rows noted by this run's scan
     hours: list[datetime] = field(default_factory=list)  # the hours repaired
+    # Hours older than the raw retention: their archive was dropped, so a rebuild would empty them.
+    # Not rebuilt; recorded as covered so that they are not pending for ever.
+    expired: list[datetime] = field(default_factory=list)
     views: int = 0
     impressions: int = 0
     subject_minute_rows: int = 0
 
 
-def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True) -> RepairReport:
+def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True,
+           retention_days: int | None = None) -> RepairReport:
     """Note late rows (scan), then rebuild every pending hour: its post rollups from the archive,
-    then each tracked subject's rollups from those; record each repair."""
+    then each tracked subject's rollups from those; record each repair. An hour that ended before
+    the raw retention's cutoff (retention_days, default the settings') is skipped with a warning:
+    its raw rows were dropped, and its rollups are all that is left of it."""
+    if retention_days is None:
+        retention_days = Settings.from_env().raw_retention_days
     report = RepairReport(late_rows=note_late_hours(client) if scan else {})
     # Let the newest note (this run's scan, an erasure a moment ago) fall outside the grace, so
     # that this run covers it: at most COMMIT_GRACE of waiting, none when it is older.
     ((latest,),) = client.execute(_sql("latest_note"))
     _wait_for_server_clock(client, subject_rows.naive_utc(latest) + COMMIT_GRACE)
     covered_until = subject_rows.server_now(client) - COMMIT_GRACE
-    report.hours = pending_hours(client)
+    oldest = retention.cutoff(retention_days, backfill.as_utc(subject_rows.server_now(client)))
+    for hour in pending_hours(client):
+        if oldest is not None and backfill.as_utc(hour) + timedelta(hours=1) <= oldest:
+            report.expired.append(hour)
+        else:
+            report.hours.append(hour)
+    for hour in report.expired:
+        log.warning("not repairing %s UTC: it is older than the raw retention (%d days, raw rows before %s "
+                    "are dropped), so a rebuild would empty its rollups; they stay as they are",
+                    f"{hour:%Y-%m-%d %H:00}", retention_days, f"{oldest:%Y-%m-%d %H:%M}")
+        insert_rows(client, HOUR_REPAIRS, TABLE_COLUMNS[HOUR_REPAIRS],
+                    [(hour, covered_until, subject_rows.server_now(client))])
     subjects = load_subjects() if subjects is None else subjects
     for hour in report.hours:
         hour_aware = backfill.as_utc(hour)

@@ -20,6 +20,13 @@ def test_definitions_load_with_assets_check_and_schedule():
     assert defs.resolve_job_def("repair_changed_hours").required_resource_keys - {"io_manager"} == {"clickhouse"}
 
 
+def test_privacy_jobs_are_defined_with_their_schedules():
+    assert {"erase_viewers", "sweep_erased_viewers", "drop_expired_raw_partitions"} <= {
+        job.name for job in defs.resolve_all_job_defs()}
+    assert defs.resolve_schedule_def("sweep_erased_viewers_schedule").cron_schedule == "5-59/10 * * * *"
+    assert defs.resolve_schedule_def("drop_expired_raw_partitions_schedule").cron_schedule == "30 3 * * *"
+
+
 def test_partitions_are_utc_hours_from_the_night():
     keys = hourly.get_partition_keys_in_range(dg.PartitionKeyRange("2024-08-12-23:00", "2024-08-13-02:00"))
     assert keys == ["2024-08-12-23:00", "2024-08-13-00:00", "2024-08-13-01:00", "2024-08-13-02:00"]

@@ -1,0 +1,67 @@
+"""Retention of the raw tables: rows older than `Settings.raw_retention_days` are dropped a partition
+at a time; the rollups stay.
+
+events_raw and space_presence are partitioned by UTC hour of event time (2024081223), dead_letters by
+the day it was loaded (20240812); a partition goes when its whole period ended before the cutoff.
+An hour older than the cutoff can no longer be rebuilt from the archive (it would be rebuilt from
+nothing): the ledger's repair skips such hours (`pipelines.repair.ledger.repair`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from pipelines.config import REPO_ROOT
+from pipelines.store.tables import DEAD_LETTERS, EVENTS_RAW, SPACE_PRESENCE
+
+log = logging.getLogger("viewcount.retention")
+SQL_DIR = REPO_ROOT / "sql" / "retention"
+# Each raw table: its partition's format (strptime) and the length of the period it covers.
+RAW_PARTITIONS = {
+    EVENTS_RAW: ("%Y%m%d%H", timedelta(hours=1)),
+    SPACE_PRESENCE: ("%Y%m%d%H", timedelta(hours=1)),
+    DEAD_LETTERS: ("%Y%m%d", timedelta(days=1)),
+}
+
+
+def _sql(name: str) -> str:
+    return (SQL_DIR / f"{name}.sql").read_text()
+
+
+def cutoff(retention_days: int, now: datetime | None = None) -> datetime | None:
+    """The oldest moment raw rows are kept from (aware, UTC), or None when retention is off (0)."""
+    if retention_days <= 0:
+        return None
+    return (now or datetime.now(UTC)) - timedelta(days=retention_days)
+
+
+def partition_end(table: str, partition: str) -> datetime:
+    """When the partition's period ends (aware, UTC)."""
+    fmt, length = RAW_PARTITIONS[table]
+    return datetime.strptime(partition, fmt).replace(tzinfo=UTC) + length
+
+
+@dataclass
+class RetentionReport:
+    cutoff: datetime | None
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # table -> partitions dropped
+
+
+def drop_expired(client, retention_days: int, now: datetime | None = None) -> RetentionReport:
+    """Drop every raw partition whose period ended before the cutoff."""
+    report = RetentionReport(cutoff(retention_days, now))
+    if report.cutoff is None:
+        return report
+    for table in RAW_PARTITIONS:
+        expired = [p for (p,) in client.execute(_sql("partitions"), {"table": table})
+                   if partition_end(table, p) <= report.cutoff]
+        for partition in expired:
+            # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
+            client.execute(_sql("drop_partition").replace("%(table)s", table), {"partition": int(partition)})
+        if expired:
+            report.dropped[table] = expired
+            log.info("retention: dropped %d partition(s) of %s older than %s (%s .. %s)", len(expired), table,
+                     f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])
+    return report
