@@ -68,7 +68,8 @@ EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]
 # when it was archived, and when the row was loaded. Writers leave them to their defaults.
 EVENTS_RAW_ARCHIVE_COLUMNS = ("late", "loaded_at")
 # Columns a table has beyond what its writers name (the registry test compares the rest).
-FILLED_BY_CLICKHOUSE: dict[str, tuple[str, ...]] = {EVENTS_RAW: EVENTS_RAW_ARCHIVE_COLUMNS}
+FILLED_BY_CLICKHOUSE: dict[str, tuple[str, ...]] = {EVENTS_RAW: EVENTS_RAW_ARCHIVE_COLUMNS,
+                                                     SPACE_PRESENCE: ("loaded_at",), PSEUDONYM_KEY: ("created_at",)}
 POST_MINUTE_COLUMNS = TABLE_COLUMNS[POST_MINUTE]
 POST_HOUR_COLUMNS = TABLE_COLUMNS[POST_HOUR]
 
@@ -145,5 +146,5 @@ LOAD_EXPRESSIONS: dict[str, dict[str, str]] = {
     POST_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')",
                             "unique_viewers_sketch": "unhex(unique_viewers_sketch)"},
     POST_SURFACE_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')"},
-    PRESENCE_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))"},
+    PRESENCE_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))", "loaded_at": "now()"},
 }
