@@ -1,0 +1,355 @@
+"""Benchmark: whole-stack CPU per record in catch-up, ours beside the engine's ceiling (issue 18).
+
+    .venv/bin/python -m bench.cpu [--scale 400] [--rungs 0] [--skip-ours] [--name cpu]   (make bench-cpu)
+
+Pre-loads the reference night into topics and a database of their own, then runs, each as a
+child process so that its CPU is its own: our pipeline (`python -m pipelines.cli run --bounded`:
+the Flink job, ClickHouse's Kafka consumers, the loader) and the minimal Flink job of
+bench.ceiling (rung 0; other rungs of its ladder with --rungs). Once a second it reads user +
+system CPU (fields 14 and 15 of /proc/PID/stat, plus 16 and 17, the CPU of reaped children) of
+the job's process tree (its Python process, its JVM), the Kafka broker, clickhouse-server and
+this process, and the job's committed offsets (its consumer group, committed on every
+checkpoint). Reported: microseconds of CPU per record for the steady part (from the first sample
+at which the committed offsets are past 10 % of the backlog to the first past 90 %) and for the
+whole run (child start to exit, ClickHouse's load included for ours), and the steady rate.
+Writes bench/results/<name>.{md,json}; the last line printed is the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines.config import EVENT_TYPES, Settings
+
+RESULTS = Path(__file__).parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLE_EVERY_S = 1.0
+RUN_DEADLINE_S = 1800.0
+STEADY = (0.1, 0.9)  # the steady part: between these shares of the backlog committed
+# Process groups: the job's tree (split by what runs there), the services, the measuring process.
+JOB_GROUPS = ("job_jvm", "job_python", "job_other")
+SERVICE_GROUPS = ("broker", "clickhouse")
+
+
+# ---------------------------------------------------------------- /proc arithmetic (pure)
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """One line of /proc/PID/stat: the CPU a process used itself and that of its reaped children."""
+
+    pid: int
+    ppid: int
+    comm: str
+    own_ticks: int  # utime + stime (fields 14, 15)
+    reaped_ticks: int  # cutime + cstime (fields 16, 17): children it has waited for
+
+
+def parse_stat(text: str) -> ProcStat:
+    """Parse /proc/PID/stat. The command name is in parentheses and may hold spaces and ')'
+    itself, so fields are counted from the last ')'."""
+    head, _, tail = text.rpartition(")")
+    pid, _, comm = head.partition(" (")
+    rest = tail.split()  # rest[0] is field 3 (state): field n is rest[n - 3]
+    return ProcStat(pid=int(pid), ppid=int(rest[1]), comm=comm,
+                    own_ticks=int(rest[11]) + int(rest[12]), reaped_ticks=int(rest[13]) + int(rest[14]))
+
+
+def read_procs() -> dict[int, ProcStat]:
+    procs = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                procs[int(entry.name)] = parse_stat(Path(entry.path, "stat").read_text())
+            except (OSError, ValueError, IndexError):  # gone between the listing and the read
+                continue
+    return procs
+
+
+def tree(procs: dict[int, ProcStat], root: int) -> list[int]:
+    """root and every live descendant of it."""
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            found.append(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def tree_ticks(procs: dict[int, ProcStat], root: int | None) -> int:
+    """All the CPU of a process tree so far: each live member's own and its reaped children's."""
+    if root is None:
+        return 0
+    return sum(procs[p].own_ticks + procs[p].reaped_ticks for p in tree(procs, root))
+
+
+def job_ticks(procs: dict[int, ProcStat], root: int) -> dict[str, int]:
+    """The job's tree split: its JVM(s) (java descendants), its own Python process, and the rest
+    (other descendants and every reaped child)."""
+    split = dict.fromkeys(JOB_GROUPS, 0)
+    for pid in tree(procs, root):
+        p = procs[pid]
+        name = "job_python" if pid == root else "job_jvm" if p.comm == "java" else "job_other"
+        split[name] += p.own_ticks
+        split["job_other"] += p.reaped_ticks
+    return split
+
+
+@dataclass
+class Sample:
+    seconds: float  # since the child started
+    consumed: int  # records committed by the job's consumer group
+    ticks: dict[str, int] = field(default_factory=dict)
+
+
+def steady_window(samples: list[Sample], total: int, low: float = STEADY[0],
+                  high: float = STEADY[1]) -> tuple[int, int] | None:
+    """Indices of the first sample with more than `low` of `total` committed and of the first with
+    at least `high`; None when there are not two distinct such samples (a run shorter than its
+    checkpoints)."""
+    first = next((i for i, s in enumerate(samples) if s.consumed > low * total), None)
+    last = next((i for i, s in enumerate(samples) if s.consumed >= high * total), None)
+    if first is None or last is None or last <= first or samples[last].consumed <= samples[first].consumed:
+        return None
+    return first, last
+
+
+def us_per_record(start: Sample, end: Sample, records: int | None = None,
+                  clk_tck: int = CLK_TCK) -> dict[str, float]:
+    """Microseconds of CPU per record of each group between two samples (records: those consumed
+    in between unless given), with the sums `job` (its tree) and `stack` (job + broker + ClickHouse)."""
+    records = end.consumed - start.consumed if records is None else records
+    per = {g: (end.ticks.get(g, 0) - start.ticks.get(g, 0)) / clk_tck * 1e6 / records for g in end.ticks}
+    per["job"] = sum(per.get(g, 0.0) for g in JOB_GROUPS)
+    per["stack"] = per["job"] + sum(per.get(g, 0.0) for g in SERVICE_GROUPS)
+    return per
+
+
+def steady_figures(samples: list[Sample], total: int) -> dict | None:
+    window = steady_window(samples, total)
+    if window is None:
+        return None
+    a, b = (samples[i] for i in window)
+    return {"from_s": a.seconds, "to_s": b.seconds, "from_records": a.consumed, "to_records": b.consumed,
+            "records_per_s": (b.consumed - a.consumed) / (b.seconds - a.seconds), "us_per_record": us_per_record(a, b)}
+
+
+# ---------------------------------------------------------------- measuring a child
+
+
+def service_pids(settings: Settings) -> dict[str, int]:
+    from pipelines import stack
+
+    pids = {"broker": stack.kafka_service(settings).running_pid(),
+            "clickhouse": stack.clickhouse_service(settings).running_pid()}
+    missing = [name for name, pid in pids.items() if pid is None]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} not running: run `make up`")
+    return pids
+
+
+def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], log_path: Path) -> dict:
+    """Run `argv` (a bounded job) as a child with settings' prefix, database and job name in its
+    environment; sample CPU and the job's committed offsets every second until it exits."""
+    from pipelines.stream.kafka import TopicEnds
+    from pipelines.stream.rollup_job import job_group_id
+
+    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_JOB_NAME": settings.job_name,
+           "VIEWCOUNT_STATE_DIR": str(settings.state_dir), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    services = service_pids(settings)
+    ends = TopicEnds(settings, job_group_id(settings), [settings.topics.source(t) for t in event_types])
+    total = sum(ends.ends.values())
+    load = os.getloadavg()
+    me = os.getpid()
+
+    def sample(child: int | None, began: float) -> Sample:
+        procs = read_procs()
+        ticks = {name: tree_ticks(procs, pid) for name, pid in services.items()}
+        ticks["bench"] = procs[me].own_ticks if me in procs else 0
+        if child is not None:
+            ticks.update(job_ticks(procs, child))
+        return Sample(time.monotonic() - began, total - ends.remaining(), ticks)
+
+    samples: list[Sample] = []
+    done, status, rusage = 0, 0, None
+    began = time.monotonic()
+    with log_path.open("w") as log:
+        child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=env["PYTHONPATH"])
+        samples.append(Sample(0.0, 0, {**sample(None, began).ticks, **dict.fromkeys(JOB_GROUPS, 0)}))
+        try:
+            while True:
+                done, status, rusage = os.wait4(child.pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() - began > RUN_DEADLINE_S:
+                    raise RuntimeError(f"{' '.join(argv)} took longer than {RUN_DEADLINE_S:.0f} s: see {log_path}")
+                samples.append(sample(child.pid, began))
+                time.sleep(max(0.0, SAMPLE_EVERY_S - (time.monotonic() - began - samples[-1].seconds)))
+        finally:
+            if not done:
+                child.kill()
+                os.wait4(child.pid, 0)
+            ends.close()
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 above, not by Popen
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed ({child.returncode}): see {log_path}")
+    seconds = time.monotonic() - began
+    # The job's whole-run CPU from the kernel's account of the child (its reaped JVM included),
+    # or from the last sample if the JVM was not reaped through it.
+    last = samples[-1]
+    exact_job = round((rusage.ru_utime + rusage.ru_stime) * CLK_TCK)
+    final = Sample(seconds, total, {**sample(None, began).ticks,
+                                    **{g: last.ticks.get(g, 0) for g in JOB_GROUPS}})
+    sampled_job = sum(last.ticks.get(g, 0) for g in JOB_GROUPS)
+    final.ticks["job_other"] += max(0, exact_job - sampled_job)  # the last second, unsplit
+    return {"records": total, "seconds": seconds, "load_average_at_start": load,
+            "whole_run": {"records_per_s": total / seconds, "us_per_record": us_per_record(samples[0], final, total),
+                          "job_cpu_s_rusage": exact_job / CLK_TCK, "job_cpu_s_sampled": sampled_job / CLK_TCK},
+            "steady": steady_figures(samples, total),
+            "samples": [[round(s.seconds, 2), s.consumed, s.ticks] for s in samples]}
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def preload(base: Settings, scale: int) -> Settings:
+    from bench.pipeline import isolated, prepare
+    from pipelines.reference.generator import generate_night
+
+    settings = isolated(base, secrets.token_hex(3))
+    prepare(settings)
+    print(f"pre-loading the 1:{scale} night into {settings.topics.prefix}.*", file=sys.stderr)
+    started = time.monotonic()
+    truth = generate_night(settings, scale=scale, seed=20240812, progress=lambda *_: None)
+    print(f"  {truth.deliveries:,} records in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return settings
+
+
+def drop_database(settings: Settings) -> None:
+    """Stop ClickHouse's Kafka consumers of this namespace (they would load the ladder's outputs)."""
+    from pipelines.store.clickhouse import connect
+
+    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+
+
+def run_ours(settings: Settings) -> dict:
+    ours = replace(settings, job_name="cpu-ours")
+    print("ours: viewcount run --bounded", file=sys.stderr)
+    result = measure([sys.executable, "-m", "pipelines.cli", "run", "--bounded"], ours, EVENT_TYPES,
+                     RESULTS / "cpu-ours.log")
+    return {"what": "ours: python -m pipelines.cli run --bounded (job + ClickHouse consumers + loader)",
+            "event_types": list(EVENT_TYPES), **result}
+
+
+def run_rung(settings: Settings, rung: int) -> dict:
+    from bench.ceiling import RUNGS
+
+    print(f"rung {rung}: {RUNGS[rung].name}", file=sys.stderr)
+    job = replace(settings, job_name=f"cpu-rung-{rung}")
+    result = measure([sys.executable, "-m", "bench.ceiling", "--rung", str(rung)], job, RUNGS[rung].event_types,
+                     RESULTS / f"cpu-rung-{rung}.log")
+    return {"what": f"rung {rung}: {RUNGS[rung].name}: {RUNGS[rung].adds}", "name": RUNGS[rung].name,
+            "event_types": list(RUNGS[rung].event_types), **result}
+
+
+def headline(run: dict) -> tuple[float, float, float]:
+    """(records/s, stack us/record, job us/record), steady if measured, else the whole run."""
+    part = run["steady"] or run["whole_run"]
+    return part["records_per_s"], part["us_per_record"]["stack"], part["us_per_record"]["job"]
+
+
+GROUP_LABELS = {"job_jvm": "job JVM", "job_python": "job Python", "job_other": "job other/reaped",
+                "broker": "Kafka broker", "clickhouse": "clickhouse-server", "job": "job total",
+                "stack": "stack (job + broker + ClickHouse)", "bench": "bench (sampler, not in stack)"}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    lines = [f"# CPU per record in catch-up, 1:{report['scale']} night", "",
+             f"`{report['command']}` ({report['when']}, {report['cpus']} CPUs, load average at start "
+             f"{' / '.join(f'{x:.2f}' for x in report['load_average_at_start'])}).", "",
+             f"Steady part: from the first 1 s sample at which the job's committed offsets are past "
+             f"{STEADY[0]:.0%} of its backlog to the first at {STEADY[1]:.0%} or more. Whole run: child start "
+             "to exit (start-up, drain and, for ours, ClickHouse's load included).", "",
+             "| run | records | steady records/s | steady stack us/rec | steady job us/rec | whole-run s "
+             "| whole-run stack us/rec | whole-run job us/rec |", "|---|---|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        s, w = run["steady"], run["whole_run"]
+        steady = (f"{s['records_per_s']:,.0f} | {s['us_per_record']['stack']:.1f} | {s['us_per_record']['job']:.1f}"
+                  if s else "- | - | -")
+        lines.append(f"| {run['what']} | {run['records']:,} | {steady} | {run['seconds']:.0f} | "
+                     f"{w['us_per_record']['stack']:.1f} | {w['us_per_record']['job']:.1f} |")
+    lines += ["", "Per process, us of CPU per record (steady / whole run):", "",
+              "| process | " + " | ".join(r.get("name", "ours") for r in report["runs"]) + " |",
+              "|---|" + "---|" * len(report["runs"])]
+    for group, label in GROUP_LABELS.items():
+        cells = []
+        for run in report["runs"]:
+            steady = f"{run['steady']['us_per_record'][group]:.1f}" if run["steady"] else "-"
+            cells.append(f"{steady} / {run['whole_run']['us_per_record'][group]:.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=400)
+    parser.add_argument("--rungs", type=int, nargs="*", default=[0], help="bench.ceiling rungs to run (0: ceiling)")
+    parser.add_argument("--skip-ours", action="store_true", help="only the rungs (the ladder)")
+    parser.add_argument("--name", default="cpu", help="bench/results/<name>.{md,json}")
+    args = parser.parse_args(argv)
+    from bench.pipeline import drop
+
+    RESULTS.mkdir(exist_ok=True)
+    load = os.getloadavg()
+    base = Settings.from_env()
+    settings = preload(base, args.scale)
+    runs = []
+    try:
+        if not args.skip_ours:
+            runs.append(run_ours(settings))
+        drop_database(settings)
+        for rung in args.rungs:
+            runs.append(run_rung(settings, rung))
+    finally:
+        drop(settings)
+        shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
+    report = {
+        "command": (f".venv/bin/python -m bench.cpu --scale {args.scale} "
+                    f"--rungs {' '.join(map(str, args.rungs))}{' --skip-ours' if args.skip_ours else ''} "
+                    f"--name {args.name}"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
+        "cpus": os.cpu_count(), "clk_tck": CLK_TCK, "scale": args.scale, "load_average_at_start": load,
+        "runs": runs,
+    }
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1))
+    write_markdown(report, RESULTS / f"{args.name}.md")
+    print((RESULTS / f"{args.name}.md").read_text())
+    ours = next((r for r in runs if r["what"].startswith("ours")), None)
+    if ours is not None:
+        rate, stack_us, job_us = headline(ours)
+        ceiling = next((r for r in runs if r.get("name") == "ceiling"), None)
+        if ceiling is not None:
+            c_rate, c_stack, c_job = headline(ceiling)
+            print(f"ceiling: {c_rate:,.0f} records/s steady, stack {c_stack:.1f} µs/record, job {c_job:.1f} µs/record")
+        print(f"catch-up: {rate:,.0f} records/s steady, stack {stack_us:.1f} µs/record, job {job_us:.1f} µs/record")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
