@@ -163,28 +163,38 @@ def service_pids(settings: Settings) -> dict[str, int]:
     return pids
 
 
+def child_env(settings: Settings) -> dict[str, str]:
+    """A child's environment: settings' topic prefix, database and job name; this checkout's code."""
+    return {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
+            "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_JOB_NAME": settings.job_name,
+            "VIEWCOUNT_STATE_DIR": str(settings.state_dir), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
+def stack_ticks(services: dict[str, int], child: int | None) -> dict[str, int]:
+    """CPU ticks so far of each service's tree, this process, and the child's tree split."""
+    procs = read_procs()
+    ticks = {name: tree_ticks(procs, pid) for name, pid in services.items()}
+    me = os.getpid()
+    ticks["bench"] = procs[me].own_ticks if me in procs else 0
+    if child is not None:
+        ticks.update(job_ticks(procs, child))
+    return ticks
+
+
 def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], log_path: Path) -> dict:
     """Run `argv` (a bounded job) as a child with settings' prefix, database and job name in its
     environment; sample CPU and the job's committed offsets every second until it exits."""
     from pipelines.stream.kafka import TopicEnds
     from pipelines.stream.rollup_job import job_group_id
 
-    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
-           "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url, "VIEWCOUNT_JOB_NAME": settings.job_name,
-           "VIEWCOUNT_STATE_DIR": str(settings.state_dir), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = child_env(settings)
     services = service_pids(settings)
     ends = TopicEnds(settings, job_group_id(settings), [settings.topics.source(t) for t in event_types])
     total = sum(ends.ends.values())
     load = os.getloadavg()
-    me = os.getpid()
 
     def sample(child: int | None, began: float) -> Sample:
-        procs = read_procs()
-        ticks = {name: tree_ticks(procs, pid) for name, pid in services.items()}
-        ticks["bench"] = procs[me].own_ticks if me in procs else 0
-        if child is not None:
-            ticks.update(job_ticks(procs, child))
-        return Sample(time.monotonic() - began, total - ends.remaining(), ticks)
+        return Sample(time.monotonic() - began, total - ends.remaining(), stack_ticks(services, child))
 
     samples: list[Sample] = []
     done, status, rusage = 0, 0, None
@@ -268,6 +278,85 @@ def run_rung(settings: Settings, rung: int) -> dict:
             "event_types": list(RUNGS[rung].event_types), **result}
 
 
+LIVE_START = (5_000, 60.0)  # views/s and seconds while the live job starts (planning, JIT)
+
+
+def run_live(base: Settings, rates: list[int], warmup_s: float, period_s: float) -> list[dict]:
+    """The live pipeline (`pipelines.cli run`) at fixed offered loads of views: per rate, after a
+    warm-up, CPU per record consumed (the job's committed offsets) over one period."""
+    import signal
+
+    import orjson
+    from confluent_kafka import Producer
+
+    from bench.pipeline import drop, isolated, prepare
+    from pipelines.stream.kafka import CommittedOffsets
+    from pipelines.stream.rollup_job import job_group_id
+
+    settings = replace(isolated(base, secrets.token_hex(3)), job_name="cpu-live")
+    prepare(settings)
+    services = service_pids(settings)
+    topic = settings.topics.source("view")
+    offsets = CommittedOffsets(settings, job_group_id(settings))
+    partitions = range(settings.topic_partitions)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 1_000_000})
+    log = (RESULTS / "cpu-live.log").open("w")
+    child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run"], env=child_env(settings),
+                             cwd=child_env(settings)["PYTHONPATH"], stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    sent = 0
+
+    def consumed() -> int:
+        return sum(max(o, 0) for o in offsets.committed(topic, partitions).values())
+
+    def offer(rate: int, seconds: float) -> tuple[Sample, Sample, float]:
+        nonlocal sent
+        began, first = time.monotonic(), sent
+        start = Sample(0.0, consumed(), stack_ticks(services, child.pid))
+        while (elapsed := time.monotonic() - began) < seconds:
+            if child.poll() is not None:
+                raise RuntimeError(f"the live pipeline stopped ({child.returncode}): see {log.name}")
+            now_ms = int(time.time() * 1000)
+            for _ in range(int(rate * elapsed) - (sent - first)):
+                sent += 1
+                post = sent % 500 + 1
+                producer.produce(topic, orjson.dumps({
+                    "event_id": f"live-{sent}", "event_time": now_ms, "post_id": post, "author_id": 1,
+                    "viewer_id": sent % 200_000 + 1, "surface": "home", "client": "web"}), str(post).encode())
+            producer.poll(0)
+            time.sleep(0.002)
+        end = Sample(time.monotonic() - began, consumed(), stack_ticks(services, child.pid))
+        return start, end, (sent - first) / (time.monotonic() - began)
+
+    results = []
+    try:
+        print(f"live: starting under {LIVE_START[0]:,} views/s for {LIVE_START[1]:.0f} s", file=sys.stderr)
+        offer(*LIVE_START)
+        for rate in rates:
+            print(f"live: {rate:,} views/s", file=sys.stderr)
+            offer(rate, warmup_s)
+            load = os.getloadavg()
+            start, end, achieved = offer(rate, period_s)
+            results.append({"offered_per_s": rate, "sent_per_s": achieved,
+                            "consumed_per_s": (end.consumed - start.consumed) / end.seconds,
+                            "period_s": end.seconds, "load_average_at_start": load,
+                            "us_per_record": us_per_record(start, end) if end.consumed > start.consumed else None})
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        producer.flush(30)
+        offsets.close()
+        log.close()
+        drop(settings)
+        shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
+    return results
+
+
 def headline(run: dict) -> tuple[float, float, float]:
     """(records/s, stack us/record, job us/record), steady if measured, else the whole run."""
     part = run["steady"] or run["whole_run"]
@@ -300,9 +389,20 @@ def write_markdown(report: dict, path: Path) -> None:
     for group, label in GROUP_LABELS.items():
         cells = []
         for run in report["runs"]:
-            steady = f"{run['steady']['us_per_record'][group]:.1f}" if run["steady"] else "-"
-            cells.append(f"{steady} / {run['whole_run']['us_per_record'][group]:.1f}")
+            parts = [part["us_per_record"].get(group) if part else None for part in (run["steady"], run["whole_run"])]
+            cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in parts))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if report["live"]:
+        lines += ["", "Live pipeline (`pipelines.cli run`) at fixed offered loads of views; CPU over one period "
+                  "per records the job committed in it (the bench's producer is not in the stack):", "",
+                  "| offered views/s | sent/s | consumed/s | stack us/rec | job us/rec | JVM | broker | ClickHouse "
+                  "| load avg at start |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["live"]:
+            u = r["us_per_record"] or {}
+            groups = ("stack", "job", "job_jvm", "broker", "clickhouse")
+            cell = " | ".join(f"{u[g]:.1f}" if g in u else "-" for g in groups)
+            lines.append(f"| {r['offered_per_s']:,} | {r['sent_per_s']:,.0f} | {r['consumed_per_s']:,.0f} | {cell} | "
+                         f"{r['load_average_at_start'][0]:.2f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -312,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rungs", type=int, nargs="*", default=[0], help="bench.ceiling rungs to run (0: ceiling)")
     parser.add_argument("--skip-ours", action="store_true", help="only the rungs (the ladder)")
     parser.add_argument("--name", default="cpu", help="bench/results/<name>.{md,json}")
+    parser.add_argument("--live", type=int, nargs="*", default=[],
+                        help="also the live pipeline at these offered loads, views/s (e.g. 40000 60000 80000)")
+    parser.add_argument("--live-warmup", type=float, default=20.0, help="seconds at each load before measuring")
+    parser.add_argument("--live-period", type=float, default=40.0, help="seconds measured at each load")
     args = parser.parse_args(argv)
     from bench.pipeline import drop
 
@@ -329,13 +433,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop(settings)
         shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
+    live = run_live(base, args.live, args.live_warmup, args.live_period) if args.live else []
     report = {
         "command": (f".venv/bin/python -m bench.cpu --scale {args.scale} "
                     f"--rungs {' '.join(map(str, args.rungs))}{' --skip-ours' if args.skip_ours else ''} "
-                    f"--name {args.name}"),
+                    f"--name {args.name}"
+                    + (f" --live {' '.join(map(str, args.live))} --live-warmup {args.live_warmup:g} "
+                       f"--live-period {args.live_period:g}" if args.live else "")),
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "clk_tck": CLK_TCK, "scale": args.scale, "load_average_at_start": load,
-        "runs": runs,
+        "runs": runs, "live": live,
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1))
     write_markdown(report, RESULTS / f"{args.name}.md")
