@@ -224,7 +224,7 @@ def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], l
     # or from the last sample if the JVM was not reaped through it.
     last = samples[-1]
     exact_job = round((rusage.ru_utime + rusage.ru_stime) * CLK_TCK)
-    final = Sample(seconds, total, {**sample(None, began).ticks,
+    final = Sample(seconds, total, {**stack_ticks(services, None),
                                     **{g: last.ticks.get(g, 0) for g in JOB_GROUPS}})
     sampled_job = sum(last.ticks.get(g, 0) for g in JOB_GROUPS)
     final.ticks["job_other"] += max(0, exact_job - sampled_job)  # the last second, unsplit
