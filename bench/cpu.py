@@ -392,6 +392,8 @@ def write_markdown(report: dict, path: Path) -> None:
             parts = [part["us_per_record"].get(group) if part else None for part in (run["steady"], run["whole_run"])]
             cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in parts))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for failure in report.get("failed", []):
+        lines += ["", f"Rung {failure['rung']} failed: {failure['error']}"]
     if report["live"]:
         lines += ["", "Live pipeline (`pipelines.cli run`) at fixed offered loads of views; CPU over one period "
                   "per records the job committed in it (the bench's producer is not in the stack):", "",
@@ -423,13 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     base = Settings.from_env()
     settings = preload(base, args.scale)
-    runs = []
+    runs, failed = [], []
     try:
         if not args.skip_ours:
             runs.append(run_ours(settings))
         drop_database(settings)
         for rung in args.rungs:
-            runs.append(run_rung(settings, rung))
+            try:
+                runs.append(run_rung(settings, rung))
+            except RuntimeError as exc:  # a rung that fails says why; the ladder goes on
+                print(f"rung {rung} failed: {exc}", file=sys.stderr)
+                failed.append({"rung": rung, "error": str(exc)})
     finally:
         drop(settings)
         shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"--live-period {args.live_period:g}" if args.live else "")),
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "clk_tck": CLK_TCK, "scale": args.scale, "load_average_at_start": load,
-        "runs": runs, "live": live,
+        "runs": runs, "failed": failed, "live": live,
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1))
     write_markdown(report, RESULTS / f"{args.name}.md")
