@@ -114,7 +114,7 @@ def build(t_env, settings: Settings, rung: Rung):
     if rung.name == "ceiling":
         t_env.execute_sql(ceiling_source_ddl(settings, "views"))
         # A malformed record (skipped fields are null) has no time: a window cannot take it.
-        t_env.execute_sql("CREATE TEMPORARY VIEW timed_views AS SELECT * FROM views WHERE ts IS NOT NULL")
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW timed_views AS SELECT * FROM {quoted('views')} WHERE ts IS NOT NULL")
         aggregated_view, time_column = "timed_views", "ts"
         statements = t_env.create_statement_set()
     elif rung.event_types == ("view",):
