@@ -10,7 +10,7 @@ system CPU (fields 14 and 15 of /proc/PID/stat, plus 16 and 17, the CPU of reape
 the job's process tree (its Python process, its JVM), the Kafka broker, clickhouse-server and
 this process, and the job's committed offsets (its consumer group, committed on every
 checkpoint). Reported: microseconds of CPU per record for the steady part (from the first sample
-at which the committed offsets are past 10 % of the backlog to the first past 90 %) and for the
+at which the committed offsets are past 10 % of the backlog to the first past 80 %) and for the
 whole run (child start to exit, ClickHouse's load included for ours), and the steady rate.
 Writes bench/results/<name>.{md,json}; the last line printed is the headline.
 """
@@ -36,7 +36,10 @@ RESULTS = Path(__file__).parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY_S = 1.0
 RUN_DEADLINE_S = 1800.0
-STEADY = (0.1, 0.9)  # the steady part: between these shares of the backlog committed
+# The steady part: between these shares of the backlog committed. Not up to 90 %: the job's
+# committed offsets stall short of the end (seen at 85 % and 75-93 %) for 10-30 s while its JVM is
+# already idle, until the drain's savepoint commits the rest, so a 90 % mark may never be seen.
+STEADY = (0.1, 0.8)
 # Process groups: the job's tree (split by what runs there), the services, the measuring process.
 JOB_GROUPS = ("job_jvm", "job_python", "job_other")
 SERVICE_GROUPS = ("broker", "clickhouse")
@@ -414,11 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rungs", type=int, nargs="*", default=[0], help="bench.ceiling rungs to run (0: ceiling)")
     parser.add_argument("--skip-ours", action="store_true", help="only the rungs (the ladder)")
     parser.add_argument("--name", default="cpu", help="bench/results/<name>.{md,json}")
+    parser.add_argument("--rereport", action="store_true",
+                        help="no runs: recompute bench/results/<name>.{md,json} from the samples saved there")
     parser.add_argument("--live", type=int, nargs="*", default=[],
                         help="also the live pipeline at these offered loads, views/s (e.g. 40000 60000 80000)")
     parser.add_argument("--live-warmup", type=float, default=20.0, help="seconds at each load before measuring")
     parser.add_argument("--live-period", type=float, default=40.0, help="seconds measured at each load")
     args = parser.parse_args(argv)
+    if args.rereport:
+        return rereport(args.name)
     from bench.pipeline import drop
 
     RESULTS.mkdir(exist_ok=True)
@@ -450,16 +457,34 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "clk_tck": CLK_TCK, "scale": args.scale, "load_average_at_start": load,
         "runs": runs, "failed": failed, "live": live,
     }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1))
-    write_markdown(report, RESULTS / f"{args.name}.md")
-    print((RESULTS / f"{args.name}.md").read_text())
+    return publish(report, args.name)
+
+
+def rereport(name: str) -> int:
+    """The steady figures again from a report's saved samples (after a change of the cut)."""
+    report = json.loads((RESULTS / f"{name}.json").read_text())
+    for run in report["runs"]:
+        samples = [Sample(t, n, ticks) for t, n, ticks in run["samples"]]
+        run["steady"] = steady_figures(samples, run["records"])
+    report["steady_cut"] = list(STEADY)
+    return publish(report, name)
+
+
+def publish(report: dict, name: str) -> int:
+    report["steady_cut"] = list(STEADY)
+    runs = report["runs"]
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1))
+    write_markdown(report, RESULTS / f"{name}.md")
+    print((RESULTS / f"{name}.md").read_text())
     ours = next((r for r in runs if r["what"].startswith("ours")), None)
     if ours is not None:
         rate, stack_us, job_us = headline(ours)
         ceiling = next((r for r in runs if r.get("name") == "ceiling"), None)
         if ceiling is not None:
             c_rate, c_stack, c_job = headline(ceiling)
-            print(f"ceiling: {c_rate:,.0f} records/s steady, stack {c_stack:.1f} µs/record, job {c_job:.1f} µs/record")
+            what = "steady" if ceiling["steady"] else "whole run"
+            print(f"ceiling: {c_rate:,.0f} records/s {what}, stack {c_stack:.1f} µs/record, job {c_job:.1f} µs/record")
+        # The headline; if the run had no steady part, these are its whole-run figures.
         print(f"catch-up: {rate:,.0f} records/s steady, stack {stack_us:.1f} µs/record, job {job_us:.1f} µs/record")
     return 0
 

@@ -50,12 +50,12 @@ RUN = samples(
     (12, 1_000, 1700, 52, 12, 6),  # 10 % exactly: not yet past it
     (14, 3_000, 1900, 54, 14, 8),  # first past 10 %: the steady part starts
     (16, 6_000, 2200, 56, 16, 9),
-    (18, 9_000, 2500, 58, 18, 12),  # first at 90 %: it ends
+    (18, 9_000, 2500, 58, 18, 12),  # first at 80 % or more: it ends
     (30, 10_000, 3500, 90, 20, 40),  # drain and the last load
 )
 
 
-def test_the_steady_part_runs_from_past_10_percent_committed_to_90_percent():
+def test_the_steady_part_runs_from_past_10_percent_committed_to_80_percent():
     assert steady_window(RUN, total=10_000) == (3, 5)
 
 
@@ -79,3 +79,10 @@ def test_a_run_shorter_than_its_checkpoints_has_no_steady_part():
     # One commit jumped from nothing to everything: no two distinct samples to cut between.
     assert steady_window(samples((0, 0, 0, 0, 0, 0), (20, 10_000, 9, 9, 9, 9)), total=10_000) is None
     assert steady_figures(samples((0, 0, 0, 0, 0, 0)), total=10_000) is None
+
+
+def test_offsets_stalled_short_of_the_end_still_give_a_steady_part():
+    # Seen: commits stop at 85 % while the JVM idles, until the drain commits the rest at once.
+    stalled = samples((0, 0, 0, 0, 0, 0), (13, 500, 200, 1, 0, 0), (20, 5_000, 900, 2, 0, 0),
+                      (29, 8_500, 1300, 3, 0, 0), (39, 8_500, 1310, 3, 0, 0))
+    assert steady_window(stalled, total=10_000) == (2, 3)
