@@ -87,7 +87,7 @@ def ceiling_source_ddl(settings: Settings, table: str) -> str:
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
         "format": "json",
-        "json.ignore-parse-errors": "true",  # the night has malformed records on purpose
+        "json.ignore-parse-errors": "true",  # a malformed record must not stop the measurement
     }
     return f"""
 CREATE TABLE {quoted(table)} (
@@ -113,7 +113,7 @@ def build(t_env, settings: Settings, rung: Rung):
     """The statement set of one rung."""
     if rung.name == "ceiling":
         t_env.execute_sql(ceiling_source_ddl(settings, "views"))
-        # A malformed record (skipped fields are null) has no time: a window cannot take it.
+        # A malformed record (its fields null) would have no time, and a window cannot take it.
         t_env.execute_sql(f"CREATE TEMPORARY VIEW timed_views AS SELECT * FROM {quoted('views')} WHERE ts IS NOT NULL")
         aggregated_view, time_column = "timed_views", "ts"
         statements = t_env.create_statement_set()
