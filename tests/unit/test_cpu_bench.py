@@ -1,10 +1,10 @@
-"""bench.cpu's arithmetic: /proc/PID/stat parsing, process trees, the steady cut, us per record."""
+"""bench.proc_cpu's arithmetic: /proc/PID/stat parsing, process trees, the steady cut, us per record."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.cpu import Sample, job_ticks, parse_stat, read_procs, steady_figures, steady_window, tree, us_per_record
+from bench.proc_cpu import Sample, job_ticks, parse_stat, read_procs, steady_figures, steady_window, tree, us_per_record
 
 
 def stat_line(pid, comm, ppid, utime, stime, cutime=0, cstime=0):
