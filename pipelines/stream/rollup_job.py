@@ -242,18 +242,23 @@ def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool,
     return event_source_ddl(table, event_type, KAFKA_ORIGIN_COLUMNS, options, settings, watermark_floor)
 
 
-def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False) -> str:
+def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False, exactly_once: bool = True) -> str:
+    """The sink of one output. `blackhole` and `exactly_once=False` exist for the benchmarks of what
+    the sinks cost (bench.pipeline, bench.ceiling's ladder); the job always writes exactly once."""
     columns = ", ".join(f"{quoted(f.name)} {f.flink}" for f in output.fields)
-    if blackhole:  # the benchmark of the job without its sinks (bench.pipeline)
+    if blackhole:
         return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ('connector' = 'blackhole')"
+    guarantee = {
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": f"{settings.topics.prefix}.{settings.job_name}.{output.name}",
+        "properties.transaction.timeout.ms": "600000",
+    } if exactly_once else {"sink.delivery-guarantee": "at-least-once"}
     options = {
         "connector": "kafka",
         "topic": getattr(settings.topics, output.topic),
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "format": "json",
-        "sink.delivery-guarantee": "exactly-once",
-        "sink.transactional-id-prefix": f"{settings.topics.prefix}.{settings.job_name}.{output.name}",
-        "properties.transaction.timeout.ms": "600000",
+        **guarantee,
         "properties.max.request.size": "67108864",
         "properties.compression.type": "lz4",
         # Batch records: one send per record costs more than the decode (measured: 29 s -> 22 s
@@ -419,10 +424,12 @@ def register_functions(t_env) -> None:
         t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{java_class}' LANGUAGE JAVA")
 
 
-def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
+def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
+          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = True):
     """Register sources, views and sinks; return the statement set of the job's outputs
     (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
-    `watermark_floor_ms`)."""
+    `watermark_floor_ms`). `outputs` and `exactly_once` let a benchmark leave outputs out or write
+    them at least once (bench.ceiling)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
@@ -433,23 +440,23 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
             f"CREATE TEMPORARY VIEW {quoted(decoded[event_type])} AS {decode_sql(event_type, source, settings)}")
     counted = {t: decoded[t] for t in COUNTED_TYPES}
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
-    for output in OUTPUTS:
-        t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole))
-    statements = t_env.create_statement_set()
-    statements.add_insert_sql(f"INSERT INTO {DEAD_LETTER.name} {dead_letter_sql(decoded.values())}")
-    statements.add_insert_sql(f"INSERT INTO {EVENTS_VALID.name} {archive_sql('valid_events')}")
-    statements.add_insert_sql(f"INSERT INTO {POST_MINUTE_ROWS.name} {post_minute_sql('valid_events')}")
-    statements.add_insert_sql(f"INSERT INTO {POST_SURFACE_MINUTE_ROWS.name} {post_surface_minute_sql('valid_events')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
-    statements.add_insert_sql(
-        f"INSERT INTO {POSTS_VALID.name} SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
-        f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL"
-    )
-    statements.add_insert_sql(
-        f"INSERT INTO {PRESENCE_VALID.name} SELECT event_id, event_time_ms, space_id, listener_id, action "
-        f"FROM {quoted(decoded['presence'])} WHERE reject_reason IS NULL"
-    )
+    inserts = {
+        DEAD_LETTER: dead_letter_sql(decoded.values()),
+        EVENTS_VALID: archive_sql("valid_events"),
+        POST_MINUTE_ROWS: post_minute_sql("valid_events"),
+        POST_SURFACE_MINUTE_ROWS: post_surface_minute_sql("valid_events"),
+        POSTS_VALID: f"SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
+                     f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL",
+        PRESENCE_VALID: f"SELECT event_id, event_time_ms, space_id, listener_id, action "
+                        f"FROM {quoted(decoded['presence'])} WHERE reject_reason IS NULL",
+    }
+    statements = t_env.create_statement_set()
+    for output in OUTPUTS:
+        if output in outputs:
+            t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole, exactly_once))
+            statements.add_insert_sql(f"INSERT INTO {output.name} {inserts[output]}")
     return statements
 
 

@@ -1,0 +1,88 @@
+"""bench.proc_cpu's arithmetic: /proc/PID/stat parsing, process trees, the steady cut, us per record."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.proc_cpu import Sample, job_ticks, parse_stat, read_procs, steady_figures, steady_window, tree, us_per_record
+
+
+def stat_line(pid, comm, ppid, utime, stime, cutime=0, cstime=0):
+    # Fields 1-17 of /proc/PID/stat, then the rest (ignored here).
+    return (f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 100 0 0 0 {utime} {stime} {cutime} {cstime} "
+            "20 0 30 0 1000 123456 789 18446744073709551615\n")
+
+
+def test_user_and_system_ticks_are_fields_14_and_15_even_with_spaces_and_parens_in_the_name():
+    p = parse_stat(stat_line(42, "Flink (task) 1", 7, utime=1200, stime=34, cutime=5, cstime=6))
+    assert (p.pid, p.ppid, p.comm) == (42, 7, "Flink (task) 1")
+    assert p.own_ticks == 1234
+    assert p.reaped_ticks == 11
+
+
+def test_this_process_reads_from_proc():
+    import os
+
+    procs = read_procs()
+    assert os.getpid() in procs and procs[os.getpid()].own_ticks >= 0
+
+
+def test_the_jobs_tree_splits_its_jvm_from_its_python_and_counts_reaped_children():
+    procs = {p.pid: p for p in (
+        parse_stat(stat_line(10, "python", 1, 300, 20, cutime=40, cstime=2)),  # the job's Python
+        parse_stat(stat_line(11, "java", 10, 9000, 500)),  # its JVM
+        parse_stat(stat_line(12, "sh", 11, 3, 1)),  # a grandchild
+        parse_stat(stat_line(99, "java", 1, 777, 0)),  # the broker: not the job's
+    )}
+    assert sorted(tree(procs, 10)) == [10, 11, 12]
+    assert job_ticks(procs, 10) == {"job_python": 320, "job_jvm": 9500, "job_other": 4 + 42}
+
+
+def samples(*points):
+    return [Sample(t, n, {"job_jvm": jvm, "job_python": py, "broker": b, "clickhouse": c})
+            for t, n, jvm, py, b, c in points]
+
+
+RUN = samples(
+    # seconds, committed, jvm, python, broker, clickhouse ticks
+    (0, 0, 0, 0, 0, 0),
+    (10, 0, 1500, 50, 10, 5),  # start-up: nothing committed yet
+    (12, 1_000, 1700, 52, 12, 6),  # 10 % exactly: not yet past it
+    (14, 3_000, 1900, 54, 14, 8),  # first past 10 %: the steady part starts
+    (16, 6_000, 2200, 56, 16, 9),
+    (18, 9_000, 2500, 58, 18, 12),  # first at 80 % or more: it ends
+    (30, 10_000, 3500, 90, 20, 40),  # drain and the last load
+)
+
+
+def test_the_steady_part_runs_from_past_10_percent_committed_to_80_percent():
+    assert steady_window(RUN, total=10_000) == (3, 5)
+
+
+def test_per_record_cpu_in_the_steady_part_is_ticks_over_records_committed_in_between():
+    figures = steady_figures(RUN, total=10_000)
+    per = figures["us_per_record"]
+    # 600 JVM ticks at 100 Hz = 6 s over 6,000 records = 1,000 us a record.
+    assert per["job_jvm"] == pytest.approx(1000.0)
+    assert per["job_python"] == pytest.approx(4 / 100 * 1e6 / 6000)
+    assert per["job"] == pytest.approx(per["job_jvm"] + per["job_python"])
+    assert per["stack"] == pytest.approx(per["job"] + (4 + 4) / 100 * 1e6 / 6000)
+    assert figures["records_per_s"] == pytest.approx(6000 / 4)
+
+
+def test_the_whole_run_divides_by_every_record():
+    per = us_per_record(RUN[0], RUN[-1], records=10_000, clk_tck=100)
+    assert per["stack"] == pytest.approx((3500 + 90 + 20 + 40) / 100 * 1e6 / 10_000)
+
+
+def test_a_run_shorter_than_its_checkpoints_has_no_steady_part():
+    # One commit jumped from nothing to everything: no two distinct samples to cut between.
+    assert steady_window(samples((0, 0, 0, 0, 0, 0), (20, 10_000, 9, 9, 9, 9)), total=10_000) is None
+    assert steady_figures(samples((0, 0, 0, 0, 0, 0)), total=10_000) is None
+
+
+def test_offsets_stalled_short_of_the_end_still_give_a_steady_part():
+    # Seen: commits stop at 85 % while the JVM idles, until the drain commits the rest at once.
+    stalled = samples((0, 0, 0, 0, 0, 0), (13, 500, 200, 1, 0, 0), (20, 5_000, 900, 2, 0, 0),
+                      (29, 8_500, 1300, 3, 0, 0), (39, 8_500, 1310, 3, 0, 0))
+    assert steady_window(stalled, total=10_000) == (2, 3)
