@@ -148,7 +148,7 @@ def test_the_hourly_reconciliation_finds_a_wrong_minute_and_the_rebuild_mends_it
     hour = datetime(2024, 8, 13, 1, tzinfo=UTC)
     assert subject_repair.compare_hour(client, subject, hour).clean
     # A minute row gone wrong (as a lost refresh would leave it): a higher version, views off by one.
-    (row,) = [r for r in subject_rollups.existing_rows(client, subject, "minute", datetime(2024, 8, 13, 1, 30),
+    (row,) = [r for r in subject_rows.existing_rows(client, subject, "minute", datetime(2024, 8, 13, 1, 30),
                                                    datetime(2024, 8, 13, 1, 31))]
     wrong = {**row, "subject_views": row["subject_views"] + 1, "version": row["version"] + 1}
     insert_rows(client, SUBJECT_ROLLUP, subject_rows.ROLLUP_COLUMNS,

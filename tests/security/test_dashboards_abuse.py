@@ -113,8 +113,11 @@ def test_700_requests_with_junk_parameters_leave_a_plain_request_answered(serve,
     statuses = [get(f"{base}/api/subjects/{SUBJECT}/figures?x={i}")[0] for i in range(700)]
     assert app.state.database.queries == queries_before  # not one ClickHouse query for the flood
     assert app.state.cache.latest(f"/api/subjects/{SUBJECT}/figures?x=1") is None
-    if rate_limit:  # the burst is refused as junk, the rest for the rate
-        assert set(statuses) == {400, 429} and statuses[:40] == [400] * 40
+    if rate_limit:  # the burst (less the warm-up's token, plus what refilled meanwhile) is refused as
+        # junk, the rest for the rate
+        assert set(statuses) == {400, 429}
+        first_refused_for_rate = statuses.index(429)
+        assert first_refused_for_rate >= 39 and set(statuses[:first_refused_for_rate]) == {400}
     else:
         assert set(statuses) == {400}
     status, seen = answered(base + PLAIN, deadline_s=30)
