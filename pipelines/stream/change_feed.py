@@ -31,18 +31,20 @@ from pipelines.stream import kafka, streams
 log = logging.getLogger("viewcount.change_feed")
 
 
-def _minute_of_ms(ms: int) -> datetime:
-    """The minute (naive UTC, as ClickHouse's DateTime) holding an epoch-milliseconds time."""
-    return datetime.fromtimestamp(ms // 60_000 * 60, UTC).replace(tzinfo=None)
+def _minute(token: int | str) -> datetime:
+    """The minute (naive UTC, as ClickHouse's DateTime) a key's token names: minutes since the
+    epoch, or a window start as the job writes it ('2024-08-13 01:02:00.000')."""
+    if isinstance(token, int):
+        return datetime.fromtimestamp(token * 60, UTC).replace(tzinfo=None)
+    return datetime.fromisoformat(token[:19])
 
 
-# The key a record of each followed output changes: (source, key, minute). `source` is the
-# table's name, as the materialized views on direct inserts write it (migration 0010).
-KEY_OF: dict[str, Callable[[dict], tuple[str, int, datetime]]] = {
-    POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"],
-                                      datetime.fromisoformat(r["window_start"][:19])),
-    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"],
-                                    _minute_of_ms(r["event_time_ms"])),
+# The key a record of each followed output changes: (source, key, minute token). `source` is the
+# table's name, as the materialized views on direct inserts write it (migration 0010). Tokens are
+# turned into minutes once per distinct key (a Space's presence events share a few minutes).
+KEY_OF: dict[str, Callable[[dict], tuple[str, int, int | str]]] = {
+    POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], r["window_start"][:19]),
+    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], r["event_time_ms"] // 60_000),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
 # Say so in the log when ClickHouse's consumers hold a batch back for this long.
@@ -70,7 +72,7 @@ class ChangeFeed:
         self.loaded_by = {topic: kafka.CommittedOffsets(settings, streams.group_id(settings, output))
                           for topic, output in self.outputs.items()}
         self.changes_written = 0
-        self._held: tuple[set[tuple[str, int, datetime]], dict[tuple[str, int], int]] | None = None
+        self._held: tuple[set[tuple[str, int, int | str]], dict[tuple[str, int], int]] | None = None
         self._held_since = 0.0
 
     def step(self, wait_s: float = 0.2) -> int:
@@ -89,15 +91,16 @@ class ChangeFeed:
                 self._held_since = time.monotonic()
             return 0
         now = server_now(self.client)  # the clock the views on direct inserts stamp changes with
+        changes = sorted({(source, key, _minute(token)) for source, key, token in keys})
         insert_rows(self.client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
-                    [(source, key, minute, now) for source, key, minute in sorted(keys)])
+                    [(source, key, minute, now) for source, key, minute in changes])
         self.consumer.commit(asynchronous=False)
         self._held = None
         self.changes_written += len(keys)
         return len(keys)
 
     def _read(self, wait_s: float):
-        keys: set[tuple[str, int, datetime]] = set()
+        keys: set[tuple[str, int, int | str]] = set()
         last_offsets: dict[tuple[str, int], int] = {}
         for message in self.consumer.consume(num_messages=self.max_records, timeout=wait_s):
             if message.error():

@@ -98,3 +98,26 @@ def test_the_change_log_keeps_what_a_subject_has_still_to_read_and_drops_older_d
     assert subject_rollups.prune_changes(client, [behind, ahead]) == []
     days = client.execute("SELECT toString(toDate(changed_at)) FROM rollup_changes ORDER BY changed_at")
     assert days == [("2024-08-12",), ("2024-08-14",)]
+
+
+def test_a_long_refresh_makes_the_next_one_wait_longer_and_a_quick_one_keeps_the_interval(monkeypatch):
+    """Live, refreshes take milliseconds and come every second; catching up, one that took 2 s is
+    followed by 8 s without one (the refreshes take at most a fifth of the runner's time)."""
+    now = [100.0]
+    took = iter([2.0, 0.01, 0.01])
+
+    def fake_refresh(client):
+        now[0] += next(took)
+        return []
+
+    monkeypatch.setattr(subject_rollups, "refresh", fake_refresh)
+    timer = subject_rollups.RefreshTimer(client=None, clock=lambda: now[0])
+    assert timer.maybe()  # the first refresh is due at once; it takes 2 s
+    now[0] += 7.9
+    assert not timer.maybe(), "due only 8 s (4 x 2 s) after a refresh of 2 s"
+    now[0] += 0.2
+    assert timer.maybe()  # takes 0.01 s
+    now[0] += 0.9
+    assert not timer.maybe(), "a quick refresh keeps the 1 s interval"
+    now[0] += 0.2
+    assert timer.maybe()
