@@ -44,6 +44,21 @@ def answers(url: str, timeout_s: float = 2.0) -> bytes | None:
         return None
 
 
+def get_json(url: str, headers: dict | None = None):
+    """GET url: (status, headers, the JSON body or None), an HTTP error status included."""
+    import json
+    import urllib.error
+
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+            return response.status, response.headers, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        return exc.code, exc.headers, json.loads(body) if body else None
+
+
 def pipeline_env(settings: Settings, flink_log_dir: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment of a `viewcount` subprocess that reads `settings`: the only way tests pass
     settings to a child process (every knob is a VIEWCOUNT_* variable, pipelines/config.py)."""

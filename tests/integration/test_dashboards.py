@@ -17,6 +17,7 @@ from pipelines.serve import query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
 from tests.support import answers, poll
+from tests.support import get_json as get
 
 pytestmark = pytest.mark.integration
 
@@ -200,21 +201,6 @@ def api(night):
     thread.join(timeout=10)
 
 
-def get(url: str, headers: dict | None = None):
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = response.read()
-            return response.status, response.headers, json.loads(body) if body else None
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        return exc.code, exc.headers, json.loads(body) if body else None
-
-
 PUBLISHED = "from=2024-08-12T19:47&to=2024-08-12T22:47"
 
 
@@ -313,6 +299,13 @@ def test_a_clickhouse_outage_is_a_503_with_retry_after(stack_settings):
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard-live.png"
 
 
+def _open_live_page(driver, url: str) -> None:
+    """Load the live page and wait until its first figures are on it."""
+    driver.get(url)
+    poll(lambda: driver.execute_script("return document.body.dataset.loaded || ''"), 30,
+         "the live page loaded", interval_s=0.1)
+
+
 @pytest.mark.browser
 def test_the_live_page_shows_the_apis_figures(api, subject, tmp_path):
     """Debian's chromium (headless) loads `/` and the counters on the page equal the API's."""
@@ -329,9 +322,7 @@ def test_the_live_page_shows_the_apis_figures(api, subject, tmp_path):
     base, _ = api
     driver = headless_chromium(1400, 1000)
     try:
-        driver.get(f"{base}/?{PUBLISHED}")
-        poll(lambda: driver.execute_script("return document.body.dataset.loaded || ''"), 30,
-             "the live page loaded", interval_s=0.1)
+        _open_live_page(driver, f"{base}/?{PUBLISHED}")
         _, _, figures = get(f"{base}/api/subjects/{subject.id}/figures?{PUBLISHED}")
         _, _, listeners = get(f"{base}/api/subjects/{subject.id}/listeners?{PUBLISHED}")
 
@@ -372,9 +363,7 @@ def test_the_live_page_never_asks_for_all_time(api, subject):
     base, _ = api
     driver = headless_chromium(1400, 1000)
     try:
-        driver.get(f"{base}/")
-        poll(lambda: driver.execute_script("return document.body.dataset.loaded || ''"), 30,
-             "the live page loaded", interval_s=0.1)
+        _open_live_page(driver, f"{base}/")
         asked = [urlparse(u) for u in driver.execute_script(
             "return performance.getEntriesByType('resource').map(e => e.name)") if "/api/subjects/" in u]
     finally:

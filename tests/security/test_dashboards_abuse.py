@@ -13,12 +13,13 @@ import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from tests.support import get_json as get
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -69,27 +70,13 @@ def serve(seeded):
         thread.start()
         servers.append((server, thread))
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.05)
+        poll(lambda: server.started, 30, "the API started", interval_s=0.05)
         return base, app
 
     yield start
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def get(url: str):
-    request = urllib.request.Request(url)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = response.read()
-            return response.status, response.headers, json.loads(body) if body else None
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        return exc.code, exc.headers, json.loads(body) if body else None
 
 
 def answered(url: str, deadline_s: float) -> tuple[int, list[int]]:
