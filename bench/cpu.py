@@ -186,10 +186,9 @@ def run_live(base: Settings, rates: list[int], warmup_s: float, period_s: float)
     warm-up, CPU per record consumed (the job's committed offsets) over one period."""
     import signal
 
-    import orjson
     from confluent_kafka import Producer
 
-    from bench.pipeline import drop, isolated, prepare
+    from bench.pipeline import drop, isolated, live_view, prepare
     from pipelines.stream.kafka import CommittedOffsets
     from pipelines.stream.rollup_job import job_group_id
 
@@ -220,10 +219,7 @@ def run_live(base: Settings, rates: list[int], warmup_s: float, period_s: float)
             now_ms = int(time.time() * 1000)
             for _ in range(int(rate * elapsed) - (sent - first)):
                 sent += 1
-                post = sent % 500 + 1
-                producer.produce(topic, orjson.dumps({
-                    "event_id": f"live-{sent}", "event_time": now_ms, "post_id": post, "author_id": 1,
-                    "viewer_id": sent % 200_000 + 1, "surface": "home", "client": "web"}), str(post).encode())
+                producer.produce(topic, *live_view(sent, now_ms))
             producer.poll(0)
             time.sleep(0.002)
         end = Sample(time.monotonic() - began, consumed(), stack_ticks(services, child.pid))

@@ -35,6 +35,16 @@ START_LOAD, START_S = 5_000, 60.0  # views/s and seconds offered while the live 
 CH_PEER_WAIT_S = 300  # the peer's deadline to load every view record
 
 
+def live_view(n: int, now_ms: int) -> tuple[bytes, bytes]:
+    """The n-th view of the live runs' synthetic load (500 posts, 200,000 viewers, one surface),
+    dated now: its record and its key (the post)."""
+    import orjson
+
+    post = n % 500 + 1
+    return orjson.dumps({"event_id": f"live-{n}", "event_time": now_ms, "post_id": post, "author_id": 1,
+                         "viewer_id": n % 200_000 + 1, "surface": "home", "client": "web"}), str(post).encode()
+
+
 def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
 
@@ -217,7 +227,6 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
     first shows up, minus the end of its minute; a window cannot close before its end plus the
     watermark delay. Each rate runs `periods` periods of period_s after one warm-up.
     """
-    import orjson
     from confluent_kafka import Producer
 
     from pipelines.store.clickhouse import connect
@@ -244,10 +253,7 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
             now_ms = int(time.time() * 1000)
             for _ in range(int(rate * elapsed) - (sent - offered_at_start[0])):
                 sent += 1
-                post = sent % 500 + 1
-                producer.produce(topic, orjson.dumps({
-                    "event_id": f"live-{sent}", "event_time": now_ms, "post_id": post, "author_id": 1,
-                    "viewer_id": sent % 200_000 + 1, "surface": "home", "client": "web"}), str(post).encode())
+                producer.produce(topic, *live_view(sent, now_ms))
             producer.poll(0)
             if time.monotonic() >= next_sample:
                 next_sample += 0.2
