@@ -113,6 +113,7 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
         view("e1", viewer_id=1), view("e1", viewer_id=1),           # a redelivery: one view
         view("e2", viewer_id=1, at_ms=T0 + 1000),                   # same viewer, another view
         view("e3", viewer_id=2, at_ms=T0 + 59_999),
+        view("e6", viewer_id=2, at_ms=T0 + 7, surface="search"),    # a viewer on two surfaces: one viewer
         view("e4", viewer_id=3, at_ms=T0 + 60_000),                 # the next minute
         view("e5", post_id=11, viewer_id=1),
     ]
@@ -125,9 +126,18 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
                          f"FROM ({rollup_job.post_minute_sql('dup_valid')})")
     by_key = {(r[0], r[1]): r for r in result}
     first = by_key[(10, datetime(2024, 8, 12, 23, 47))]
-    assert first[2:5] == (3, 1, 6)
+    assert first[2:5] == (4, 1, 7)
     # The job's sketch is the one pipelines.rollups.sketches builds from the same viewers, byte for byte.
-    assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1]))
+    assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1, 2]))
     assert by_key[(10, datetime(2024, 8, 12, 23, 48))][2:4] == (1, 0)
     assert by_key[(11, datetime(2024, 8, 12, 23, 47))][2:4] == (1, 0)
     assert len(result) == 3
+    by_surface = rows(t_env, f"SELECT post_id, window_start, surface, action, `views`, impressions "
+                             f"FROM ({rollup_job.post_surface_minute_sql('dup_valid')})")
+    assert sorted(by_surface) == sorted([
+        (10, datetime(2024, 8, 12, 23, 47), "home", "", 3, 0),
+        (10, datetime(2024, 8, 12, 23, 47), "home", "like", 0, 1),
+        (10, datetime(2024, 8, 12, 23, 47), "search", "", 1, 0),
+        (10, datetime(2024, 8, 12, 23, 48), "home", "", 1, 0),
+        (11, datetime(2024, 8, 12, 23, 47), "home", "", 1, 0),
+    ])
