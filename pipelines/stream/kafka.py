@@ -58,13 +58,16 @@ class TopicEnds:
                 _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
                 self.ends[(topic, partition)] = high
 
-    def remaining(self) -> int:
-        """Records between the group's committed offsets and the ends (0: committed up to them)."""
+    def remaining(self, read: dict[tuple[str, int], int] | None = None) -> int:
+        """Records between the group's committed offsets and the ends (0: committed up to them);
+        `read` may put a partition further than its commit (what its consumer has read)."""
         from confluent_kafka import TopicPartition
 
+        read = read or {}
         wanted = [TopicPartition(t, p) for (t, p), end in self.ends.items() if end > 0]
         committed = committed_offsets(self._consumer, wanted) if wanted else []
-        return sum(max(self.ends[(tp.topic, tp.partition)] - self.slack - max(tp.offset, 0), 0)
+        return sum(max(self.ends[(tp.topic, tp.partition)] - self.slack
+                       - max(tp.offset, read.get((tp.topic, tp.partition), 0), 0), 0)
                    for tp in committed)
 
     def close(self) -> None:

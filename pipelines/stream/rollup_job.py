@@ -41,6 +41,7 @@ from pipelines.store.tables import (
     VALID_EVENT_FIELDS,
     Output,
 )
+from pipelines.stream import flink_rest
 
 log = logging.getLogger("viewcount.rollup_job")
 
@@ -316,21 +317,31 @@ def prune_restore_points(checkpoint_dir: Path, keep: Path) -> list[Path]:
 
 class EndOfInput:
     """The source topics' end offsets when a bounded run starts, and whether the job has consumed
-    up to them: the Kafka source commits its offsets to the consumer group on every completed
-    checkpoint, so a committed offset at the end means every event before it is in the job's
-    checkpointed state (or already in its outputs). Clients write the source topics without
-    transactions: a transaction's closing marker would sit past the last committed offset."""
+    up to them: by what its Kafka sources have handed on (`follow`, read from Flink's REST API,
+    pipelines.stream.flink_rest) or, where that is not known, by the offsets the source commits
+    to the consumer group on every completed checkpoint (which lag up to 10 s behind at the end).
+    Either way every event before the end is ahead of the barrier of a drain started after it.
+    Clients write the source topics without transactions: a transaction's closing marker would
+    sit past the last committed offset."""
 
     def __init__(self, settings: Settings):
         from pipelines.stream.kafka import TopicEnds
 
+        self.settings = settings
         self._ends = TopicEnds(settings, job_group_id(settings),
                                [settings.topics.source(t) for t in EVENT_TYPES])
         self.ends = self._ends.ends
+        self._positions = None
+
+    def follow(self, job_id: str) -> None:
+        """Read the job's source positions from now on (its id, once it is submitted)."""
+        from pipelines.stream.flink_rest import SourcePositions
+
+        self._positions = SourcePositions(self.settings, str(job_id))
 
     def remaining(self) -> int:
-        """Events between the job's committed offsets and the ends (0: consumed up to the end)."""
-        return self._ends.remaining()
+        """Events between the job's position and the ends (0: consumed up to the end)."""
+        return self._ends.remaining(self._positions.read() if self._positions is not None else None)
 
     def close(self) -> None:
         self._ends.close()
@@ -355,6 +366,7 @@ def run_to_end(result, settings: Settings, end: EndOfInput, on_progress=None, po
     on_progress(remaining) on every poll), drain it, wait for it to finish. Returns the
     savepoint's path. (`pipelines.stream.runner` does the same with the loader beside it.)"""
     job = result.get_job_client()
+    end.follow(job.get_job_id())
     while remaining := end.remaining():
         if on_progress is not None:
             on_progress(remaining)
@@ -413,6 +425,7 @@ def table_environment(settings: Settings, restore: bool = True):
         # The local mini-cluster runs in this process's JVM: its servers listen on loopback only.
         for key, value in MINI_CLUSTER_BIND_OPTIONS.items():
             config.set(key, value)
+        config.set("rest.bind-port", str(flink_rest.mini_cluster_rest_port()))
     config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix}.{settings.job_name})")
     config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in job_jars(settings)))
     config.set("parallelism.default", str(settings.parallelism))

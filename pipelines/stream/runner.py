@@ -164,6 +164,8 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                  datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M"))
     result = rollup_job.submit(settings, bounded=bounded, watermark_floor=floor)
     job = result.get_job_client()
+    if end is not None:
+        end.follow(job.get_job_id())
     log.info("flink job %s submitted (%s%s)", job.get_job_id(), "bounded" if bounded else "streaming",
              f", on the cluster at {settings.flink_cluster}" if settings.flink_cluster else "")
     watch = _JobWatch(result)
