@@ -20,6 +20,7 @@ import re
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from functools import cache
 
 from pipelines.config import Settings
@@ -44,10 +45,12 @@ def rest_url(settings: Settings) -> str:
 
 
 class SourcePositions:
-    """Per (topic, partition), the offset after the last record the job's Kafka sources handed on."""
+    """Per (topic, partition) of `topics`, the offset after the last record the job's Kafka sources
+    handed on. (A metric's name has a topic's dots as underscores.)"""
 
-    def __init__(self, settings: Settings, job_id: str):
+    def __init__(self, settings: Settings, job_id: str, topics: Iterable[str]):
         self.base = f"{rest_url(settings)}/jobs/{job_id}"
+        self._topics = {topic.replace(".", "_"): topic for topic in topics}
         self._metric_ids: dict[str, list[str]] = {}  # source vertex -> its currentOffset gauges
 
     def _get(self, path: str):
@@ -75,8 +78,9 @@ class SourcePositions:
                     continue
                 for metric in self._get(f"{path}?agg=max&get={','.join(ids)}"):
                     found = CURRENT_OFFSET.search(metric["id"])
-                    if found and metric.get("max") is not None and metric["max"] >= 0:
-                        key = (found["topic"], int(found["partition"]))
+                    topic = self._topics.get(found["topic"]) if found else None
+                    if topic and metric.get("max") is not None and metric["max"] >= 0:
+                        key = (topic, int(found["partition"]))
                         positions[key] = max(positions.get(key, 0), int(metric["max"]) + 1)
             return positions
         except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:

@@ -328,8 +328,8 @@ class EndOfInput:
         from pipelines.stream.kafka import TopicEnds
 
         self.settings = settings
-        self._ends = TopicEnds(settings, job_group_id(settings),
-                               [settings.topics.source(t) for t in EVENT_TYPES])
+        self.topics = [settings.topics.source(t) for t in EVENT_TYPES]
+        self._ends = TopicEnds(settings, job_group_id(settings), self.topics)
         self.ends = self._ends.ends
         self._positions = None
 
@@ -337,7 +337,7 @@ class EndOfInput:
         """Read the job's source positions from now on (its id, once it is submitted)."""
         from pipelines.stream.flink_rest import SourcePositions
 
-        self._positions = SourcePositions(self.settings, str(job_id))
+        self._positions = SourcePositions(self.settings, str(job_id), self.topics)
 
     def remaining(self) -> int:
         """Events between the job's position and the ends (0: consumed up to the end)."""
@@ -426,6 +426,9 @@ def table_environment(settings: Settings, restore: bool = True):
         for key, value in MINI_CLUSTER_BIND_OPTIONS.items():
             config.set(key, value)
         config.set("rest.bind-port", str(flink_rest.mini_cluster_rest_port()))
+        # The REST API's metrics are a copy refreshed this often (10 s by default): a bounded run
+        # reads its sources' positions there.
+        config.set("metrics.fetcher.update-interval", "500 ms")
     config.set("pipeline.name", f"viewcount-rollups ({settings.topics.prefix}.{settings.job_name})")
     config.set("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in job_jars(settings)))
     config.set("parallelism.default", str(settings.parallelism))

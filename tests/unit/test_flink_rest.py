@@ -13,7 +13,8 @@ import pytest
 from pipelines.config import Settings
 from pipelines.stream.flink_rest import SourcePositions
 
-GAUGE = "Source__source_view[1].KafkaSourceReader.topic.viewcount.views.partition.{}.currentOffset"
+# As Flink 2.2 names it: the topic viewcount.views with its dots as underscores.
+GAUGE = "Source__source_view[1].KafkaSourceReader.topic.viewcount_views.partition.{}.currentOffset"
 
 
 class FakeFlink(BaseHTTPRequestHandler):
@@ -59,15 +60,15 @@ def flink():
 def test_a_partitions_position_is_one_past_the_last_offset_handed_on(flink):
     settings = replace(Settings.from_env(), flink_cluster=f"127.0.0.1:{flink.server_address[1]}")
     # Partition 1 has read nothing yet (-1): no position, its committed offset stands.
-    assert SourcePositions(settings, "j1").read() == {("viewcount.views", 0): 42}
+    assert SourcePositions(settings, "j1", ["viewcount.views"]).read() == {("viewcount.views", 0): 42}
 
 
 def test_after_a_restart_the_gauges_are_not_trusted(flink):
     settings = replace(Settings.from_env(), flink_cluster=f"127.0.0.1:{flink.server_address[1]}")
     FakeFlink.restarts = 1
-    assert SourcePositions(settings, "j1").read() == {}
+    assert SourcePositions(settings, "j1", ["viewcount.views"]).read() == {}
 
 
 def test_no_answer_means_no_positions():
     settings = replace(Settings.from_env(), flink_cluster="127.0.0.1:9")  # discard port: refused
-    assert SourcePositions(settings, "j1").read() == {}
+    assert SourcePositions(settings, "j1", ["viewcount.views"]).read() == {}
