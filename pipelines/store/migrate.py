@@ -121,9 +121,26 @@ def _ensure_pseudonym_key(client, database: str) -> None:
 
 
 def drop_database(client, database: str) -> None:
-    """Drop a database the migrations made, with its dashboard companion (views first)."""
+    """Drop a database the migrations made, with its dashboard companion (views first). Its Kafka
+    tables go first and side by side: 18.16 takes about 3 s to stop each one's consumer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.store.clickhouse import sibling
+
     database = _validate_database_name(database)
     client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}")
+    queues = [name for (name,) in client.execute(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND engine = 'Kafka'", {"db": database})]
+
+    def drop(name: str) -> None:
+        own = sibling(client)
+        try:
+            own.execute(f"DROP TABLE IF EXISTS {database}.`{name}`")
+        finally:
+            own.disconnect()
+
+    with ThreadPoolExecutor(max_workers=max(len(queues), 1)) as pool:
+        list(pool.map(drop, queues))
     client.execute(f"DROP DATABASE IF EXISTS {database}")
 
 
