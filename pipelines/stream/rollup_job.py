@@ -332,6 +332,8 @@ class EndOfInput:
         self._ends = TopicEnds(settings, job_group_id(settings), self.topics)
         self.ends = self._ends.ends
         self._positions = None
+        self._committed_left, self._committed_since = None, time.monotonic()
+        self._asked_at, self._read = float("-inf"), {}
 
     def follow(self, job_id: str) -> None:
         """Read the job's source positions from now on (its id, once it is submitted)."""
@@ -340,8 +342,18 @@ class EndOfInput:
         self._positions = SourcePositions(self.settings, str(job_id), self.topics)
 
     def remaining(self) -> int:
-        """Events between the job's position and the ends (0: consumed up to the end)."""
-        return self._ends.remaining(self._positions.read() if self._positions is not None else None)
+        """Events between the job's position and the ends (0: consumed up to the end). The REST
+        API is asked only once the commits have stood still for a checkpoint interval and a second
+        (the stall at the end): its metrics cost the job's JVM CPU to gather, so not on every call."""
+        left, now = self._ends.remaining(), time.monotonic()
+        if left != self._committed_left:
+            self._committed_left, self._committed_since = left, now
+        stalled = now - self._committed_since > self.settings.checkpoint_interval_ms / 1000 + 1
+        if not left or self._positions is None or not stalled:
+            return left
+        if now - self._asked_at >= 1.0:
+            self._asked_at, self._read = now, self._positions.read()
+        return self._ends.remaining(self._read)
 
     def close(self) -> None:
         self._ends.close()
