@@ -25,15 +25,9 @@ from typing import NamedTuple, Protocol
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
 from pipelines.store.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
-from pipelines.store.tables import POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
+from pipelines.store.tables import BACKFILL_VERSION_BASE, POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
 
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
-# A rebuilt row's version: BACKFILL_VERSION_BASE + the run's epoch seconds. Stream rows carry
-# the wall-clock milliseconds they were emitted at (far below 2**62), so a rebuild outranks the
-# stream in ReplacingMergeTree, and a later rebuild outranks an earlier one. (Within one hour's
-# partition REPLACE PARTITION swaps whole parts anyway; the version matters when a late stream
-# row lands after a rebuild.)
-BACKFILL_VERSION_BASE = 1 << 62
 STAGING_BATCH_ROWS = 50_000
 READ_BLOCK_ROWS = 16_384
 # An hour is read in chunks of posts of about this many archived events: ClickHouse 18.16 sends

@@ -31,6 +31,7 @@ from pipelines.config import EVENT_TYPES, Settings
 from pipelines.ingest import schemas
 from pipelines.rollups import sketches
 from pipelines.store.tables import (
+    BACKFILL_VERSION_BASE,
     DEAD_LETTER,
     EVENTS_VALID,
     OUTPUTS,
@@ -95,8 +96,6 @@ def watermark_floor_ms(client) -> int | None:
     row in ClickHouse was committed by a completed checkpoint, whose watermark was past that
     window's end, so starting the watermark there loses no window still open in the restored state;
     what arrives for an older window is marked late and repaired (pipelines.repair.ledger)."""
-    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
-
     ((newest,),) = client.execute(
         "SELECT toUInt64(max(window_start)) FROM post_minute WHERE version < %(backfill)s",
         {"backfill": BACKFILL_VERSION_BASE})
