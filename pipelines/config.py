@@ -56,6 +56,9 @@ class Topics:
         return [self.source(t) for t in EVENT_TYPES] + [getattr(self, name) for name in OUTPUT_TOPICS]
 
 
+QUEUES_SUFFIX = "_queues"
+
+
 @dataclass(frozen=True)
 class ClickHouseTarget:
     host: str
@@ -84,6 +87,12 @@ class ClickHouseTarget:
         """The companion database the dashboard user is confined to: read-through views of the
         rollups only (sql/migrations/0020), never the per-viewer tables."""
         return f"{self.database}_dashboard"
+
+    @property
+    def queues_database(self) -> str:
+        """The database of ClickHouse's Kafka consumers (pipelines.stream.streams), which no reader
+        may use: a SELECT on a Kafka table consumes its records, and they never reach their table."""
+        return f"{self.database}{QUEUES_SUFFIX}"
 
     def describe(self) -> str:
         return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"

@@ -18,9 +18,9 @@ POST_SURFACE_MINUTE = "post_surface_minute"
 POST_HOUR = "post_hour"
 # A rebuilt row's version (pipelines.repair.backfill): BACKFILL_VERSION_BASE + the run's epoch
 # seconds. Stream rows carry the wall-clock milliseconds they were emitted at (far below 2**62),
-# so a rebuild outranks the stream in ReplacingMergeTree, and a later rebuild outranks an earlier one. (Within one hour's
-# partition REPLACE PARTITION swaps whole parts anyway; the version matters when a late stream
-# row lands after a rebuild.)
+# so a rebuild outranks the stream in ReplacingMergeTree, and a later rebuild outranks an earlier
+# one. (Within one hour's partition REPLACE PARTITION swaps whole parts anyway; the version
+# matters when a late stream row lands after a rebuild.)
 BACKFILL_VERSION_BASE = 1 << 62
 # Subject rollups (pipelines/rollups/subject_rollups.py, migration 0010).
 SUBJECT_POSTS = "subject_posts"

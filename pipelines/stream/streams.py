@@ -3,7 +3,8 @@
 Every valid event and every rollup row goes from the job's transactional Kafka sinks straight into
 ClickHouse: a Kafka engine table per output reads the topic (read_committed) and a materialized
 view writes its blocks into the target table. No Python touches those records. The consumers live
-in the database, so they keep loading whether or not a runner is up; `ensure` creates them for a
+in ClickHouse (in a database of their own, `<database>_queues`, that no reader may use: a SELECT of
+a Kafka table consumes), so they keep loading whether or not a runner is up; `ensure` creates them for a
 topic prefix (again, if they point at another prefix) and `Progress` says how far they are.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import QUEUES_SUFFIX, REPO_ROOT, Settings
 from pipelines.store.tables import FILLED_BY_CLICKHOUSE, LOAD_EXPRESSIONS, OUTPUTS, TABLE_COLUMNS, Output
 from pipelines.stream.kafka import TopicEnds
 
@@ -32,14 +33,16 @@ def group_id(settings: Settings, output: Output, consumer: str = "clickhouse") -
     return f"{settings.topics.prefix}.{consumer}.{output.name}"
 
 
-def _queue_sql(output: Output) -> str:
+def _queue_sql(output: Output, queues: str) -> str:
     columns = ", ".join(f"{f.name} {f.clickhouse}" for f in output.fields)
-    return (SQL_DIR / "queue.sql").read_text().replace("{queue}", queue_table(output)).replace("{columns}", columns)
+    return ((SQL_DIR / "queue.sql").read_text().replace("{queue}", f"{queues}.{queue_table(output)}")
+            .replace("{columns}", columns))
 
 
-def view_sql(output: Output) -> str:
-    """The materialized view that writes the Kafka table's blocks into the output's table: every
-    column of the table (pipelines.store.tables), from the field of its name or its expression."""
+def view_sql(output: Output, queues: str, database: str) -> str:
+    """The materialized view (in `queues`) that writes the Kafka table's blocks into the output's
+    table (in `database`): every column of the table (pipelines.store.tables), from the field of
+    its name or its expression."""
     expressions = LOAD_EXPRESSIONS.get(output.name, {})
     fields = set(output.field_names)
     select = []
@@ -50,47 +53,62 @@ def view_sql(output: Output) -> str:
             select.append(column)
         else:  # 18.16 fills no default for a column the view leaves out: it refuses the block
             raise ValueError(f"{output.table}.{column} has neither a field of {output.name} nor a load expression")
-    return ((SQL_DIR / "loader_view.sql").read_text().replace("{view}", loader_view(output))
-            .replace("{table}", output.table).replace("{select}", ", ".join(select))
-            .replace("{queue}", queue_table(output)))
+    return ((SQL_DIR / "loader_view.sql").read_text().replace("{view}", f"{queues}.{loader_view(output)}")
+            .replace("{table}", f"{database}.{output.table}").replace("{select}", ", ".join(select))
+            .replace("{queue}", f"{queues}.{queue_table(output)}"))
 
 
-def _columns(client, table: str) -> list[tuple[str, str]]:
+def _columns(client, database: str, table: str) -> list[tuple[str, str]]:
     return [tuple(row) for row in client.execute(
-        "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = %(table)s",
-        {"table": table})]  # in the table's order
+        "SELECT name, type FROM system.columns WHERE database = %(db)s AND table = %(table)s",
+        {"db": database, "table": table})]  # in the table's order
+
+
+def _create_query(client, database: str, name: str) -> str | None:
+    found = client.execute("SELECT create_table_query FROM system.tables WHERE database = %(db)s AND name = %(name)s",
+                           {"db": database, "name": name})
+    return found[0][0] if found else None
 
 
 def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
-    """Create the Kafka tables and their views in the client's database (idempotent); a consumer
-    left pointing at another topic (another prefix), or with other columns than the job's output
-    now has (a deployment of a new version), is replaced. Returns what it created.
-    `consumer` names the consumer groups (another name reads the topics again from the start)."""
+    """Create the Kafka tables and their views (idempotent) in the queues database of the client's
+    database (ClickHouseTarget.queues_database: no reader may use it); a consumer left pointing at
+    another topic (another prefix), or with other columns than the job's output now has (a
+    deployment of a new version), is replaced, and one left in the client's database itself (where
+    they lived before) is moved. Returns what it created. `consumer` names the consumer groups
+    (another name reads the topics again from the start). A replaced consumer's group stays: the
+    new consumer goes on from the old one's committed offsets."""
+    ((database,),) = client.execute("SELECT currentDatabase()")
+    queues = f"{database}{QUEUES_SUFFIX}"
+    client.execute(f"CREATE DATABASE IF NOT EXISTS {queues}")
     created = []
     for output in LOADED_BY_CLICKHOUSE:
         topic = getattr(settings.topics, output.topic)
         queue = queue_table(output)
-        existing = client.execute(
-            "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = %(name)s",
-            {"name": queue})
+        if _create_query(client, database, queue) is not None:
+            log.info("moving ClickHouse's consumer %s from %s to %s, out of the readers' reach", queue, database,
+                     queues)
+            client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
+            client.execute(f"DROP TABLE IF EXISTS {database}.{queue}")
+        existing = _create_query(client, queues, queue)
         stale = None
-        if existing and f"'{topic}'" not in existing[0][0]:
+        if existing is not None and f"'{topic}'" not in existing:
             stale = f"reads another topic than {topic}"
-        elif existing and _columns(client, queue) != [(f.name, f.clickhouse) for f in output.fields]:
+        elif existing is not None and _columns(client, queues, queue) != [(f.name, f.clickhouse)
+                                                                           for f in output.fields]:
             stale = "has other columns than the job's output"
         if stale:
-            # Its consumer group stays: the new consumer goes on from the old one's committed offsets.
             log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
-            client.execute(f"DROP TABLE IF EXISTS {loader_view(output)}")
-            client.execute(f"DROP TABLE IF EXISTS {queue}")
-            existing = []
-        if not existing:
-            client.execute(_queue_sql(output), {"broker": settings.kafka_bootstrap, "topic": topic,
-                                                "group": group_id(settings, output, consumer)})
+            client.execute(f"DROP TABLE IF EXISTS {queues}.{loader_view(output)}")
+            client.execute(f"DROP TABLE IF EXISTS {queues}.{queue}")
+            existing = None
+        if existing is None:
+            client.execute(_queue_sql(output, queues), {"broker": settings.kafka_bootstrap, "topic": topic,
+                                                        "group": group_id(settings, output, consumer)})
             created.append(queue)
         # The one materialized view over the Kafka table: a second one made 18.16 abort when the
         # table was dropped (docs/design.md); other readers follow the topic (pipelines.stream.change_feed).
-        client.execute(view_sql(output))
+        client.execute(view_sql(output, queues, database))
     return created
 
 

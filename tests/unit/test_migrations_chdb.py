@@ -143,7 +143,7 @@ def test_every_view_of_clickhouse_s_kafka_consumers_names_every_column_of_its_ta
     from pipelines.stream import streams
 
     for output in streams.LOADED_BY_CLICKHOUSE:
-        select = streams.view_sql(output).split("SELECT ", 1)[1].split("\nFROM", 1)[0]
+        select = streams.view_sql(output, "q", "d").split("SELECT ", 1)[1].split("\nFROM", 1)[0]
         parts, depth, start = [], 0, 0
         for i, char in enumerate(select):  # split on the commas outside parentheses
             depth += {"(": 1, ")": -1}.get(char, 0)
