@@ -78,6 +78,24 @@ def test_each_user_reads_exactly_the_tables_of_its_role(clickhouse, stack_settin
 
 
 @pytest.mark.parametrize("user", ("analyst", "dashboard"))
+def test_no_reader_may_use_clickhouses_kafka_consumers(clickhouse, stack_settings, user):
+    """A SELECT of a Kafka table consumes with the table's group: the rows it read would never reach
+    their table. The consumers live in a database of their own that no reader may use (DESCRIBE,
+    which consumes nothing, stands for any query: 18.16 checks the database first)."""
+    from pipelines.stream import streams
+
+    streams.ensure(clickhouse, stack_settings)
+    target = stack_settings.clickhouse
+    kafka_tables = "SELECT database, name FROM system.tables WHERE engine = 'Kafka' AND database IN (%(a)s, %(b)s)"
+    found = clickhouse.execute(kafka_tables, {"a": target.database, "b": target.queues_database})
+    assert sorted(found) == sorted((target.queues_database, streams.queue_table(o))
+                                   for o in streams.LOADED_BY_CLICKHOUSE), "every consumer, and only in its database"
+    client = _login(user, stack_settings)
+    assert {name: _outcome(client, f"DESCRIBE TABLE {db}.{name}") for db, name in found} == \
+        {name: ACCESS_DENIED for _, name in found}
+
+
+@pytest.mark.parametrize("user", ("analyst", "dashboard"))
 def test_read_only_users_see_nothing_of_the_other_databases_names(clickhouse, stack_settings, user):
     target = stack_settings.clickhouse
     client = _login(user, stack_settings)
