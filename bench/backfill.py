@@ -29,7 +29,7 @@ import numpy as np
 from pipelines.config import Settings
 from pipelines.reference.generator import IMPRESSION, VIEW, build_night, event_id
 from pipelines.store.clickhouse import connect
-from pipelines.store.migrate import apply_migrations
+from pipelines.store.migrate import apply_migrations, drop_database
 
 RESULTS = Path(__file__).parent / "results"
 DATABASE = "viewcount_bench"
@@ -46,7 +46,7 @@ def bench_settings() -> Settings:
 
 def fill_archive(settings: Settings, scale: int, seed: int) -> int:
     admin = connect(settings, database="default")
-    admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    drop_database(admin, DATABASE)
     apply_migrations(admin, DATABASE)
     client = connect(settings)
     night = build_night(scale, seed)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "backfill.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if not args.keep:
-        connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        drop_database(connect(settings, database="default"), DATABASE)
     return 0
 
 

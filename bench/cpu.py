@@ -153,9 +153,10 @@ def preload(base: Settings, scale: int) -> Settings:
 
 def drop_database(settings: Settings) -> None:
     """Stop ClickHouse's Kafka consumers of this namespace (they would load the ladder's outputs)."""
+    from pipelines.store import migrate
     from pipelines.store.clickhouse import connect
 
-    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    migrate.drop_database(connect(settings, database="default"), settings.clickhouse.database)
 
 
 def run_ours(settings: Settings) -> dict:

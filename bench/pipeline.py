@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.config import Settings, Topics
+from pipelines.store.migrate import drop_database
 
 RESULTS = Path(__file__).parent / "results"
 PERF_RECORDS = 500_000
@@ -70,7 +71,7 @@ def drop(settings: Settings) -> None:
 
     from pipelines.store.clickhouse import connect
 
-    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    drop_database(connect(settings, database="default"), settings.clickhouse.database)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for future in admin.delete_topics(settings.topics.all(), operation_timeout=30).values():
         with contextlib.suppress(Exception):  # clean-up only
@@ -326,7 +327,7 @@ def clickhouse_load_alone(settings: Settings) -> float:
     seconds = time.monotonic() - started
     records = progress.total
     progress.close()
-    connect(target, database="default").execute(f"DROP DATABASE IF EXISTS {target.clickhouse.database}")
+    drop_database(connect(target, database="default"), target.clickhouse.database)
     return records / seconds
 
 

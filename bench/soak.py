@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.config import EVENT_TYPES, REPO_ROOT, Settings, Topics
+from pipelines.store.migrate import drop_database
 
 RESULTS = Path(__file__).parent / "results"
 # docs/performance.md, "The live pipeline at fixed offered loads": the highest offered rate the
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         consumer.close()
-        admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        drop_database(admin, settings.clickhouse.database)
         from confluent_kafka.admin import AdminClient
 
         AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(settings.topics.all())

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipelines.config import Topics
+from pipelines.store.migrate import drop_database
 
 pytestmark = pytest.mark.e2e
 SCALE = 20_000
@@ -43,7 +44,7 @@ def settings(stack_settings, session_tag):
     apply_migrations(admin, database=database)
     create_topics(own)
     yield own
-    admin.execute(f"DROP DATABASE IF EXISTS {database}")
+    drop_database(admin, database)
     for future in AdminClient({"bootstrap.servers": own.kafka_bootstrap}).delete_topics(
             own.topics.all(), operation_timeout=30).values():
         with contextlib.suppress(Exception):  # best effort clean-up

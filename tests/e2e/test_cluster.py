@@ -13,6 +13,7 @@ import pytest
 
 from pipelines.config import Topics
 from pipelines.reference.generator import generate_night
+from pipelines.store.migrate import drop_database
 from tests.sockets import assert_loopback_only, process_tree
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +87,7 @@ def test_the_night_on_a_flink_cluster_at_parallelism_2_equals_the_mini_cluster(
             assert cluster_minutes[key] == local_minutes[key], key
     finally:
         for settings in (local, remote):
-            connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+            drop_database(connect(settings, database="default"), settings.clickhouse.database)
 
 
 def test_the_cluster_listens_on_loopback_only(stack_settings, flink_cluster):

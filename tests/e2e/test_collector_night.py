@@ -17,6 +17,7 @@ from pipelines.config import Topics
 from pipelines.ingest.collector import CollectorProcess
 from pipelines.reference.generator import generate_night
 from pipelines.serve import query
+from pipelines.store.migrate import drop_database
 from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
 
@@ -51,7 +52,7 @@ def via_http(stack_settings, session_tag):
         stats = run_pipeline(settings, bounded=True)
         yield settings, truth, stats, connect(settings)
     finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        drop_database(admin, settings.clickhouse.database)
         kafka = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
         for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best effort clean-up

@@ -32,6 +32,7 @@ from harness import (
 from pipelines.config import EVENT_TYPES
 from pipelines.ingest import schemas
 from pipelines.reference.generator import NIGHT_END_MS, NIGHT_START_MS, generate_night
+from pipelines.store.migrate import drop_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SCALE = 50_000
@@ -249,7 +250,7 @@ def own_stack_module():
 
     settings = fresh_namespace(Settings.from_env(), f"poison_{secrets.token_hex(4)}")
     yield settings
-    connect(settings, database="default").execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    drop_database(connect(settings, database="default"), settings.clickhouse.database)
 
 
 def test_the_poisoned_run_finishes_and_the_job_never_restarts(poisoned):
@@ -285,7 +286,7 @@ def test_a_payload_at_the_topic_limit_is_dead_lettered_without_a_restart(tmp_pat
         assert set(rows) == set(delivered.by_origin) and all(rows.values()), rows
         assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
     finally:
-        clickhouse.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        drop_database(clickhouse, settings.clickhouse.database)
 
 
 def test_every_poison_record_is_dead_lettered_with_a_reason(poisoned):
