@@ -51,7 +51,6 @@ class SourcePositions:
     def __init__(self, settings: Settings, job_id: str, topics: Iterable[str]):
         self.base = f"{rest_url(settings)}/jobs/{job_id}"
         self._topics = {topic.replace(".", "_"): topic for topic in topics}
-        self._metric_ids: dict[str, list[str]] = {}  # source vertex -> its currentOffset gauges
 
     def _get(self, path: str):
         with urllib.request.urlopen(f"{self.base}{path}", timeout=TIMEOUT_S) as response:
@@ -70,10 +69,8 @@ class SourcePositions:
                 if not vertex["name"].startswith("Source:"):
                     continue
                 path = f"/vertices/{vertex['id']}/subtasks/metrics"
-                ids = self._metric_ids.get(vertex["id"])
-                if not ids:  # a gauge appears with its partition's first record
-                    ids = [m["id"] for m in self._get(path) if CURRENT_OFFSET.search(m["id"])]
-                    self._metric_ids[vertex["id"]] = ids
+                # Listed every time: a gauge appears with its partition's first record.
+                ids = [m["id"] for m in self._get(path) if CURRENT_OFFSET.search(m["id"])]
                 if not ids:
                     continue
                 for metric in self._get(f"{path}?agg=max&get={','.join(ids)}"):
