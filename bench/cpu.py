@@ -38,6 +38,7 @@ from bench.proc_cpu import (
     job_ticks,
     read_procs,
     steady_figures,
+    tree_rss_bytes,
     tree_ticks,
     us_per_record,
 )
@@ -93,7 +94,11 @@ def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], l
     total = sum(ends.ends.values())
     load = os.getloadavg()
 
+    peak_rss = 0
+
     def sample(child: int | None, began: float) -> Sample:
+        nonlocal peak_rss
+        peak_rss = max(peak_rss, tree_rss_bytes(read_procs(), [child, *services.values()]))
         return Sample(time.monotonic() - began, total - ends.remaining(), stack_ticks(services, child))
 
     samples: list[Sample] = []
@@ -129,6 +134,7 @@ def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], l
     sampled_job = sum(last.ticks.get(g, 0) for g in JOB_GROUPS)
     final.ticks["job_other"] += max(0, exact_job - sampled_job)  # the last second, unsplit
     return {"records": total, "seconds": seconds, "load_average_at_start": load,
+            "peak_rss_mib": peak_rss / 2**20,
             "whole_run": {"records_per_s": total / seconds, "us_per_record": us_per_record(samples[0], final, total),
                           "job_cpu_s_rusage": exact_job / CLK_TCK, "job_cpu_s_sampled": sampled_job / CLK_TCK},
             "steady": steady_figures(samples, total),
@@ -289,6 +295,9 @@ def write_markdown(report: dict, path: Path) -> None:
             parts = [part["us_per_record"].get(group) if part else None for part in (run["steady"], run["whole_run"])]
             cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in parts))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak resident memory of the stack (the job's tree, the broker, ClickHouse; 1 s samples), MiB: "
+              + ", ".join(f"{r.get('name', 'ours')} {r['peak_rss_mib']:,.0f}" for r in report["runs"]
+                          if "peak_rss_mib" in r)]
     for failure in report.get("failed", []):
         lines += ["", f"Rung {failure['rung']} failed: {failure['error']}"]
     if report["live"]:

@@ -28,6 +28,7 @@ class ProcStat:
     comm: str
     own_ticks: int  # utime + stime (fields 14, 15)
     reaped_ticks: int  # cutime + cstime (fields 16, 17): children it has waited for
+    rss_pages: int = 0  # resident set (field 24)
 
 
 def parse_stat(text: str) -> ProcStat:
@@ -37,7 +38,8 @@ def parse_stat(text: str) -> ProcStat:
     pid, _, comm = head.partition(" (")
     rest = tail.split()  # rest[0] is field 3 (state): field n is rest[n - 3]
     return ProcStat(pid=int(pid), ppid=int(rest[1]), comm=comm,
-                    own_ticks=int(rest[11]) + int(rest[12]), reaped_ticks=int(rest[13]) + int(rest[14]))
+                    own_ticks=int(rest[11]) + int(rest[12]), reaped_ticks=int(rest[13]) + int(rest[14]),
+                    rss_pages=int(rest[21]))
 
 
 def read_procs() -> dict[int, ProcStat]:
@@ -63,6 +65,14 @@ def tree(procs: dict[int, ProcStat], root: int) -> list[int]:
             found.append(pid)
             todo.extend(children.get(pid, ()))
     return found
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss_bytes(procs: dict[int, ProcStat], roots: list[int | None]) -> int:
+    """Resident memory now of the process trees under roots (the job's, the services')."""
+    return sum(procs[p].rss_pages for root in roots if root is not None for p in tree(procs, root)) * PAGE_BYTES
 
 
 def tree_ticks(procs: dict[int, ProcStat], root: int | None) -> int:

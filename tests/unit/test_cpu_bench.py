@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from bench.proc_cpu import Sample, job_ticks, parse_stat, read_procs, steady_figures, steady_window, tree, us_per_record
+from bench.proc_cpu import (
+    PAGE_BYTES,
+    Sample,
+    job_ticks,
+    parse_stat,
+    read_procs,
+    steady_figures,
+    steady_window,
+    tree,
+    tree_rss_bytes,
+    us_per_record,
+)
 
 
 def stat_line(pid, comm, ppid, utime, stime, cutime=0, cstime=0):
@@ -16,6 +27,7 @@ def stat_line(pid, comm, ppid, utime, stime, cutime=0, cstime=0):
 def test_user_and_system_ticks_are_fields_14_and_15_even_with_spaces_and_parens_in_the_name():
     p = parse_stat(stat_line(42, "Flink (task) 1", 7, utime=1200, stime=34, cutime=5, cstime=6))
     assert (p.pid, p.ppid, p.comm) == (42, 7, "Flink (task) 1")
+    assert p.rss_pages == 789  # field 24
     assert p.own_ticks == 1234
     assert p.reaped_ticks == 11
 
@@ -86,3 +98,11 @@ def test_offsets_stalled_short_of_the_end_still_give_a_steady_part():
     stalled = samples((0, 0, 0, 0, 0, 0), (13, 500, 200, 1, 0, 0), (20, 5_000, 900, 2, 0, 0),
                       (29, 8_500, 1300, 3, 0, 0), (39, 8_500, 1310, 3, 0, 0))
     assert steady_window(stalled, total=10_000) == (2, 3)
+
+
+def test_resident_memory_adds_up_over_the_trees_given():
+    lines = [stat_line(1, "init", 0, 0, 0), stat_line(10, "python", 1, 0, 0), stat_line(11, "java", 10, 0, 0),
+             stat_line(20, "kafka", 1, 0, 0)]
+    procs = {p.pid: p for p in map(parse_stat, lines)}
+    # The job's tree (python and its java) and the broker; not init, not a tree that is gone.
+    assert tree_rss_bytes(procs, [10, 20, None]) == 3 * 789 * PAGE_BYTES
