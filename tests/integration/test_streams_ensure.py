@@ -16,12 +16,6 @@ from pipelines.stream import streams
 pytestmark = pytest.mark.integration
 
 
-def _create_query(client, database: str, name: str) -> str | None:
-    found = client.execute("SELECT create_table_query FROM system.tables WHERE database = %(db)s AND name = %(n)s",
-                           {"db": database, "n": name})
-    return found[0][0] if found else None
-
-
 def test_a_consumer_with_old_columns_or_in_the_old_place_is_replaced_and_one_up_to_date_is_left(own_stack):
     client = connect(own_stack)
     database, queues = own_stack.clickhouse.database, own_stack.clickhouse.queues_database
@@ -39,8 +33,8 @@ def test_a_consumer_with_old_columns_or_in_the_old_place_is_replaced_and_one_up_
     client.execute(streams._queue_sql(earlier, queues), params)
     assert streams.ensure(client, own_stack) == [queue]
     assert streams._columns(client, queues, queue) == [(f.name, f.clickhouse) for f in EVENTS_VALID.fields]
-    assert f"'{group}'" in _create_query(client, queues, queue), "the same consumer group goes on"
-    assert _create_query(client, queues, view) is not None
+    assert f"'{group}'" in streams._create_query(client, queues, queue), "the same consumer group goes on"
+    assert streams._create_query(client, queues, view) is not None
 
     # Where versions before the queues' database made them: in the project's database, which the
     # analyst reads. Moved, with their group.
@@ -49,5 +43,6 @@ def test_a_consumer_with_old_columns_or_in_the_old_place_is_replaced_and_one_up_
     client.execute(streams._queue_sql(EVENTS_VALID, database), params)
     client.execute(streams.view_sql(EVENTS_VALID, database, database))
     assert streams.ensure(client, own_stack) == [queue]
-    assert _create_query(client, database, queue) is None and _create_query(client, database, view) is None
-    assert f"'{group}'" in _create_query(client, queues, queue)
+    assert streams._create_query(client, database, queue) is None
+    assert streams._create_query(client, database, view) is None
+    assert f"'{group}'" in streams._create_query(client, queues, queue)
