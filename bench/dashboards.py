@@ -9,7 +9,7 @@ Flink), adds unrelated posts to `posts`, builds the subject rollups (timed), the
 `viewcount serve` in this process:
 - headline: the published window's figures (7:47 PM to 10:47 PM ET) through the API with the
   cache off (TTL 0), so every request reaches ClickHouse; p50/p99. Side by side, the query-time
-  figures (query.subject_figures, which reads every post) on the same data, and their ratio.
+  figures (figures_from_posts.subject_figures, which reads every post) on the same data, and their ratio.
 - pollers: N asyncio tasks on keep-alive connections (in 4 processes), each asking the live
   page's four requests in turn at 1 request/s with
   the cache on (TTL 2 s); p99 of the answers, and ClickHouse queries per distinct request per
@@ -37,7 +37,7 @@ from pathlib import Path
 from pipelines.config import Settings
 from pipelines.rollups import sketches, subject_rollups
 from pipelines.rollups.subjects import load_subjects
-from pipelines.serve import query
+from pipelines.serve import figures_from_posts
 from pipelines.store.clickhouse import POST_MINUTE, connect, insert_rows
 from pipelines.store.migrate import apply_migrations
 
@@ -133,7 +133,7 @@ def query_time(settings: Settings, runs: int) -> dict:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        query.subject_figures(client, subject, *WINDOW)
+        figures_from_posts.subject_figures(client, subject, *WINDOW)
         samples.append((time.perf_counter() - started) * 1000)
     return {"runs": runs, "p50_ms": round(statistics.median(samples), 1)}
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "| measure | value | goal |", "|---|---|---|",
         f"| 3-hour headline through the API, p50 | {h['p50_ms']} ms | {GOALS['headline_p50_ms']} ms |",
         f"| 3-hour headline through the API, p99 | {h['p99_ms']} ms | {GOALS['headline_p99_ms']} ms |",
-        f"| same figures at query time (query.subject_figures), p50 | {q['p50_ms']} ms | |",
+        f"| same figures at query time (figures_from_posts.subject_figures), p50 | {q['p50_ms']} ms | |",
         f"| ratio query time / rollups | {result['headline_speedup']}x | |",
         f"| {p['pollers']} pollers at 1 request/s, p99 | {p['p99_ms']} ms | {GOALS['pollers_p99_ms']} ms |",
         f"| pollers: answers, errors | {p['answers']:,}, {p['errors']} | |",

@@ -420,7 +420,7 @@ def clickhouse_kafka_engine_peer(settings: Settings) -> dict:
 
 def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
     from pipelines.rollups.subjects import get_subject
-    from pipelines.serve import query
+    from pipelines.serve import figures_from_rollups, query
     from pipelines.store.clickhouse import connect
 
     client = connect(settings)
@@ -429,7 +429,7 @@ def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
     api = []
     for _ in range(repeats):
         began = time.monotonic()
-        query.subject_rollup_figures(client, subject, start, end)
+        figures_from_rollups.subject_rollup_figures(client, subject, start, end)
         api.append(time.monotonic() - began)
     target = settings.clickhouse_as("analyst")
     sql = ("SELECT sum(views), sum(impressions) FROM post_minute FINAL WHERE post_id = 1 "

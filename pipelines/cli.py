@@ -89,6 +89,7 @@ def cmd_query_post(args, settings: Settings) -> int:
 def cmd_query_subject(args, settings: Settings) -> int:
     from pipelines.rollups.subjects import get_subject
     from pipelines.serve import query
+    from pipelines.serve.figures_from_posts import subject_figures
 
     subject = get_subject(args.subject_id)
     zone = args.tz or subject.time_zone
@@ -100,7 +101,7 @@ def cmd_query_subject(args, settings: Settings) -> int:
         start, end = query.ALL_TIME
     # Computed from the posts and their minute rows (exact even for hours rebuilt a moment ago);
     # dashboards read the same figures from the subject rollups (viewcount serve).
-    figures = query.subject_figures(_connect(settings), subject, start, end, with_minutes=args.minutes)
+    figures = subject_figures(_connect(settings), subject, start, end, with_minutes=args.minutes)
     print(f"{subject.name}, {_local(start, zone)} to {_local(end, zone)} ({zone}):")
     print(query.headline(figures))
     if args.minutes:
@@ -147,6 +148,7 @@ def cmd_dagster(args, settings: Settings) -> int:
 def cmd_demo(args, settings: Settings) -> int:
     from pipelines.reference.generator import SUBJECT_POST_ID, generate_night
     from pipelines.serve import query
+    from pipelines.serve.figures_from_rollups import subject_rollup_figures
 
     cmd_migrate(args, settings)
     started = time.monotonic()
@@ -186,7 +188,7 @@ def cmd_demo(args, settings: Settings) -> int:
           f"({sum(r.seconds for r in rebuilt):.1f} s)")
     for tracked in load_subjects().values():
         start, end = query.parse_range("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
-        figures = query.subject_rollup_figures(client, tracked, start, end)
+        figures = subject_rollup_figures(client, tracked, start, end)
         print(f"  {tracked.name}, 7:47 PM to 10:47 PM ET: {query.headline(figures)}")
     print(f"  pipeline: {truth.deliveries:,} records in {elapsed:.1f} s = "
           f"{truth.deliveries / elapsed:,.0f} events/s (Flink job start-up included)")

@@ -42,12 +42,12 @@ def assert_headline_matches_truth(figures, truth) -> None:
 
 
 def assert_same_figures(client, subject, start, end):
-    """The subject rollups give exactly the query-time figures (pipelines.serve.query.subject_figures),
+    """The subject rollups give exactly the query-time figures (pipelines.serve.figures_from_posts.subject_figures),
     unique viewers and listeners within each other's sketch bounds; returns the rolled-up ones."""
-    from pipelines.serve import query
+    from pipelines.serve import figures_from_posts, figures_from_rollups
 
-    reference = query.subject_figures(client, subject, start, end)
-    rolled = query.subject_rollup_figures(client, subject, start, end)
+    reference = figures_from_posts.subject_figures(client, subject, start, end)
+    rolled = figures_from_rollups.subject_rollup_figures(client, subject, start, end)
     return assert_figures_agree(reference, rolled)
 
 

@@ -137,7 +137,7 @@ def attribute_new_posts(client, subject: Subject, since: datetime) -> dict[int, 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:
     """The whole attribution walk over every post (pipelines.rollups.subjects.posts_about); stores the
     posts about the subject that subject_posts lacks and returns them."""
-    from pipelines.serve.query import conversation_posts
+    from pipelines.serve.figures_from_posts import conversation_posts
 
     about, created = conversation_posts(client, subject)
     missing = about - members_among(client, subject, about) if about else set()

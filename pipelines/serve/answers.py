@@ -1,6 +1,6 @@
 """The dashboards API's questions and answers: each request's parameters checked (an ApiError
 names the parameter at fault and what to do), and each endpoint's answer computed from the
-subject rollups (pipelines.serve.query)."""
+subject rollups (pipelines.serve.figures_from_rollups)."""
 
 from __future__ import annotations
 
@@ -132,9 +132,10 @@ def subjects_answer() -> list[dict]:
 
 def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneInfo) -> dict:
     from pipelines.serve import query
+    from pipelines.serve.figures_from_rollups import subject_rollup_figures
 
     try:
-        f = query.subject_rollup_figures(client, subject, start, end)
+        f = subject_rollup_figures(client, subject, start, end)
     except query.QueryError as exc:
         raise ApiError(404, "from", str(exc)) from exc
     answer = {
@@ -157,11 +158,11 @@ def figures_answer(client, subject, start: datetime, end: datetime, zone: ZoneIn
 
 def series_answer(client, subject, start: datetime | None, end: datetime | None, grain: str, zone: ZoneInfo,
                   default_span: timedelta = timedelta(hours=24)) -> dict:
-    from pipelines.serve import query
+    from pipelines.serve.figures_from_rollups import subject_minute_rows
 
     if start is None or end is None:
         start, end = recent_range(client, subject, default_span)
-    frame = query.subject_minute_rows(client, subject, start, end, grain=grain)
+    frame = subject_minute_rows(client, subject, start, end, grain=grain)
     rows = frame.to_dict("records")
     for row in rows:
         row["window_start"] = _local(row["window_start"].to_pydatetime(), zone)
@@ -195,9 +196,9 @@ def post_answer(client, post_id: int, start: datetime, end: datetime) -> dict:
 
 
 def top_posts_answer(client, subject, start: datetime, end: datetime, limit: int) -> dict:
-    from pipelines.serve import query
+    from pipelines.serve.figures_from_rollups import subject_top_posts
 
-    frame = query.subject_top_posts(client, subject, start, end, limit)
+    frame = subject_top_posts(client, subject, start, end, limit)
     return {"subject_id": subject.id, "posts": frame.to_dict("records")}
 
 

@@ -354,11 +354,12 @@ def _expected(settings: Settings, subject: Subject) -> int:
     """The checked figure as `viewcount serve` answers it (all time), read as the dashboard user;
     0 before the pipeline has run."""
     from pipelines.serve import query
+    from pipelines.serve.figures_from_rollups import subject_rollup_figures
     from pipelines.store.clickhouse import connect_dashboard
 
     client = connect_dashboard(settings)
     try:
-        return query.subject_rollup_figures(client, subject, *query.ALL_TIME).subject_views
+        return subject_rollup_figures(client, subject, *query.ALL_TIME).subject_views
     except query.QueryError:  # no rollup rows yet
         return 0
     finally:

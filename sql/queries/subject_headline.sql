@@ -1,6 +1,7 @@
 -- A subject's rollup rows covering [from, to) with as few rows as possible: whole UTC days from
--- the day rows, whole hours from the hour rows, the edges from the minute rows (pipelines.serve.query
--- computes the bounds: from <= hour_from <= day_from <= day_to <= hour_to <= to).
+-- the day rows, whole hours from the hour rows, the edges from the minute rows
+-- (pipelines.serve.figures_from_rollups computes the bounds: from <= hour_from <= day_from <= day_to
+-- <= hour_to <= to).
 -- Counts are sums of these rows; unique viewers and listeners are unions of their sketches.
 SELECT grain, window_start, subject_views, subject_impressions, posts_new, posts_total, views_of_posts_about,
        impressions_of_posts_about, combined_views, impressions, post_rows, unique_viewers_sketch, listeners,

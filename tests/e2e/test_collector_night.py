@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import Topics
 from pipelines.ingest.collector import CollectorProcess
 from pipelines.reference.generator import generate_night
-from pipelines.serve import query
+from pipelines.serve import figures_from_posts, query
 from pipelines.store.migrate import drop_database
 from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
@@ -81,5 +81,5 @@ def test_the_nights_headline_figures_through_the_collector(via_http):
     for hour in hours_with_events(clickhouse):  # late events, as the hourly rebuild counts them
         rebuild_hour(clickhouse, hour)
     start, end = query.parse_range(*NIGHT)
-    figures = query.subject_figures(clickhouse, get_subject("space-2024-08-12"), start, end)
+    figures = figures_from_posts.subject_figures(clickhouse, get_subject("space-2024-08-12"), start, end)
     assert_headline_matches_truth(figures, truth)

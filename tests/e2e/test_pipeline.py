@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from pipelines.reference.generator import generate_night
 from pipelines.reference.testdata import malformed_records
 from pipelines.rollups import sketches
-from pipelines.serve import query
+from pipelines.serve import figures_from_posts, figures_from_rollups, query
 from pipelines.stream.runner import run_pipeline
 from tests.expectations import (
     assert_figures_agree,
@@ -64,8 +64,8 @@ def night(stack_settings, kafka_topics, clickhouse):
     stats = run_pipeline(stack_settings, bounded=True)
     # What dashboards read as the stream left it, taken now: the tests that rebuild may run first.
     subject = get_subject("space-2024-08-12")
-    live_figures.update(reference=query.subject_figures(clickhouse, subject, *query.ALL_TIME),
-                        rolled=query.subject_rollup_figures(clickhouse, subject, *query.ALL_TIME))
+    live_figures.update(reference=figures_from_posts.subject_figures(clickhouse, subject, *query.ALL_TIME),
+                        rolled=figures_from_rollups.subject_rollup_figures(clickhouse, subject, *query.ALL_TIME))
     return truth, stats
 
 
@@ -215,8 +215,8 @@ def test_the_nights_headline_figures_through_the_query_api(night, backfilled, cl
     truth, _ = night
     subject = get_subject("space-2024-08-12")
     start, end = query.parse_range(*NIGHT)
-    assert len(query._whole_hours(clickhouse, start, end)) == 2, "00:00 and 01:00 UTC come from post_hour"
-    figures = query.subject_figures(clickhouse, subject, start, end, with_minutes=True)
+    assert len(figures_from_posts._whole_hours(clickhouse, start, end)) == 2, "00:00 and 01:00 UTC come from post_hour"
+    figures = figures_from_posts.subject_figures(clickhouse, subject, start, end, with_minutes=True)
     assert figures.minutes.combined_views.sum() == figures.combined_views, "hour rows and minute rows disagree"
     assert_headline_matches_truth(figures, truth)
 

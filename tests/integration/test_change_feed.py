@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.rollups import sketches, subject_rollups
 from pipelines.rollups.subjects import load_subjects
-from pipelines.serve import query
+from pipelines.serve import figures_from_posts, figures_from_rollups, query
 from pipelines.stream import streams
 from tests.support import poll
 
@@ -88,8 +88,8 @@ def test_rows_loaded_by_clickhouse_reach_the_subject_rollups_and_never_before_th
         feed.close()
 
     subject_rollups.refresh(client, settings, {subject.id: subject})
-    rolled = query.subject_rollup_figures(client, subject, *query.ALL_TIME)
-    reference = query.subject_figures(client, subject, *query.ALL_TIME)
+    rolled = figures_from_rollups.subject_rollup_figures(client, subject, *query.ALL_TIME)
+    reference = figures_from_posts.subject_figures(client, subject, *query.ALL_TIME)
     assert rolled.subject_views == reference.subject_views == 3
     assert rolled.combined_views == reference.combined_views
     assert rolled.listeners.peak_listeners == reference.listeners.peak_listeners == 4

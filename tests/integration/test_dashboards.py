@@ -13,7 +13,7 @@ import pytest
 from pipelines.repair import subject_repair
 from pipelines.rollups import sketches, subject_rollups, subject_rows
 from pipelines.rollups.subjects import load_subjects
-from pipelines.serve import query
+from pipelines.serve import figures_from_posts, figures_from_rollups, query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
 from tests.support import answers, poll
@@ -60,7 +60,7 @@ def subject():
 
 def test_attribution_is_stored_as_the_walk_over_all_posts_finds_it(night, subject):
     _, client = night
-    about, created = query.conversation_posts(client, subject)
+    about, created = figures_from_posts.conversation_posts(client, subject)
     stored = {pid for (pid,) in client.execute(
         "SELECT post_id FROM subject_posts FINAL WHERE subject_id = %(s)s", {"s": subject.id})}
     assert stored == about
@@ -77,7 +77,7 @@ def test_subject_rollups_agree_exactly_with_the_query_time_figures(night, subjec
 
 def test_the_published_window_reads_a_few_dozen_rollup_rows(night, subject):
     _, client = night
-    rows = query.subject_rollup_rows(client, subject, *WINDOW)
+    rows = figures_from_rollups.subject_rollup_rows(client, subject, *WINDOW)
     # 13 minutes before 00:00, hours 00 and 01, 47 minutes of 02: never one row per post.
     grains = [r["grain"] for r in rows]
     assert (grains.count("minute"), grains.count("hour"), len(grains)) == (60, 2, 62)
@@ -94,11 +94,11 @@ def _post(post_id: int, created: datetime, reply_to: int) -> tuple:
 
 def test_a_post_arriving_after_its_views_and_a_reply_to_it_arriving_first_are_counted(night, subject):
     settings, client = night
-    about, created = query.conversation_posts(client, subject)
+    about, created = figures_from_posts.conversation_posts(client, subject)
     # A reply to a reply: the parent is itself about the subject only through another post.
     parent = next(p for p in sorted(about) if created[p] < datetime(2024, 8, 13, 0, 0))
     late, reply_of_late = 900_000_001, 900_000_002
-    # After the night's hours, which were rebuilt into post_hour (query.subject_figures reads
+    # After the night's hours, which were rebuilt into post_hour (figures_from_posts.subject_figures reads
     # those hours from there): minute rows as the stream writes them.
     at = datetime(2024, 8, 13, 3, 10, tzinfo=UTC)
     after_night = (datetime(2024, 8, 13, 2, 30, tzinfo=UTC), datetime(2024, 8, 13, 3, 30, tzinfo=UTC))
@@ -123,11 +123,11 @@ def test_a_post_arriving_after_its_views_and_a_reply_to_it_arriving_first_are_co
 def test_a_refresh_with_nothing_new_changes_nothing(night, subject):
     settings, client = night
     subject_rollups.refresh(client, settings)
-    before = query.subject_rollup_figures(client, subject, *WINDOW)
+    before = figures_from_rollups.subject_rollup_figures(client, subject, *WINDOW)
     started = time.monotonic()
     reports = subject_rollups.refresh(client, settings)
     seconds = time.monotonic() - started
-    after = query.subject_rollup_figures(client, subject, *WINDOW)
+    after = figures_from_rollups.subject_rollup_figures(client, subject, *WINDOW)
     assert (after.combined_views, after.posts_about, after.unique_viewers) == (
         before.combined_views, before.posts_about, before.unique_viewers)
     assert [r.full for r in reports] == [False]
@@ -137,7 +137,7 @@ def test_a_refresh_with_nothing_new_changes_nothing(night, subject):
 def test_new_views_of_the_root_reach_the_rollup_in_one_refresh(night, subject):
     settings, client = night
     minute = datetime(2024, 8, 13, 3, 20, tzinfo=UTC)  # after the night's rebuilt hours: a minute of its own
-    before = query.subject_rollup_figures(client, subject, *query.ALL_TIME)
+    before = figures_from_rollups.subject_rollup_figures(client, subject, *query.ALL_TIME)
     insert_rows(client, POST_MINUTE, POST_MINUTE_COLUMNS, [_minute_row(subject.root_post_id, minute, [5, 6])])
     subject_rollups.refresh(client, settings)
     after = assert_same_figures(client, subject, *query.ALL_TIME)
@@ -209,7 +209,7 @@ def test_the_api_answers_the_published_window_as_the_rollups_do(api, night, subj
     _, client = night
     status, headers, body = get(f"{base}/api/subjects/{subject.id}/figures?{PUBLISHED}")
     assert status == 200, body
-    expected = query.subject_rollup_figures(client, subject, *WINDOW)
+    expected = figures_from_rollups.subject_rollup_figures(client, subject, *WINDOW)
     assert (body["subject_views"], body["posts_about"], body["views_of_posts_about"], body["combined_views"]) == (
         expected.subject_views, expected.posts_about, expected.views_of_posts_about, expected.combined_views)
     assert body["unique_viewers"]["lower"] <= body["unique_viewers"]["estimate"] <= body["unique_viewers"]["upper"]

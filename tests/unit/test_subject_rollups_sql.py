@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.rollups import subject_rollups, subject_rows
 from pipelines.serve import query
+from pipelines.serve.figures_from_rollups import grain_bounds
 from pipelines.store import migrate
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
@@ -51,10 +52,10 @@ def test_an_insert_into_post_minute_is_recorded_as_a_change(session):
 
 
 def test_grain_bounds_cover_a_range_with_whole_days_hours_and_minute_edges():
-    b = query.grain_bounds(datetime(2024, 8, 12, 23, 47, tzinfo=UTC), datetime(2024, 8, 15, 2, 47, tzinfo=UTC))
+    b = grain_bounds(datetime(2024, 8, 12, 23, 47, tzinfo=UTC), datetime(2024, 8, 15, 2, 47, tzinfo=UTC))
     assert (b["hour_from"], b["day_from"], b["day_to"], b["hour_to"]) == (
         datetime(2024, 8, 13), datetime(2024, 8, 13), datetime(2024, 8, 15), datetime(2024, 8, 15, 2))
-    short = query.grain_bounds(datetime(2024, 8, 13, 0, 13, tzinfo=UTC), datetime(2024, 8, 13, 0, 50, tzinfo=UTC))
+    short = grain_bounds(datetime(2024, 8, 13, 0, 13, tzinfo=UTC), datetime(2024, 8, 13, 0, 50, tzinfo=UTC))
     edges = {short[name] for name in ("hour_from", "hour_to", "day_from", "day_to")}
     assert edges == {datetime(2024, 8, 13, 0, 50)}
 
