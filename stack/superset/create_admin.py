@@ -1,4 +1,4 @@
-"""Superset's admin user, created once by pipelines/serve/superset.py with Superset's own Python, its
+"""Superset's admin user, created once by pipelines/serve/superset_server.py with Superset's own Python, its
 password read from secrets.env (mode 0600): never on a command line, where `ps` would show it."""
 
 import os

@@ -4,7 +4,7 @@ and secret key under the state folder, loopback only, nothing fetched from or se
 import os
 from pathlib import Path
 
-# pipelines/serve/superset.py sets SUPERSET_HOME to <state>/superset; Superset keeps its SQLite metadata
+# pipelines/serve/superset_server.py sets SUPERSET_HOME to <state>/superset; Superset keeps its SQLite metadata
 # database there (superset.db, its default location under SUPERSET_HOME).
 _HOME = Path(os.environ["SUPERSET_HOME"])
 
