@@ -1,7 +1,8 @@
 """`generate_night`: the reference night built, its ground truth written, and the night sent to Kafka.
 
-The night and its ground truth live in `pipelines.reference.night`, the Kafka producer in
-`pipelines.reference.producer`; the names other modules and tests take from here are re-exported.
+The night lives in `pipelines.reference.night`, its events in `pipelines.reference.night_events`, its
+ground truth in `pipelines.reference.ground_truth`, the Kafka producer in `pipelines.reference.producer`;
+the names other modules and tests take from here are re-exported.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from pipelines.config import Settings
+from pipelines.reference.ground_truth import GroundTruth, PostMinute, ground_truth
 from pipelines.reference.night import (
     FLOOD_DELAY_MINUTES,
     HOST_AUTHOR_ID,
@@ -25,14 +27,11 @@ from pipelines.reference.night import (
     TRACKED_TAG,
     TYPE_NAMES,
     VIEW,
-    GroundTruth,
     Night,
-    PostMinute,
     build_night,
     event_id,
-    ground_truth,
-    night_events,
 )
+from pipelines.reference.night_events import night_events
 from pipelines.reference.producer import produce
 from pipelines.stream.progress import Progress
 

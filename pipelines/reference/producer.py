@@ -8,7 +8,8 @@ from collections.abc import Callable
 import orjson
 
 from pipelines.config import Settings
-from pipelines.reference.night import TYPE_NAMES, Night, night_events
+from pipelines.reference.night import TYPE_NAMES, Night
+from pipelines.reference.night_events import night_events
 
 PROGRESS_EVERY_RECORDS = 10_000
 
