@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipelines.config import Settings, Topics
-from pipelines.ingest.collector import CollectorProcess
 from pipelines.ingest.collector_client import CollectorClient, envelope
+from pipelines.ingest.collector_process import CollectorProcess
 from pipelines.reference.testdata import malformed_records
 
 pytestmark = pytest.mark.integration
@@ -280,7 +280,7 @@ def test_a_2xx_is_durable_when_the_collector_is_killed_under_load(stack_settings
 def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings, tmp_path):
     """A Kafka of our own (other ports), stopped under the collector: answers are 503 with
     Retry-After within the ack timeout, memory stays bounded, and it recovers when Kafka is back."""
-    from pipelines.ingest.collector import free_port
+    from pipelines.ingest.collector_process import free_port
     from pipelines.stack import create_topics, kafka_service
 
     (tmp_path / "jars").symlink_to(stack_settings.jars_dir.resolve())
