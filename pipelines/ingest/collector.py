@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -30,11 +29,11 @@ from pathlib import Path
 import orjson
 
 from pipelines.config import EVENT_TYPES, Settings
-from pipelines.ingest import schemas, validation
+from pipelines.ingest import schemas, validation, write_keys
 from pipelines.ingest.collector_kafka import Batch, KafkaSide
 from pipelines.ingest.collector_metrics import Metrics
-from pipelines.ingest.collector_settings import CollectorSettings, default_keys_file
-from pipelines.ingest.write_keys import load_write_keys, new_write_key
+from pipelines.ingest.collector_settings import CollectorSettings
+from pipelines.ingest.write_keys import KeyRefused, KeyStore
 
 log = logging.getLogger("viewcount.collector")
 
@@ -71,7 +70,7 @@ class Collector:
     def __init__(self, settings: Settings, config: CollectorSettings, metrics_folder: Path | None = None):
         self.settings = settings
         self.config = config
-        self.keys = load_write_keys(config)
+        self.keys = KeyStore.from_config(config)
         self.metrics = Metrics(metrics_folder)
         self.topics = {t: settings.topics.source(t) for t in EVENT_TYPES}
         self.validators = {t: validation.validator(t) for t in EVENT_TYPES}
@@ -92,11 +91,10 @@ class Collector:
         if not key:
             raise Refusal(401, "no write key: send `Authorization: Bearer <key>` (or ?key=<key> from "
                                "navigator.sendBeacon)", {"WWW-Authenticate": "Bearer"})
-        name = self.keys.get(hashlib.sha256(key.encode()).digest())
-        if name is None:
-            raise Refusal(401, "write key not recognised: ask the collector's operator for a key",
-                          {"WWW-Authenticate": "Bearer"})
-        return name
+        try:
+            return self.keys.name_of(key)
+        except KeyRefused as refused:
+            raise Refusal(401, str(refused), {"WWW-Authenticate": "Bearer"}) from None
 
     def decode_body(self, body: bytes, encoding: str, content_type: str) -> list[tuple[object, bytes | None]]:
         """(parsed event or None, its raw bytes when it had a line of its own) per event."""
@@ -304,13 +302,15 @@ def serve(settings: Settings, config: CollectorSettings) -> None:
 
     import uvicorn
 
-    load_write_keys(config)  # fail here, with the reason, rather than in every worker
+    KeyStore.from_config(config)  # fail here, with the reason, rather than in every worker
     folder = Path(tempfile.mkdtemp(prefix="viewcount-collector-metrics-"))
     os.environ["VIEWCOUNT_COLLECTOR_METRICS_DIR"] = str(folder)
     # Workers are new processes: they read the same settings from the environment.
     for name in ("host", "port", "workers", "max_body_bytes", "max_events_per_batch", "max_event_bytes",
-                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections"):
-        os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
+                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections",
+                 "keys_file"):
+        if getattr(config, name) is not None:
+            os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
     log.warning("collector on http://%s:%d%s (%d workers) -> Kafka at %s, topics %s.*", config.host, config.port,
                 PATH, config.workers, settings.kafka_bootstrap, settings.topics.prefix)
     try:
@@ -328,19 +328,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=int, help="port (default 18080, or VIEWCOUNT_COLLECTOR_PORT)")
     parser.add_argument("--workers", type=int, help="worker processes (default 2)")
-    parser.add_argument("--new-key", metavar="NAME", help="add a write key for client NAME to the keys file, "
-                                                          "print it, and exit")
+    write_keys.add_key_arguments(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.new_key:
-        key = new_write_key(settings, args.new_key)
-        print(f"{args.new_key} {key}    (added to {default_keys_file(settings)})")
-        return 0
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
                  if v is not None}
-    config = CollectorSettings.from_env(settings, **overrides)
     try:
+        config = CollectorSettings.from_env(settings, **overrides)
+        if write_keys.key_command(args, config):
+            return 0
         serve(settings, config)
     except ValueError as exc:
         print(f"viewcount collect: {exc}", file=sys.stderr)

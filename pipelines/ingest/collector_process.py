@@ -31,7 +31,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class CollectorProcess:
-    """`python -m pipelines.ingest.collector` as a child in a session of its own (tests, benchmarks)."""
+    """`python -m pipelines.ingest.collector` as a child in a session of its own (tests, benchmarks).
+
+    `keys` (name -> key) go in VIEWCOUNT_COLLECTOR_KEYS; with none, a `keys_file=PATH` knob makes it
+    read (and watch) that keys file. Other knobs are CollectorSettings fields, as environment."""
 
     def __init__(self, settings: Settings, keys: dict[str, str], port: int | None = None, workers: int = 2,
                  log_path: Path | None = None, **knobs: object):
