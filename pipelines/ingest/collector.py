@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -33,6 +34,7 @@ from pipelines.ingest import schemas, validation, write_keys
 from pipelines.ingest.collector_kafka import Batch, KafkaSide
 from pipelines.ingest.collector_metrics import Metrics
 from pipelines.ingest.collector_settings import CollectorSettings
+from pipelines.ingest.rate_limit import KeyRateLimits
 from pipelines.ingest.write_keys import KeyRefused, KeyStore
 
 log = logging.getLogger("viewcount.collector")
@@ -71,6 +73,7 @@ class Collector:
         self.settings = settings
         self.config = config
         self.keys = KeyStore.from_config(config)
+        self.limits = KeyRateLimits(config.key_rate_events_per_s, config.key_burst_events)
         self.metrics = Metrics(metrics_folder)
         self.topics = {t: settings.topics.source(t) for t in EVENT_TYPES}
         self.validators = {t: validation.validator(t) for t in EVENT_TYPES}
@@ -95,6 +98,19 @@ class Collector:
             return self.keys.name_of(key)
         except KeyRefused as refused:
             raise Refusal(401, str(refused), {"WWW-Authenticate": "Bearer"}) from None
+
+    def admit(self, key_name: str, events: int) -> None:
+        """Take the batch's events from its client's rate limit, or refuse it with when to retry."""
+        wait_s = self.limits.take(key_name, events)
+        if wait_s > 0:
+            self.metrics.add("viewcount_collector_rate_limited_requests_total", key=key_name)
+            self.metrics.add("viewcount_collector_rate_limited_events_total", events, key=key_name)
+            config = self.config
+            retry_after = max(1, math.ceil(wait_s))
+            raise Refusal(429, f"write key {key_name!r} is over its rate limit of {config.key_rate_events_per_s:g} "
+                               f"events/s with bursts of {config.key_burst_events} (key_rate_events_per_s, "
+                               f"key_burst_events, per worker): retry after {retry_after} s",
+                          {"Retry-After": str(retry_after)})
 
     def decode_body(self, body: bytes, encoding: str, content_type: str) -> list[tuple[object, bytes | None]]:
         """(parsed event or None, its raw bytes when it had a line of its own) per event."""
@@ -226,6 +242,7 @@ class Collector:
                     raise Refusal(413, f"body is larger than {limit} bytes (max_body_bytes)")
             items = self.decode_body(bytes(body), headers.get("content-encoding", ""),
                                      headers.get("content-type", ""))
+            self.admit(key_name, len(items))
             verdicts = self.check(items, arrival_ms)
             request_id = secrets.randbits(63)
             await self.deliver(verdicts, key_name, request_id, arrival_ms)
@@ -308,7 +325,7 @@ def serve(settings: Settings, config: CollectorSettings) -> None:
     # Workers are new processes: they read the same settings from the environment.
     for name in ("host", "port", "workers", "max_body_bytes", "max_events_per_batch", "max_event_bytes",
                  "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections",
-                 "keys_file"):
+                 "keys_file", "key_rate_events_per_s", "key_burst_events"):
         if getattr(config, name) is not None:
             os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
     log.warning("collector on http://%s:%d%s (%d workers) -> Kafka at %s, topics %s.*", config.host, config.port,

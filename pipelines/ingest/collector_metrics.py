@@ -74,6 +74,8 @@ class Metrics:
             "viewcount_collector_requests_total": "HTTP requests to the collector, by path and status code.",
             "viewcount_collector_events_accepted_total": "Events acknowledged by Kafka on their source topic.",
             "viewcount_collector_events_rejected_total": "Events sent to the dead-letter topic, by reason.",
+            "viewcount_collector_rate_limited_requests_total": "Requests answered 429 (rate limit), by key name.",
+            "viewcount_collector_rate_limited_events_total": "Events of the requests answered 429, by key name.",
         }
         lines = []
         for name, text in helps.items():

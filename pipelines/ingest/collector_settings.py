@@ -30,6 +30,17 @@ class CollectorSettings:
     max_connections: int = 512                 # per worker; more get uvicorn's 503 (bounds requests in flight)
     keys: str = ""                             # "name=key,name2=key2"; else the keys file
     keys_file: Path | None = None
+    # Per client (write key name) and per worker: above what a worker can process (~10 us of CPU an
+    # event), so the project's own loads (bench.collector, the night via HTTP) are never limited;
+    # an operator sets what one client may send. 0: no limit.
+    key_rate_events_per_s: float = 100_000.0
+    key_burst_events: int = 100_000            # at least max_events_per_batch, or a full batch never passes
+
+    def __post_init__(self) -> None:
+        if self.key_rate_events_per_s > 0 and self.key_burst_events < self.max_events_per_batch:
+            raise ValueError(f"VIEWCOUNT_COLLECTOR_KEY_BURST_EVENTS={self.key_burst_events} is less than "
+                             f"VIEWCOUNT_COLLECTOR_MAX_EVENTS_PER_BATCH={self.max_events_per_batch}: a full batch "
+                             "could never pass the rate limit; raise the burst or lower the batch size")
 
     @classmethod
     def from_env(cls, settings: Settings, **overrides) -> CollectorSettings:
@@ -48,6 +59,8 @@ class CollectorSettings:
             max_connections=int(_env("MAX_CONNECTIONS", str(base.max_connections))),
             keys=_env("KEYS", ""),
             keys_file=Path(_env("KEYS_FILE", str(default_keys_file(settings)))),
+            key_rate_events_per_s=float(_env("KEY_RATE_EVENTS_PER_S", str(base.key_rate_events_per_s))),
+            key_burst_events=int(_env("KEY_BURST_EVENTS", str(base.key_burst_events))),
         )
         values.update(overrides)
         return cls(**values)
