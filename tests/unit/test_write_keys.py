@@ -224,3 +224,24 @@ def test_one_key_cannot_name_two_clients(keys_file, clocks):
     keys_file.write_text(f"a sha256:{digest}\nb {OLD_KEY}\n")
     with pytest.raises(ValueError, match=r"keys:2: this key is also the key of 'a'"):
         store_of(keys_file, clocks)
+
+
+def test_the_cli_prints_a_new_key_alone_on_stdout_and_stores_its_hash_in_the_configured_file(
+        keys_file, monkeypatch, capsys):
+    """`KEY=$(viewcount collect --new-key demo | cut -d' ' -f2)` (README) takes the key from stdout."""
+    from pipelines.ingest.collector import main
+
+    monkeypatch.setenv("VIEWCOUNT_COLLECTOR_KEYS_FILE", str(keys_file))
+    monkeypatch.delenv("VIEWCOUNT_COLLECTOR_KEYS", raising=False)
+    assert main(["--new-key", "demo"]) == 0
+    out, err = capsys.readouterr()
+    name, key = out.split()
+    assert name == "demo" and hashlib.sha256(key.encode()).hexdigest() in keys_file.read_text()
+    assert "not shown again" in err
+    assert main(["--revoke", "demo"]) == 2, "the last keys stay"
+    assert "last keys" in capsys.readouterr().err
+    assert main(["--rotate", "demo", "--grace", "30m"]) == 0
+    assert capsys.readouterr().out.startswith("demo ")
+    assert main(["--list-keys"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and "expires" in listed[0] and "no expiry" in listed[1]
