@@ -178,7 +178,7 @@ def percentiles(latencies: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.ingest.collector import CollectorProcess
+    from pipelines.ingest.collector_process import CollectorProcess
     from pipelines.stack import create_topics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import contextlib
-import hashlib
 import json
 import logging
+import math
 import os
-import re
 import secrets
 import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -34,7 +30,12 @@ from pathlib import Path
 import orjson
 
 from pipelines.config import EVENT_TYPES, Settings
-from pipelines.ingest import schemas, validation
+from pipelines.ingest import schemas, validation, write_keys
+from pipelines.ingest.collector_kafka import Batch, KafkaSide
+from pipelines.ingest.collector_metrics import Metrics
+from pipelines.ingest.collector_settings import CollectorSettings
+from pipelines.ingest.rate_limit import KeyRateLimits
+from pipelines.ingest.write_keys import KeyRefused, KeyStore
 
 log = logging.getLogger("viewcount.collector")
 
@@ -43,296 +44,10 @@ ENVELOPE_TYPE, ENVELOPE_VERSION = "event_type", "schema_version"
 KNOWN_VERSIONS = (schemas.CURRENT_VERSION,)
 BODY_TYPES = {"application/json", "application/x-ndjson", "application/jsonlines", "application/x-jsonlines",
               "text/plain", ""}
-KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # Reasons the collector adds to the job's (the envelope): fixed text, so a metric label stays bounded.
 NO_EVENT_TYPE = f"event_type must be one of {', '.join(EVENT_TYPES)}"
 UNKNOWN_VERSION = "schema_version is not a known version of its event_type"
 FIRST_REASONS = 10  # rejects described one by one in a response
-DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"VIEWCOUNT_COLLECTOR_{name}", default)
-
-
-@dataclass(frozen=True)
-class CollectorSettings:
-    """The collector's own knobs (VIEWCOUNT_COLLECTOR_*); Kafka, topics and time rules come from Settings."""
-
-    host: str = "127.0.0.1"
-    port: int = 18080
-    workers: int = 2
-    max_body_bytes: int = 1024 * 1024          # received, and again after gzip is undone
-    max_events_per_batch: int = 1000
-    max_event_bytes: int = 16 * 1024           # one event as forwarded to Kafka
-    ack_timeout_s: float = 10.0                # longer without Kafka's acknowledgement: 503
-    max_queued_events: int = 100_000           # per worker: events handed to the producer, not yet acknowledged
-    retry_after_s: int = 2
-    linger_ms: int = 2
-    max_connections: int = 512                 # per worker; more get uvicorn's 503 (bounds requests in flight)
-    keys: str = ""                             # "name=key,name2=key2"; else the keys file
-    keys_file: Path | None = None
-
-    @classmethod
-    def from_env(cls, settings: Settings, **overrides) -> CollectorSettings:
-        base = cls()
-        values = dict(
-            host=_env("HOST", base.host),
-            port=int(_env("PORT", str(base.port))),
-            workers=int(_env("WORKERS", str(base.workers))),
-            max_body_bytes=int(_env("MAX_BODY_BYTES", str(base.max_body_bytes))),
-            max_events_per_batch=int(_env("MAX_EVENTS_PER_BATCH", str(base.max_events_per_batch))),
-            max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),
-            ack_timeout_s=float(_env("ACK_TIMEOUT_S", str(base.ack_timeout_s))),
-            max_queued_events=int(_env("MAX_QUEUED_EVENTS", str(base.max_queued_events))),
-            retry_after_s=int(_env("RETRY_AFTER_S", str(base.retry_after_s))),
-            linger_ms=int(_env("LINGER_MS", str(base.linger_ms))),
-            max_connections=int(_env("MAX_CONNECTIONS", str(base.max_connections))),
-            keys=_env("KEYS", ""),
-            keys_file=Path(_env("KEYS_FILE", str(default_keys_file(settings)))),
-        )
-        values.update(overrides)
-        return cls(**values)
-
-
-def default_keys_file(settings: Settings) -> Path:
-    return settings.state_dir / "collector" / "keys"
-
-
-def load_write_keys(config: CollectorSettings) -> dict[bytes, str]:
-    """sha256(key) -> key name, from VIEWCOUNT_COLLECTOR_KEYS or the keys file (`name key` per line)."""
-    pairs: list[tuple[str, str]] = []
-    if config.keys:
-        for item in config.keys.split(","):
-            name, sep, key = item.strip().partition("=")
-            if not sep:
-                raise ValueError("VIEWCOUNT_COLLECTOR_KEYS must look like name=key,name2=key2")
-            pairs.append((name, key))
-    elif config.keys_file is not None and config.keys_file.exists():
-        for number, line in enumerate(config.keys_file.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, _, key = line.partition(" ")
-            if not key.strip():
-                raise ValueError(f"{config.keys_file}:{number}: a line is `name key`")
-            pairs.append((name, key.strip()))
-    if not pairs:
-        where = config.keys_file or "the keys file"
-        raise ValueError(f"no write keys: set VIEWCOUNT_COLLECTOR_KEYS=name=key (comma separated) or add "
-                         f"`name key` lines to {where} (`viewcount collect --new-key NAME` writes one)")
-    keys = {}
-    for name, key in pairs:
-        if not KEY_NAME.match(name):
-            raise ValueError(f"write key name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
-        if len(key) < 16:
-            raise ValueError(f"write key of {name!r} is shorter than 16 characters")
-        keys[hashlib.sha256(key.encode()).digest()] = name
-    return keys
-
-
-def new_write_key(settings: Settings, name: str) -> str:
-    """Add a fresh key for client `name` to the keys file (mode 600) and return it."""
-    if not KEY_NAME.match(name):
-        raise ValueError(f"write key name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
-    path = default_keys_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as out:
-        out.write(f"{name} {key}\n")
-    return key
-
-
-class Metrics:
-    """Counters and one histogram, in Prometheus text format; summed over the worker processes
-    through small snapshot files (each worker writes its own about once a second)."""
-
-    def __init__(self, folder: Path | None):
-        self.folder = folder
-        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self.delivery = [0] * (len(DELIVERY_BUCKETS) + 1)
-        self.delivery_sum = 0.0
-        self.lock = threading.Lock()
-
-    def add(self, name: str, value: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self.lock:
-            self.counters[key] = self.counters.get(key, 0) + value
-
-    def observe_delivery(self, seconds: float) -> None:
-        # Called from the producer's poll thread only.
-        self.delivery[bisect.bisect_left(DELIVERY_BUCKETS, seconds)] += 1
-        self.delivery_sum += seconds
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            counters = [[name, list(labels), value] for (name, labels), value in self.counters.items()]
-        return {"counters": counters, "delivery": list(self.delivery), "delivery_sum": self.delivery_sum}
-
-    def write_snapshot(self) -> None:
-        if self.folder is None:
-            return
-        path = self.folder / f"{os.getpid()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.snapshot()))
-        tmp.replace(path)
-
-    def merged(self) -> dict:
-        snapshots = {os.getpid(): self.snapshot()}
-        if self.folder is not None:
-            for path in self.folder.glob("*.json"):
-                pid = int(path.stem)
-                if pid not in snapshots:
-                    try:
-                        snapshots[pid] = orjson.loads(path.read_bytes())
-                    except (OSError, orjson.JSONDecodeError):
-                        continue
-        counters: dict[tuple, float] = {}
-        delivery = [0] * (len(DELIVERY_BUCKETS) + 1)
-        delivery_sum = 0.0
-        for snap in snapshots.values():
-            for name, labels, value in snap["counters"]:
-                key = (name, tuple(tuple(pair) for pair in labels))
-                counters[key] = counters.get(key, 0) + value
-            delivery = [a + b for a, b in zip(delivery, snap["delivery"], strict=True)]
-            delivery_sum += snap["delivery_sum"]
-        return {"counters": counters, "delivery": delivery, "delivery_sum": delivery_sum,
-                "workers": len(snapshots)}
-
-    def text(self, queued: int) -> str:
-        merged = self.merged()
-        helps = {
-            "viewcount_collector_requests_total": "HTTP requests to the collector, by path and status code.",
-            "viewcount_collector_events_accepted_total": "Events acknowledged by Kafka on their source topic.",
-            "viewcount_collector_events_rejected_total": "Events sent to the dead-letter topic, by reason.",
-        }
-        lines = []
-        for name, text in helps.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
-            for (metric, labels), value in sorted(merged["counters"].items()):
-                if metric == name:
-                    lines.append(f"{name}{_labels(labels)} {value:g}")
-        name = "viewcount_collector_kafka_delivery_seconds"
-        lines += [f"# HELP {name} From handing an event to the producer to Kafka's acknowledgement.",
-                  f"# TYPE {name} histogram"]
-        running = 0
-        for bound, count in zip((*DELIVERY_BUCKETS, "+Inf"), merged["delivery"], strict=True):
-            running += count
-            lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        lines += [f"{name}_sum {merged['delivery_sum']:.6f}", f"{name}_count {running}"]
-        lines += ["# HELP viewcount_collector_kafka_queued_events Events waiting for Kafka in this worker.",
-                  "# TYPE viewcount_collector_kafka_queued_events gauge",
-                  f"viewcount_collector_kafka_queued_events {queued}",
-                  "# HELP viewcount_collector_workers Worker processes whose counters are summed here.",
-                  "# TYPE viewcount_collector_workers gauge",
-                  f"viewcount_collector_workers {merged['workers']}"]
-        return "\n".join(lines) + "\n"
-
-
-def _labels(labels: tuple) -> str:
-    if not labels:
-        return ""
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in labels)
-    return "{" + ",".join(escaped) + "}"
-
-
-class Batch:
-    """The events of one request on their way to Kafka: done when every one was acknowledged."""
-
-    __slots__ = ("loop", "future", "pending", "errors", "metrics")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, metrics: Metrics):
-        self.loop = loop
-        self.future = loop.create_future()
-        self.pending = count  # decremented by the poll thread only
-        self.errors: list[str] = []
-        self.metrics = metrics
-
-    def delivered(self, err, msg) -> None:
-        if err is not None:
-            self.errors.append(str(err))
-        else:
-            latency = msg.latency()
-            if latency is not None:
-                self.metrics.observe_delivery(latency)
-        self.pending -= 1
-        if self.pending == 0:
-            self.loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class KafkaSide:
-    """One idempotent producer per worker, served by a thread that polls for acknowledgements."""
-
-    def __init__(self, settings: Settings, config: CollectorSettings, metrics: Metrics):
-        from confluent_kafka import Producer
-
-        self.settings = settings
-        self.metrics = metrics
-        self.down_since: float | None = None
-        self.producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": config.linger_ms,
-            "compression.type": "lz4",
-            # The queue may hold the admitted events and a full batch more; admission keeps it there.
-            "queue.buffering.max.messages": config.max_queued_events + config.max_events_per_batch,
-            "queue.buffering.max.kbytes": 256 * 1024,
-            # A message Kafka has not taken by then fails (the request answered 503 long before).
-            "message.timeout.ms": max(30_000, int(config.ack_timeout_s * 3000)),
-            "error_cb": self._error,
-        })
-        self.running = True
-        self.thread = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-        self.thread.start()
-
-    def _error(self, err) -> None:
-        from confluent_kafka import KafkaError
-
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            if self.down_since is None:
-                log.warning("Kafka at %s: all brokers down", self.settings.kafka_bootstrap)
-                self.down_since = time.monotonic()
-        else:
-            log.warning("Kafka at %s: %s", self.settings.kafka_bootstrap, err)
-
-    def _poll(self) -> None:
-        last_snapshot = last_probe = 0.0
-        while self.running:
-            self.producer.poll(0.05)
-            now = time.monotonic()
-            if now - last_snapshot >= 1.0:
-                last_snapshot = now
-                try:
-                    self.metrics.write_snapshot()
-                except OSError as exc:
-                    log.warning("metrics snapshot: %s", exc)
-            if self.down_since is not None and now - last_probe >= 1.0:
-                last_probe = now
-                self._probe()
-
-    def _probe(self) -> None:
-        """While Kafka is believed down, ask it for metadata; an answer lifts the 503s."""
-        try:
-            self.producer.list_topics(timeout=1.0)
-        except Exception:  # noqa: BLE001 - still down
-            return
-        log.warning("Kafka at %s answers again", self.settings.kafka_bootstrap)
-        self.down_since = None
-
-    def queued(self) -> int:
-        return len(self.producer)
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        self.running = False
-        self.thread.join(5)
-        self.producer.flush(timeout_s)
 
 
 class Refusal(Exception):
@@ -357,7 +72,8 @@ class Collector:
     def __init__(self, settings: Settings, config: CollectorSettings, metrics_folder: Path | None = None):
         self.settings = settings
         self.config = config
-        self.keys = load_write_keys(config)
+        self.keys = KeyStore.from_config(config)
+        self.limits = KeyRateLimits(config.key_rate_events_per_s, config.key_burst_events)
         self.metrics = Metrics(metrics_folder)
         self.topics = {t: settings.topics.source(t) for t in EVENT_TYPES}
         self.validators = {t: validation.validator(t) for t in EVENT_TYPES}
@@ -378,11 +94,23 @@ class Collector:
         if not key:
             raise Refusal(401, "no write key: send `Authorization: Bearer <key>` (or ?key=<key> from "
                                "navigator.sendBeacon)", {"WWW-Authenticate": "Bearer"})
-        name = self.keys.get(hashlib.sha256(key.encode()).digest())
-        if name is None:
-            raise Refusal(401, "write key not recognised: ask the collector's operator for a key",
-                          {"WWW-Authenticate": "Bearer"})
-        return name
+        try:
+            return self.keys.name_of(key)
+        except KeyRefused as refused:
+            raise Refusal(401, str(refused), {"WWW-Authenticate": "Bearer"}) from None
+
+    def admit(self, key_name: str, events: int) -> None:
+        """Take the batch's events from its client's rate limit, or refuse it with when to retry."""
+        wait_s = self.limits.take(key_name, events)
+        if wait_s > 0:
+            self.metrics.add("viewcount_collector_rate_limited_requests_total", key=key_name)
+            self.metrics.add("viewcount_collector_rate_limited_events_total", events, key=key_name)
+            config = self.config
+            retry_after = max(1, math.ceil(wait_s))
+            raise Refusal(429, f"write key {key_name!r} is over its rate limit of {config.key_rate_events_per_s:g} "
+                               f"events/s with bursts of {config.key_burst_events} (key_rate_events_per_s, "
+                               f"key_burst_events, per worker): retry after {retry_after} s",
+                          {"Retry-After": str(retry_after)})
 
     def decode_body(self, body: bytes, encoding: str, content_type: str) -> list[tuple[object, bytes | None]]:
         """(parsed event or None, its raw bytes when it had a line of its own) per event."""
@@ -514,6 +242,7 @@ class Collector:
                     raise Refusal(413, f"body is larger than {limit} bytes (max_body_bytes)")
             items = self.decode_body(bytes(body), headers.get("content-encoding", ""),
                                      headers.get("content-type", ""))
+            self.admit(key_name, len(items))
             verdicts = self.check(items, arrival_ms)
             request_id = secrets.randbits(63)
             await self.deliver(verdicts, key_name, request_id, arrival_ms)
@@ -590,13 +319,15 @@ def serve(settings: Settings, config: CollectorSettings) -> None:
 
     import uvicorn
 
-    load_write_keys(config)  # fail here, with the reason, rather than in every worker
+    KeyStore.from_config(config)  # fail here, with the reason, rather than in every worker
     folder = Path(tempfile.mkdtemp(prefix="viewcount-collector-metrics-"))
     os.environ["VIEWCOUNT_COLLECTOR_METRICS_DIR"] = str(folder)
     # Workers are new processes: they read the same settings from the environment.
     for name in ("host", "port", "workers", "max_body_bytes", "max_events_per_batch", "max_event_bytes",
-                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections"):
-        os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
+                 "ack_timeout_s", "max_queued_events", "retry_after_s", "linger_ms", "max_connections",
+                 "keys_file", "key_rate_events_per_s", "key_burst_events"):
+        if getattr(config, name) is not None:
+            os.environ[f"VIEWCOUNT_COLLECTOR_{name.upper()}"] = str(getattr(config, name))
     log.warning("collector on http://%s:%d%s (%d workers) -> Kafka at %s, topics %s.*", config.host, config.port,
                 PATH, config.workers, settings.kafka_bootstrap, settings.topics.prefix)
     try:
@@ -614,19 +345,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=int, help="port (default 18080, or VIEWCOUNT_COLLECTOR_PORT)")
     parser.add_argument("--workers", type=int, help="worker processes (default 2)")
-    parser.add_argument("--new-key", metavar="NAME", help="add a write key for client NAME to the keys file, "
-                                                          "print it, and exit")
+    write_keys.add_key_arguments(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.new_key:
-        key = new_write_key(settings, args.new_key)
-        print(f"{args.new_key} {key}    (added to {default_keys_file(settings)})")
-        return 0
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
                  if v is not None}
-    config = CollectorSettings.from_env(settings, **overrides)
     try:
+        config = CollectorSettings.from_env(settings, **overrides)
+        if write_keys.key_command(args, config):
+            return 0
         serve(settings, config)
     except ValueError as exc:
         print(f"viewcount collect: {exc}", file=sys.stderr)
@@ -643,118 +371,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The VIEWCOUNT_* variables that make a new process see these settings (Kafka, topics, time rules)."""
-    return {
-        "VIEWCOUNT_STATE_DIR": str(settings.state_dir),
-        "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
-        "VIEWCOUNT_EVENT_MAX_FUTURE_S": str(settings.event_max_future_s),
-        "VIEWCOUNT_EVENT_MAX_AGE_S": str(settings.event_max_age_s),
-    }
-
-
-class CollectorProcess:
-    """`python -m pipelines.ingest.collector` as a child in a session of its own (tests, benchmarks)."""
-
-    def __init__(self, settings: Settings, keys: dict[str, str], port: int | None = None, workers: int = 2,
-                 log_path: Path | None = None, **knobs: object):
-        import subprocess
-
-        from pipelines.config import REPO_ROOT
-
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **settings_env(settings),
-               "VIEWCOUNT_COLLECTOR_KEYS": ",".join(f"{n}={k}" for n, k in keys.items())}
-        env.update({f"VIEWCOUNT_COLLECTOR_{name.upper()}": str(value) for name, value in knobs.items()})
-        self.log_path = log_path or Path(f"/tmp/viewcount-collector-{self.port}.log")
-        with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.ingest.collector", "--port", str(self.port),
-                 "--workers", str(workers)],
-                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-
-    def wait_ready(self, timeout_s: float = 60.0) -> CollectorProcess:
-        """Poll /healthz until it answers (Kafka reachable) or the process dies or time runs out."""
-        import urllib.error
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the collector exited ({self.process.returncode}): {self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as reply:
-                    if reply.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)  # polling interval
-        raise RuntimeError(f"the collector at {self.url} was not ready after {timeout_s:.0f} s: "
-                           f"{self.log_path.read_text()}")
-
-    def pids(self) -> list[int]:
-        """The supervisor and its workers (the process group)."""
-        pgid = self.process.pid
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:  # field 5 of stat: the process group
-                found.append(int(stat.parent.name))
-        return found
-
-    def rss_bytes(self) -> int:
-        total = 0
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        return total
-
-    def kill(self) -> None:
-        """kill -9 of every process of the collector at once: no flush, no goodbye."""
-        import signal
-
-        # The group is signalled only while its leader is not yet reaped, so its id cannot have
-        # been reused by someone else's process group.
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        import signal
-        import subprocess
-
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)  # the supervisor and its workers
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> CollectorProcess:
-        return self.wait_ready()
-
-    def __exit__(self, *_exc) -> None:
-        self.stop()

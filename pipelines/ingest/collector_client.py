@@ -17,7 +17,7 @@ PATH = "/v1/events"
 
 
 class CollectorError(RuntimeError):
-    """The collector refused a batch for a reason a retry does not fix (4xx), or never took it."""
+    """The collector refused a batch for a reason a retry does not fix (4xx but 429), or never took it."""
 
 
 @dataclass
@@ -82,8 +82,9 @@ class CollectorClient:
         return Response(reply.status, parsed, {k.lower(): v for k, v in reply.getheaders()})
 
     def send(self, events: list[dict], retry_for_s: float = 120.0) -> Response:
-        """Send events (already in their envelope) as one batch; retries a 503 or a lost connection
-        after the collector's Retry-After (the same events again: the job counts an event_id once)."""
+        """Send events (already in their envelope) as one batch; retries a 503, a 429 (over the key's rate
+        limit) or a lost connection after the collector's Retry-After (the same events again: the job
+        counts an event_id once)."""
         body = orjson.dumps(events)
         if self.compress:
             body = gzip.compress(body, compresslevel=1)
@@ -97,7 +98,7 @@ class CollectorClient:
                                          "`viewcount collect` running?") from exc
                 time.sleep(1.0)  # back-off before reconnecting, not synchronisation
                 continue
-            if response.status == 503 and time.monotonic() < deadline:
+            if response.status in (429, 503) and time.monotonic() < deadline:
                 time.sleep(float(response.headers.get("retry-after", "1")))  # back-off, as the server asks
                 continue
             if response.status != 200:

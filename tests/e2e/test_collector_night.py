@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from pipelines.config import Topics
-from pipelines.ingest.collector import CollectorProcess
+from pipelines.ingest.collector_process import CollectorProcess
 from pipelines.reference.generator import generate_night
 from pipelines.serve import figures_from_posts, query
 from pipelines.store.migrate import drop_database

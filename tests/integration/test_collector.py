@@ -1,5 +1,6 @@
-"""The HTTP collector against the real Kafka: keys, limits, mixed batches, body formats, metrics,
-durability under kill -9, and 503s with bounded memory when the broker is gone (a Kafka of our own)."""
+"""The HTTP collector against the real Kafka: keys (revoked and rotated while it runs), limits, the per-key
+rate limit, mixed batches, body formats, metrics, durability under kill -9, and 503s with bounded
+memory when the broker is gone (a Kafka of our own)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipelines.config import Settings, Topics
-from pipelines.ingest.collector import CollectorProcess
 from pipelines.ingest.collector_client import CollectorClient, envelope
+from pipelines.ingest.collector_process import CollectorProcess
+from pipelines.ingest.write_keys import RELOAD_EVERY_S
 from pipelines.reference.testdata import malformed_records
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-0123456789abcdef"
 KEYS = {"tester": KEY}
 LIMITS = {"max_body_bytes": 64 * 1024, "max_events_per_batch": 100, "max_event_bytes": 2048}
+GRACE_S = 8  # a rotated-out key's grace in the key rotation test
 
 
 def now_ms() -> int:
@@ -229,6 +232,131 @@ def test_metrics_count_requests_events_and_delivery_latency_in_prometheus_text(s
     assert "# TYPE viewcount_collector_kafka_delivery_seconds histogram" in text
 
 
+def _post_alone(url: str, key: str, event_ids: list[str]):
+    """One POST on a connection of its own: successive ones may reach either worker."""
+    client = CollectorClient(url, key)
+    try:
+        return client.post(orjson.dumps([envelope("view", view(i)) for i in event_ids]))
+    finally:
+        client.close()
+
+
+def _wait_out_the_reload(changed_at: float) -> None:
+    """The promise under test: every request from RELOAD_EVERY_S after a change of the keys file sees it."""
+    time.sleep(max(0.0, changed_at + RELOAD_EVERY_S + 0.1 - time.monotonic()))
+
+
+def test_a_revoked_key_gets_401_and_a_rotated_in_key_works_without_a_restart(stack, tmp_path):
+    """Keys from a keys file, changed with the CLI's functions while a collector of two workers runs:
+    a revoked key is refused, a rotated-in key accepted, the rotated-out one until its grace ends,
+    and a broken file keeps the keys in force."""
+    from pipelines.ingest.write_keys import new_write_key, revoke_write_keys, rotate_write_key
+
+    settings, _ = stack
+    keys_file = tmp_path / "collector" / "keys"
+    ios_old = new_write_key(keys_file, "ios-app")
+    leaving = new_write_key(keys_file, "leaving")
+    written, refused = set(), set()
+
+    def post(key: str, event_id: str):
+        reply = _post_alone(collector.url, key, [event_id])
+        (written if reply.status == 200 else refused).add(event_id)
+        return reply
+
+    with CollectorProcess(settings, {}, workers=2, keys_file=keys_file, **LIMITS) as collector:
+        assert post(ios_old, "keys-before-ios").status == 200
+        assert post(leaving, "keys-before-leaving").status == 200
+
+        ios_new, expires_at = rotate_write_key(keys_file, "ios-app", grace_s=GRACE_S)
+        revoke_write_keys(keys_file, "leaving")
+        changed = time.monotonic()
+        assert ios_new not in keys_file.read_text() and leaving not in keys_file.read_text()
+        _wait_out_the_reload(changed)
+        old_accepted = 0
+        for n in range(6):
+            revoked = post(leaving, f"keys-revoked-{n}")
+            assert revoked.status == 401 and "not recognised" in revoked.body["error"], revoked
+            assert post(ios_new, f"keys-new-{n}").status == 200
+            old = post(ios_old, f"keys-old-{n}")
+            if time.time() < expires_at:  # answered before the grace ended: the old key still works
+                assert old.status == 200, old
+                old_accepted += 1
+        assert old_accepted, f"the grace of {GRACE_S} s ended before the old key could be tried"
+
+        deadline = expires_at + RELOAD_EVERY_S + 30
+        n = 0
+        while (old := post(ios_old, f"keys-expiring-{n}")).status == 200:
+            assert time.time() < deadline, "the rotated-out key still works after its grace"
+            n += 1
+            time.sleep(0.2)  # polling interval, until the grace ends
+        assert old.status == 401 and time.time() >= expires_at, old
+        assert "expired" in old.body["error"] and "rotated" in old.body["error"]
+        assert post(ios_new, "keys-new-after-expiry").status == 200
+
+        keys_file.write_text("ios-app sha256:this-is-not-a-hash\n")
+        changed = time.monotonic()
+        _wait_out_the_reload(changed)
+        for n in range(4):
+            assert post(ios_new, f"keys-broken-file-{n}").status == 200, "the last good keys hold"
+            assert post(leaving, f"keys-revoked-broken-{n}").status == 401
+        assert "cannot be used" in collector.log_path.read_text()
+
+    in_kafka = ids_in(settings, settings.topics.source("view"))
+    assert written <= in_kafka, sorted(written - in_kafka)[:5]
+    assert not refused & in_kafka, "a refused key's events are not written"
+
+
+def test_over_its_rate_a_key_gets_429_with_retry_after_and_another_key_is_not_limited(stack):
+    settings, _ = stack
+    greedy_key, modest_key = "greedy-key-0123456789abcdef", "modest-key-0123456789abcdef"
+    batch = LIMITS["max_events_per_batch"]
+    rate = {"key_rate_events_per_s": 10, "key_burst_events": batch}
+    with CollectorProcess(settings, {"greedy": greedy_key, "modest": modest_key}, workers=2, **LIMITS,
+                          **rate) as collector:
+        greedy = CollectorClient(collector.url, greedy_key)
+        # Each worker's bucket holds one full batch and refills a tenth of one a second: of three
+        # batches sent one after the other, two reach the same worker (on one keep-alive connection
+        # all do), and the later of them is over the rate.
+        replies = []
+        for n in range(3):
+            replies.append(greedy.post(orjson.dumps([envelope("view", view(f"rate-greedy-{n}-{i}"))
+                                                     for i in range(batch)])))
+            if replies[-1].status != 200:
+                break
+        greedy.close()
+        refused = replies[-1]
+        assert refused.status == 429, [reply.status for reply in replies]
+        assert 1 <= int(refused.headers["retry-after"]) <= batch / rate["key_rate_events_per_s"]
+        assert "'greedy' is over its rate limit of 10 events/s" in refused.body["error"]
+        assert "key_rate_events_per_s" in refused.body["error"]
+
+        modest = _post_alone(collector.url, modest_key, [f"rate-modest-{i}" for i in range(batch)])
+        assert modest.status == 200, "another key has buckets of its own"
+
+        deadline = time.monotonic() + 15
+        while True:
+            samples = _metric_samples(collector.url)
+            if float(samples.get('viewcount_collector_rate_limited_requests_total{key="greedy"}', 0)) >= 1:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.2)  # polling interval: workers publish their counters about once a second
+        assert float(samples['viewcount_collector_rate_limited_events_total{key="greedy"}']) >= batch
+        assert 'viewcount_collector_rate_limited_requests_total{key="modest"}' not in samples
+
+    in_kafka = ids_in(settings, settings.topics.source("view"))
+    assert f"rate-modest-{batch - 1}" in in_kafka and "rate-greedy-0-0" in in_kafka
+    refused_n = len(replies) - 1
+    assert not {i for i in in_kafka if i.startswith(f"rate-greedy-{refused_n}-")}, "a 429 writes nothing"
+
+
+def _metric_samples(url: str) -> dict[str, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
 def test_a_2xx_is_durable_when_the_collector_is_killed_under_load(stack_settings, session_tag):
     """Clients send batches from several threads; the whole collector gets kill -9 mid-load;
     every event of every batch answered 2xx must be in Kafka."""
@@ -280,7 +408,7 @@ def test_a_2xx_is_durable_when_the_collector_is_killed_under_load(stack_settings
 def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings, tmp_path):
     """A Kafka of our own (other ports), stopped under the collector: answers are 503 with
     Retry-After within the ack timeout, memory stays bounded, and it recovers when Kafka is back."""
-    from pipelines.ingest.collector import free_port
+    from pipelines.ingest.collector_process import free_port
     from pipelines.stack import create_topics, kafka_service
 
     (tmp_path / "jars").symlink_to(stack_settings.jars_dir.resolve())
