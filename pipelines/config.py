@@ -57,6 +57,22 @@ class Topics:
 
 
 QUEUES_SUFFIX = "_queues"
+PRIVATE_SUFFIX = "_private"
+# Databases only the writer may use (the analyst's allow_databases leaves them out): ClickHouse's
+# Kafka consumers, and the secrets (the pseudonym key).
+WRITER_ONLY_SUFFIXES = (QUEUES_SUFFIX, PRIVATE_SUFFIX)
+
+
+def queues_database(database: str) -> str:
+    """The database of ClickHouse's Kafka consumers (pipelines.stream.streams), which no reader may
+    use: a SELECT on a Kafka table consumes its records, and they never reach their table."""
+    return f"{database}{QUEUES_SUFFIX}"
+
+
+def private_database(database: str) -> str:
+    """The database of what only the writer may read: the viewer pseudonyms' key
+    (pipelines/store/pseudonyms.py; its project database reads it through a Merge table)."""
+    return f"{database}{PRIVATE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -90,9 +106,11 @@ class ClickHouseTarget:
 
     @property
     def queues_database(self) -> str:
-        """The database of ClickHouse's Kafka consumers (pipelines.stream.streams), which no reader
-        may use: a SELECT on a Kafka table consumes its records, and they never reach their table."""
-        return f"{self.database}{QUEUES_SUFFIX}"
+        return queues_database(self.database)
+
+    @property
+    def private_database(self) -> str:
+        return private_database(self.database)
 
     def describe(self) -> str:
         return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from pipelines.config import QUEUES_SUFFIX, REPO_ROOT, ROLES, Settings
+from pipelines.config import REPO_ROOT, ROLES, Settings
 
 STACK_DIR = REPO_ROOT / "stack"
 
@@ -222,7 +222,7 @@ def ensure_credentials(settings: Settings) -> Path:
 def _dashboard_grants(settings: Settings) -> Path:
     """Re-render users.xml (under a lock: concurrent sessions each add theirs) letting the dashboard
     user into every companion database that exists now and the analyst into every database but
-    the Kafka consumers' (`*_queues`), and make a running server load it."""
+    the writer-only ones (the Kafka consumers', the private one), and make a running server load it."""
     from pipelines.store.clickhouse import ClickHouseUnavailable, connect, render_clickhouse_config
 
     home = clickhouse_service(settings).home
@@ -241,7 +241,7 @@ def _dashboard_grants(settings: Settings) -> Path:
         before = users.stat().st_mtime if users.exists() else 0.0
         config = render_clickhouse_config(
             settings, dashboard_databases=[name for name in existing if name.endswith("_dashboard")],
-            analyst_databases=[name for name in existing if not name.endswith(QUEUES_SUFFIX) and name != "system"])
+            analyst_databases=[name for name in existing if name != "system"])
         # The server notices a changed users.xml by its mtime, in whole seconds: two renders within
         # one second must still look different.
         stamp = max(time.time(), before + 1.0)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
 
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import REPO_ROOT, WRITER_ONLY_SUFFIXES, Settings
 from pipelines.store.tables import (  # noqa: F401 - the table names, re-exported for their readers
     DEAD_LETTERS,
     EVENTS_RAW,
@@ -165,14 +165,15 @@ def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[s
 
     Passwords go in as SHA-256 hashes of the stack's generated ones; the dashboard user may use
     the configured database's companion plus dashboard_databases (sessions' test databases); the
-    analyst the configured database, its companion and analyst_databases, never a database of
-    Kafka consumers (`ClickHouseTarget.queues_database`: reading one consumes)."""
+    analyst the configured database, its companion and analyst_databases, never a writer-only
+    database (`WRITER_ONLY_SUFFIXES`: the Kafka consumers, where reading one consumes, and the
+    private one holding the pseudonym key)."""
     home = settings.state_dir / "clickhouse"
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     allowed = sorted({settings.clickhouse.dashboard_database, *dashboard_databases})
-    readable = sorted({settings.clickhouse.database, settings.clickhouse.dashboard_database, *analyst_databases}
-                      - {settings.clickhouse.queues_database})
+    readable = sorted(name for name in {settings.clickhouse.database, settings.clickhouse.dashboard_database,
+                                        *analyst_databases} if not name.endswith(WRITER_ONLY_SUFFIXES))
     values = {
         "state_dir": str(settings.state_dir.resolve()),
         "tcp_port": settings.clickhouse.port,

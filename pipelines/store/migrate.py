@@ -3,8 +3,9 @@
 A migration file is frozen once applied: its checksum is recorded, and a changed file is
 refused (write a new migration instead). A file may hold several statements separated by a
 line holding only `;`. Statements run with the target database as the session default, so the
-SQL never names the database; the one other database, the dashboard's companion (see
-ClickHouseTarget.dashboard_database), is written `${dashboard_database}` and filled in here.
+SQL never names the database; the two others, the dashboard's companion (see
+ClickHouseTarget.dashboard_database) and the writer's private one (ClickHouseTarget.private_database),
+are written `${dashboard_database}` and `${private_database}` and filled in here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import QUEUES_SUFFIX, REPO_ROOT, ClickHouseTarget
+from pipelines.config import REPO_ROOT, ClickHouseTarget, private_database, queues_database
 
 MIGRATIONS_DIR = REPO_ROOT / "sql" / "migrations"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 RECORD_TABLE = "schema_migrations"
 DASHBOARD_DATABASE = "${dashboard_database}"
+PRIVATE_DATABASE = "${private_database}"
 
 
 class MigrationError(RuntimeError):
@@ -42,7 +44,9 @@ class Migration:
 
     def statements(self, database: str = "viewcount") -> list[str]:
         """The statements to run with `database` as the session default."""
-        text = self.text.replace(DASHBOARD_DATABASE, dashboard_database(_validate_database_name(database)))
+        database = _validate_database_name(database)
+        text = (self.text.replace(DASHBOARD_DATABASE, dashboard_database(database))
+                .replace(PRIVATE_DATABASE, private_database(database)))
         parts = re.split(r"^\s*;\s*$", text, flags=re.MULTILINE)
         return [p.strip() for p in parts if _without_comments(p).strip()]
 
@@ -121,14 +125,16 @@ def _ensure_pseudonym_key(client, database: str) -> None:
 
 
 def drop_database(client, database: str) -> None:
-    """Drop a database the migrations made, with its dashboard companion (views first) and the
-    database of its Kafka consumers (before the tables their views write to). One table at a
+    """Drop a database the migrations made, with its dashboard companion (views first), the
+    database of its Kafka consumers (before the tables their views write to) and its private
+    database (after the Merge table that reads it). One table at a
     time: 18.16 takes about 3 s to stop each Kafka consumer, and dropping them side by side
     (tried: four connections) aborted the server a few seconds later."""
     database = _validate_database_name(database)
     client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}")
-    client.execute(f"DROP DATABASE IF EXISTS {database}{QUEUES_SUFFIX}")
+    client.execute(f"DROP DATABASE IF EXISTS {queues_database(database)}")
     client.execute(f"DROP DATABASE IF EXISTS {database}")
+    client.execute(f"DROP DATABASE IF EXISTS {private_database(database)}")
 
 
 def _execute_in(client, database: str, statement: str) -> None:

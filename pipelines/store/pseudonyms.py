@@ -3,10 +3,11 @@
 A pseudonym is the first 8 bytes of SHA-256(key || decimal viewer id), read as a little-endian
 UInt64: the same in Python (`pseudonym`) and in ClickHouse (sql/erasure/pseudonym.sql, where the key
 comes from a scalar subquery on `pseudonym_key`). Viewer ids are small integers, so anyone holding
-the key can hash every id and reverse a pseudonym: the key lives in the project database only
-(table `pseudonym_key`, written once by the writer as insert data, never in a statement's text,
-since 18.16 shows every running statement to every user). A key rotated would orphan every stored
-pseudonym (erased_viewers, the analysts' copies): there is no rotation.
+the key can hash every id and reverse a pseudonym. So the key lives in a database only the writer
+may use (`<database>_private`, migration 0014), written once by the writer as insert data, never in
+a statement's text (18.16 shows every running statement to every user); the project database reads
+it through `pseudonym_key`, a Merge table that refuses every other user. A key rotated would orphan
+every stored pseudonym (erased_viewers): there is no rotation.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 
-from pipelines.config import REPO_ROOT
-from pipelines.store.clickhouse import insert_rows
-from pipelines.store.tables import PSEUDONYM_KEY, TABLE_COLUMNS
+from pipelines.config import REPO_ROOT, private_database
+from pipelines.store.tables import PSEUDONYM_KEY
 
 SQL_DIR = REPO_ROOT / "sql" / "erasure"
 KEY_BYTES = 32
@@ -39,9 +39,11 @@ def read_key(client) -> str | None:
 
 
 def ensure_key(client) -> str:
-    """The database's pseudonym key, created (random, 256 bits) when it has none."""
+    """The pseudonym key of the client's current database, created (random, 256 bits) in its
+    private database when it has none."""
     key = read_key(client)
     if key is None:
-        insert_rows(client, PSEUDONYM_KEY, TABLE_COLUMNS[PSEUDONYM_KEY], [(secrets.token_hex(KEY_BYTES),)])
+        private = private_database(client.execute("SELECT currentDatabase()")[0][0])
+        client.execute(f"INSERT INTO {private}.{PSEUDONYM_KEY} (key) VALUES", [(secrets.token_hex(KEY_BYTES),)])
         key = read_key(client)  # two writers racing: both read the same (smallest) key
     return key

@@ -32,7 +32,8 @@ ROLLUP_CHANGES = "rollup_changes"
 CHANGED_HOURS = "changed_hours"
 HOUR_REPAIRS = "hour_repairs"
 LEDGER_SCANS = "ledger_scans"
-# Erasure (pipelines/repair/erasure.py, migration 0012): the pseudonym key, the erased viewers (by
+# Erasure (pipelines/repair/erasure.py, migration 0012): the pseudonym key (kept in the writer's
+# private database and read through a Merge table, migration 0014), the erased viewers (by
 # pseudonym), the requests, the sweeps.
 PSEUDONYM_KEY = "pseudonym_key"
 ERASED_VIEWERS = "erased_viewers"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.config import QUEUES_SUFFIX, REPO_ROOT, Settings
+from pipelines.config import REPO_ROOT, Settings, queues_database
 from pipelines.store.tables import FILLED_BY_CLICKHOUSE, LOAD_EXPRESSIONS, OUTPUTS, TABLE_COLUMNS, Output
 from pipelines.stream.kafka import TopicEnds
 
@@ -79,7 +79,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
     (another name reads the topics again from the start). A replaced consumer's group stays: the
     new consumer goes on from the old one's committed offsets."""
     ((database,),) = client.execute("SELECT currentDatabase()")
-    queues = f"{database}{QUEUES_SUFFIX}"
+    queues = queues_database(database)
     client.execute(f"CREATE DATABASE IF NOT EXISTS {queues}")
     created = []
     for output in LOADED_BY_CLICKHOUSE:

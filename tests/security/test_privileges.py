@@ -12,6 +12,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipelines.store.clickhouse import DASHBOARD_TABLES, EVENTS_RAW, connect, connect_analyst, connect_dashboard
+from pipelines.store.tables import PSEUDONYM_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +56,12 @@ def expected(user: str, database: str, table: str, settings) -> str | int:
     companion = settings.clickhouse.dashboard_database
     if user == "default":
         return IP_ADDRESS_NOT_ALLOWED  # it cannot log in at all
-    if user in ("writer", "analyst"):
+    if user == "writer":
         return READS
+    if user == "analyst":
+        # Everything of the project's database but the pseudonym key (read through a Merge table of
+        # the private database, which refuses it), nothing of the private one.
+        return ACCESS_DENIED if database == settings.clickhouse.private_database or table == PSEUDONYM_KEY else READS
     # dashboard: its companion's read-through views (and their empty sources), nothing of the main database
     if database == companion and table.removesuffix("_source") in DASHBOARD_TABLES:
         return READS
@@ -66,7 +71,7 @@ def expected(user: str, database: str, table: str, settings) -> str | int:
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_reads_exactly_the_tables_of_its_role(clickhouse, stack_settings, user):
     target = stack_settings.clickhouse
-    databases = (target.database, target.dashboard_database)
+    databases = (target.database, target.dashboard_database, target.private_database)
     tables = [(db, t) for db in databases for t in _tables(clickhouse, db)]
     assert EVENTS_RAW in {t for _, t in tables} and len(tables) > 10
     try:

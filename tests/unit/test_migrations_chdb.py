@@ -127,9 +127,11 @@ def test_the_column_registry_equals_the_migrated_schema(migrated):
     and every table the migrations create is in the registry."""
     from pipelines.store.tables import FILLED_BY_CLICKHOUSE, TABLE_COLUMNS
 
-    rows = _rows(migrated, "SELECT table, name FROM system.columns WHERE database = 'viewcount' "
-                           "AND table IN (SELECT name FROM system.tables WHERE database = 'viewcount' "
-                           "AND engine LIKE '%MergeTree')")
+    # The stored tables: the project database's, and the private one's (the pseudonym key, which the
+    # project database reads through a Merge table of the same columns).
+    rows = _rows(migrated, "SELECT table, name FROM system.columns WHERE (database, table) IN "
+                           "(SELECT database, name FROM system.tables WHERE database IN ('viewcount', "
+                           "'viewcount_private') AND engine LIKE '%MergeTree')")
     schema: dict[str, list[str]] = {}
     for table, name in rows:
         schema.setdefault(table, []).append(name)
@@ -158,7 +160,7 @@ KEY = "0123456789abcdef"
 
 
 def test_erasure_statements_run_on_current_clickhouse_and_match_python_pseudonyms(migrated):
-    migrated.query(f"INSERT INTO pseudonym_key (key) VALUES ('{KEY}')")
+    migrated.query(f"INSERT INTO viewcount_private.pseudonym_key (key) VALUES ('{KEY}')")
     assert _rows(migrated, _with_values(pseudonyms.SQL_DIR.joinpath("pseudonym.sql").read_text(),
                                         {"viewer_id": "42"})) == [[pseudonyms.pseudonym(KEY, 42)]]
     migrated.query(f"INSERT INTO events_raw ({', '.join(EVENTS_RAW_COLUMNS)}) VALUES "
