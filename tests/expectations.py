@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipelines.reference import night
+
 
 def assert_post_minutes_match_truth(clickhouse, truth) -> None:
     """Every post-minute row equals the ground truth exactly, except where late events were
@@ -27,12 +29,13 @@ def assert_post_minutes_match_truth(clickhouse, truth) -> None:
 
 
 def assert_headline_matches_truth(figures, truth) -> None:
-    """The night's published figures, exact (at 1:1000: 73K · 4K · 998K · 1.071M), and unique
-    viewers and listeners within their sketch bounds; the listener curve and its peak exact."""
-    assert figures.subject_views == truth.subject_views == 73_000
-    assert figures.posts_about == truth.related_posts == 4_000
-    assert figures.views_of_posts_about == truth.related_views == 998_000
-    assert figures.combined_views == truth.combined_views == 1_071_000
+    """The night's published figures scaled down, exact (at 1:1000: 73K · 4K · 998K · 1.071M), and
+    unique viewers and listeners within their sketch bounds; the listener curve and its peak exact."""
+    assert figures.subject_views == truth.subject_views == night.PUBLISHED_SUBJECT_VIEWS // truth.scale
+    assert figures.posts_about == truth.related_posts == night.PUBLISHED_RELATED_POSTS // truth.scale
+    assert figures.views_of_posts_about == truth.related_views == night.PUBLISHED_RELATED_VIEWS // truth.scale
+    assert figures.combined_views == truth.combined_views == (
+        (night.PUBLISHED_SUBJECT_VIEWS + night.PUBLISHED_RELATED_VIEWS) // truth.scale)
     assert figures.unique_viewers_lower <= truth.conversation_unique_viewers <= figures.unique_viewers_upper
     listeners = figures.listeners
     assert listeners.peak_listeners == truth.peak_listeners

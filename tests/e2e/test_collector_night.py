@@ -1,4 +1,4 @@
-"""End to end through the HTTP collector: the night at 1:1000 posted in client batches to
+"""End to end through the HTTP collector: the night at 1:5000 posted in client batches to
 `viewcount collect`, then the job and loader (bounded), then the same exact figures as the direct
 path (tests/e2e/test_pipeline.py): counts against the ground truth exactly, sketches within bounds.
 
@@ -22,7 +22,7 @@ from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
 
 pytestmark = pytest.mark.e2e
-SCALE = 1_000
+SCALE = 5_000
 SEED = 1208
 TEN_YEARS_S = 10 * 365 * 24 * 3600
 KEY = "night-client-key-0123456789"
