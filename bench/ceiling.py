@@ -5,10 +5,11 @@
 Rung 0 is the minimal Flink SQL job (PyFlink mini-cluster, parallelism 1): the views topic read
 with Flink's built-in `json` format, a 1-minute TUMBLE per post with COUNT(*), COUNT(DISTINCT
 event_id) and ARRAY_AGG(DISTINCT viewer_id), into a blackhole sink. Each later rung adds one of our
-job's features to the one before, built from pipelines.stream.rollup_job's own functions, so the
-top rungs are our job without (then with) its Kafka sinks. Every rung runs in the job's table
-environment (object reuse, checkpoints every 2 s, exactly-once checkpoints) and commits its
-offsets to the job's consumer group on each checkpoint: that is how bench.cpu sees its progress.
+job's features to the one before, built from the job's own functions (pipelines.stream.rollup_job
+and the job_sql, job_tables and job_environment it builds from), so the top rungs are our job
+without (then with) its Kafka sinks. Every rung runs in the job's table environment (object
+reuse, checkpoints every 2 s, exactly-once checkpoints) and commits its offsets to the job's
+consumer group on each checkpoint: that is how bench.cpu sees its progress.
 A rung is run bounded the way the job is: read to the topics' ends at start, then drained.
 """
 
@@ -29,8 +30,9 @@ from pipelines.store.tables import (
     POSTS_VALID,
     PRESENCE_VALID,
 )
-from pipelines.stream import rollup_job
-from pipelines.stream.rollup_job import WINDOW, _options, quoted
+from pipelines.stream import bounded_run, job_environment, job_sql, job_tables, rollup_job
+from pipelines.stream.job_sql import WINDOW, quoted
+from pipelines.stream.job_tables import _options
 
 log = logging.getLogger("viewcount.bench.ceiling")
 
@@ -83,7 +85,7 @@ def ceiling_source_ddl(settings: Settings, table: str) -> str:
         "connector": "kafka",
         "topic": settings.topics.source("view"),
         "properties.bootstrap.servers": settings.kafka_bootstrap,
-        "properties.group.id": rollup_job.job_group_id(settings),
+        "properties.group.id": job_tables.job_group_id(settings),
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
         "format": "json",
@@ -118,12 +120,12 @@ def build(t_env, settings: Settings, rung: Rung):
         aggregated_view, time_column = "timed_views", "ts"
         statements = t_env.create_statement_set()
     elif rung.event_types == ("view",):
-        rollup_job.register_functions(t_env)
-        t_env.execute_sql(rollup_job.source_ddl(settings, "source_view", "view", bounded=True))
+        job_environment.register_functions(t_env)
+        t_env.execute_sql(job_tables.source_ddl(settings, "source_view", "view", bounded=True))
         t_env.execute_sql(f"CREATE TEMPORARY VIEW decoded_view AS "
-                          f"{rollup_job.decode_sql('view', 'source_view', settings)}")
+                          f"{job_sql.decode_sql('view', 'source_view', settings)}")
         t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS "
-                          f"{rollup_job.valid_events_sql({'view': 'decoded_view'})}")
+                          f"{job_sql.valid_events_sql({'view': 'decoded_view'})}")
         aggregated_view, time_column = "valid_events", "event_time"
         statements = t_env.create_statement_set()
     else:
@@ -147,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, checkpoint_interval_ms=rung.checkpoint_interval_ms)
     from pipelines.stream.kafka import TopicEnds
 
-    end = TopicEnds(settings, rollup_job.job_group_id(settings), [settings.topics.source(t) for t in rung.event_types])
-    t_env = rollup_job.table_environment(settings, restore=False)
+    end = TopicEnds(settings, job_tables.job_group_id(settings), [settings.topics.source(t) for t in rung.event_types])
+    t_env = job_environment.table_environment(settings, restore=False)
     result = build(t_env, settings, rung).execute()
     log.info("rung %d (%s) submitted: %s", args.rung, rung.name, result.get_job_client().get_job_id())
     try:
-        rollup_job.run_to_end(result, settings, end)
+        bounded_run.run_to_end(result, settings, end)
     finally:
         end.close()
     print(json.dumps({"rung": args.rung, "name": rung.name, "records": sum(end.ends.values())}))

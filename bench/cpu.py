@@ -85,8 +85,8 @@ def stack_ticks(services: dict[str, int], child: int | None) -> dict[str, int]:
 def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], log_path: Path) -> dict:
     """Run `argv` (a bounded job) as a child with settings' prefix, database and job name in its
     environment; sample CPU and the job's committed offsets every second until it exits."""
+    from pipelines.stream.job_tables import job_group_id
     from pipelines.stream.kafka import TopicEnds
-    from pipelines.stream.rollup_job import job_group_id
 
     env = child_env(settings)
     services = service_pids(settings)
@@ -196,8 +196,8 @@ def run_live(base: Settings, rates: list[int], warmup_s: float, period_s: float)
     from confluent_kafka import Producer
 
     from bench.pipeline import drop, isolated, live_view, prepare
+    from pipelines.stream.job_tables import job_group_id
     from pipelines.stream.kafka import CommittedOffsets
-    from pipelines.stream.rollup_job import job_group_id
 
     settings = replace(isolated(base, secrets.token_hex(3)), job_name="cpu-live")
     prepare(settings)

@@ -132,13 +132,13 @@ settings = replace(Settings.from_env(), topics=Topics(prefix=sys.argv[1]), click
                    job_name=sys.argv[4])
 started = time.monotonic()
 if sys.argv[3] == "blackhole":
-    from pipelines.stream import rollup_job
-    end = rollup_job.EndOfInput(settings)
+    from pipelines.stream import bounded_run, rollup_job
+    end = bounded_run.EndOfInput(settings)
     total = sum(end.ends.values())
     result = rollup_job.submit(settings, bounded=True, blackhole=True)
     progress = []  # (seconds, records consumed): the job's committed offsets, every checkpoint
-    rollup_job.run_to_end(result, settings, end, poll_s=0.25,
-                          on_progress=lambda left: progress.append((time.monotonic() - started, total - left)))
+    bounded_run.run_to_end(result, settings, end, poll_s=0.25,
+                           on_progress=lambda left: progress.append((time.monotonic() - started, total - left)))
     end.close()
     stats = {"events": total, "progress": progress}
 else:

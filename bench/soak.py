@@ -105,7 +105,7 @@ def lags(settings: Settings, consumer) -> tuple[int, int]:
     """(records the job has not consumed, job output not yet loaded into ClickHouse)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from pipelines.stream.rollup_job import job_group_id
+    from pipelines.stream.job_tables import job_group_id
 
     def behind(group: str, topics: list[str]) -> int:
         partitions = [TopicPartition(t, p) for t in topics for p in range(settings.topic_partitions)]

@@ -21,7 +21,7 @@ from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import RefreshTimer
 from pipelines.store.clickhouse import is_transient
 from pipelines.store.tables import POST_MINUTE_ROWS
-from pipelines.stream import rollup_job, streams
+from pipelines.stream import bounded_run, restore_points, rollup_job, streams
 from pipelines.stream.change_feed import ChangeFeed
 from pipelines.stream.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
 
@@ -128,7 +128,7 @@ class _WhileClickHouseAway:
 
 
 def _watermark_floor(settings: Settings, client, wait_s: float = FLOOR_WAIT_S) -> int | None:
-    """rollup_job.watermark_floor_ms once ClickHouse has loaded the post-minute rows already
+    """restore_points.watermark_floor_ms once ClickHouse has loaded the post-minute rows already
     committed in Kafka (at most wait_s: a floor read earlier is lower, which only protects less)."""
     loaded = streams.Progress(settings, outputs=(POST_MINUTE_ROWS,))
     try:
@@ -140,7 +140,7 @@ def _watermark_floor(settings: Settings, client, wait_s: float = FLOOR_WAIT_S) -
                         "from the windows it has", left)
     finally:
         loaded.close()
-    return rollup_job.watermark_floor_ms(client)
+    return restore_points.watermark_floor_ms(client)
 
 
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
@@ -156,7 +156,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     created = streams.ensure(client, settings)
     if created:
         log.info("ClickHouse now loads %s from Kafka itself", ", ".join(created))
-    end = rollup_job.EndOfInput(settings) if bounded else None
+    end = bounded_run.EndOfInput(settings) if bounded else None
     total = sum(end.ends.values()) if end is not None else 0
     floor = _watermark_floor(settings, client)
     if floor is not None:
@@ -194,13 +194,13 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             left = end.remaining() if end is not None and drained is None else 0
             if end is not None and drained is None and left == 0:
                 log.info("the job has consumed the topics up to their end at start; draining it")
-                drained = rollup_job.drain(job, settings)
+                drained = bounded_run.drain(job, settings)
             if drained is not None and drained.done() and not watch.ended.is_set() and drained.exception():
                 if "Not all required tasks are currently running" not in str(drained.exception()):
                     raise RuntimeError(f"draining the Flink job failed: {drained.exception()}")
                 # Asked before every task was up (a short run on a busy machine): ask again.
                 log.info("the job's tasks are not all running yet; draining again")
-                drained = rollup_job.drain(job, settings)
+                drained = bounded_run.drain(job, settings)
             if bounded and watch.ended.is_set():
                 if clickhouse is None:  # the job has written everything: the ends are final now
                     clickhouse = streams.Progress(settings)

@@ -30,7 +30,8 @@ from harness import (
 )
 
 from pipelines.reference.generator import generate_night
-from pipelines.stream.rollup_job import SAVEPOINTS, EndOfInput
+from pipelines.stream.bounded_run import EndOfInput
+from pipelines.stream.restore_points import SAVEPOINTS
 
 KINDS = ("loading", "checkpoint", "loading", "drain")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipelines.stream.rollup_job import SAVEPOINTS, latest_checkpoint, prune_restore_points
+from pipelines.stream.restore_points import SAVEPOINTS, latest_checkpoint, prune_restore_points
 
 
 def _restore_point(folder, mtime_s):

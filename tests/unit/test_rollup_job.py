@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import Settings
 from pipelines.ingest import schemas
 from pipelines.rollups import sketches
-from pipelines.stream import rollup_job
+from pipelines.stream import job_environment, job_sql, job_tables
 
 SETTINGS = Settings.from_env()
 
@@ -40,7 +40,7 @@ def t_env():
         jar.resolve().as_uri() for jar in (settings.udf_jar, *settings.udf_dependency_jars)))
     env.get_config().set("parallelism.default", "1")
     env.get_config().set("table.local-time-zone", "UTC")
-    rollup_job.register_functions(env)
+    job_environment.register_functions(env)
     return env
 
 
@@ -51,13 +51,13 @@ def load(t_env, tmp_path, name, event_type, lines, arrival_ms=T0):
     path.write_text("\n".join(lines) + "\n")
     os.utime(path, ns=(arrival_ms * 1_000_000, arrival_ms * 1_000_000))
     origin = f"""
-  {rollup_job.quoted('topic')} STRING METADATA FROM 'file.name' VIRTUAL, {rollup_job.quoted('partition')} AS 0,
-  {rollup_job.quoted('offset')} AS CAST(0 AS BIGINT),
+  {job_sql.quoted('topic')} STRING METADATA FROM 'file.name' VIRTUAL, {job_sql.quoted('partition')} AS 0,
+  {job_sql.quoted('offset')} AS CAST(0 AS BIGINT),
   kafka_time TIMESTAMP_LTZ(3) METADATA FROM 'file.modification-time' VIRTUAL"""
-    t_env.execute_sql(rollup_job.event_source_ddl(
+    t_env.execute_sql(job_tables.event_source_ddl(
         name, event_type, origin, {"connector": "filesystem", "path": str(path)}, SETTINGS))
     t_env.execute_sql(f"CREATE TEMPORARY VIEW decoded_{name} AS "
-                      f"{rollup_job.decode_sql(event_type, name, SETTINGS)}")
+                      f"{job_sql.decode_sql(event_type, name, SETTINGS)}")
     return f"decoded_{name}"
 
 
@@ -121,9 +121,9 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
                                "viewer_id": 1, "surface": "home", "client": "ios", "action": "like"})] * 2
     decoded = {"view": load(t_env, tmp_path, "dup_views", "view", lines),
                "impression": load(t_env, tmp_path, "dup_impressions", "impression", impressions)}
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW dup_valid AS {rollup_job.valid_events_sql(decoded)}")
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW dup_valid AS {job_sql.valid_events_sql(decoded)}")
     result = rows(t_env, f"SELECT post_id, window_start, `views`, impressions, deliveries, unique_viewers_sketch "
-                         f"FROM ({rollup_job.post_minute_sql('dup_valid')})")
+                         f"FROM ({job_sql.post_minute_sql('dup_valid')})")
     by_key = {(r[0], r[1]): r for r in result}
     first = by_key[(10, datetime(2024, 8, 12, 23, 47))]
     assert first[2:5] == (4, 1, 7)
@@ -133,7 +133,7 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
     assert by_key[(11, datetime(2024, 8, 12, 23, 47))][2:4] == (1, 0)
     assert len(result) == 3
     by_surface = rows(t_env, f"SELECT post_id, window_start, surface, action, `views`, impressions "
-                             f"FROM ({rollup_job.post_surface_minute_sql('dup_valid')})")
+                             f"FROM ({job_sql.post_surface_minute_sql('dup_valid')})")
     assert sorted(by_surface) == sorted([
         (10, datetime(2024, 8, 12, 23, 47), "home", "", 3, 0),
         (10, datetime(2024, 8, 12, 23, 47), "home", "like", 0, 1),

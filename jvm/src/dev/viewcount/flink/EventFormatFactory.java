@@ -29,7 +29,7 @@ public class EventFormatFactory implements DeserializationFormatFactory {
     public static final String IDENTIFIER = "viewcount-event";
     public static final ConfigOption<String> SPEC =
             ConfigOptions.key("spec").stringType().noDefaultValue()
-                    .withDescription("the event's validation rules, a JSON array (pipelines/stream/rollup_job.py)");
+                    .withDescription("the event's validation rules, a JSON array (pipelines/stream/job_tables.py)");
     public static final ConfigOption<Integer> MAX_RECORD_BYTES =
             ConfigOptions.key("max-record-bytes").intType().defaultValue(65536)
                     .withDescription("a larger record is rejected (its dead letter keeps this many bytes)");

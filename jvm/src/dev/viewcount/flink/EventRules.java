@@ -13,7 +13,7 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMap
 
 /**
  * One event type's validation rules, as compiled from its file in schemas/ by the Python side
- * (pipelines/stream/rollup_job.py `validation_spec`): per field its column, kind, whether it is required,
+ * (pipelines/ingest/schemas.py `validation_spec`): per field its column, kind, whether it is required,
  * enum, minimum and lengths. The same rules decide in the job and in the collector.
  */
 final class EventRules implements Serializable {
