@@ -160,21 +160,22 @@ def insert_rows(client, table: str, columns: Sequence[str], rows: Sequence[tuple
 
 
 def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[str] = (),
-                             analyst_databases: Iterable[str] = ()) -> Path:
-    """Write the local server's config.xml and users.xml under the state folder; return config.xml.
+                             analyst_databases: Iterable[str] = (), home: Path | None = None) -> Path:
+    """Write a server's config.xml and users.xml into home (the local stack's: state folder/clickhouse),
+    listening on settings.clickhouse's port; return config.xml.
 
     Passwords go in as SHA-256 hashes of the stack's generated ones; the dashboard user may use
     the configured database's companion plus dashboard_databases (sessions' test databases); the
     analyst the configured database, its companion and analyst_databases, never a database of
     Kafka consumers (`ClickHouseTarget.queues_database`: reading one consumes)."""
-    home = settings.state_dir / "clickhouse"
+    home = home or settings.state_dir / "clickhouse"
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     allowed = sorted({settings.clickhouse.dashboard_database, *dashboard_databases})
     readable = sorted({settings.clickhouse.database, settings.clickhouse.dashboard_database, *analyst_databases}
                       - {settings.clickhouse.queues_database})
     values = {
-        "state_dir": str(settings.state_dir.resolve()),
+        "home": str(home.resolve()),
         "tcp_port": settings.clickhouse.port,
         "http_port": settings.clickhouse_http_port,
         "dashboard_databases": "".join(f"<database>{name}</database>" for name in allowed),
