@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: bench-cpu test-fast soak cluster-up cluster-down superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: bench-cpu test-fast soak cluster-up cluster-down cluster-status zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ $(JARS)/profiler/libasyncProfiler.so: stack/pom.xml
 	rm -rf $(JARS)/profiler && mkdir -p $(JARS)/profiler
 	mvn -q -B -f stack/pom.xml -P profiler dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS))/profiler
 	cd $(JARS)/profiler && unzip -o -j -q async-profiler-*.jar linux-x64/libasyncProfiler.so
+
+zookeeper: ## Debian's zookeeper (apt), if missing: the cluster stack's ClickHouse replication
+	@if [ ! -e /usr/share/java/zookeeper.jar ]; then \
+	  echo "installing zookeeper from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
 
 clickhouse: ## Debian's clickhouse-server and clickhouse-client (apt), if missing
 	@if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then \
@@ -97,11 +103,14 @@ bench-cpu: up ## whole-stack CPU per record in catch-up at 1:400, ours beside th
 profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
 	$(BIN)/python -m bench.profile --scale 2000
 
-cluster-up: setup ## a Flink session cluster on loopback: 1 JobManager + 2 TaskManagers (REST 127.0.0.1:18081)
-	$(BIN)/python -m pipelines.stream.flink_cluster up
+cluster-up: setup zookeeper ## the cluster stack on loopback (idempotent): ZooKeeper, 3 Kafka nodes, 4 ClickHouse (2 shards x 2 replicas), Flink (docs/scale-out.md)
+	$(BIN)/python -m pipelines.cluster up
 
-cluster-down: ## stop the Flink session cluster
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.stream.flink_cluster down; fi
+cluster-down: ## stop the cluster stack
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.cluster down; fi
+
+cluster-status: ## the cluster stack's nodes: pid, ports, resident memory
+	$(BIN)/python -m pipelines.cluster status
 
 soak: up ## the long fault runs (20 kills, broker and ClickHouse outages) and the 10-minute soak: docs/reliability.md
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)

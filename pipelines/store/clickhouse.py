@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
 
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import REPO_ROOT, ClickHouseNode, Settings
 from pipelines.store.tables import (  # noqa: F401 - the table names, re-exported for their readers
     DEAD_LETTERS,
     EVENTS_RAW,
@@ -191,6 +191,39 @@ def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[s
         text = Template((TEMPLATES / f"{name}.template").read_text()).substitute(values)
         _write_private(home / name, text)
     return home / "config.xml"
+
+
+def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) -> Path:
+    """Write a cluster server's config.d/cluster.xml (merged over its config.xml at start): its
+    macros, interserver port, ZooKeeper with its root, the two clusters and distributed DDL."""
+    from xml.sax.saxutils import escape
+
+    layout = settings.cluster
+    writer = settings.clickhouse_as("writer")
+
+    def replica_xml(other: ClickHouseNode) -> str:
+        return (f"<replica><host>127.0.0.1</host><port>{other.tcp_port}</port>"
+                f"<user>{escape(writer.user)}</user><password>{escape(writer.password)}</password></replica>")
+
+    def shard_xml(members: list[ClickHouseNode]) -> str:
+        # internal_replication: a Distributed insert writes one replica and the table copies it on.
+        replicas = "".join(replica_xml(member) for member in members)
+        internal = "true" if len(members) > 1 else "false"
+        return f"            <shard><internal_replication>{internal}</internal_replication>{replicas}</shard>"
+
+    nodes = layout.clickhouse_nodes
+    shards = [[n for n in nodes if n.shard == shard] for shard in sorted({n.shard for n in nodes})]
+    values = {
+        "interserver_port": node.interserver_port, "shard": node.shard, "replica": node.name,
+        "zookeeper_port": layout.zookeeper_port, "zookeeper_root": layout.zookeeper_root,
+        "cluster": layout.clickhouse_cluster, "servers_cluster": layout.clickhouse_servers_cluster,
+        "shards": "\n".join(shard_xml(members) for members in shards),
+        "servers": "\n".join(shard_xml([n]) for n in nodes),
+    }
+    (home / "config.d").mkdir(parents=True, exist_ok=True)
+    path = home / "config.d" / "cluster.xml"
+    _write_private(path, Template((TEMPLATES / "cluster.xml.template").read_text()).substitute(values))
+    return path
 
 
 def _write_private(path: Path, text: str) -> None:
