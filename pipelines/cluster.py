@@ -10,7 +10,6 @@ is missing is started, so `up` also brings back a node that was killed. docs/sca
 
 from __future__ import annotations
 
-import argparse
 import base64
 import socket
 import subprocess
@@ -265,17 +264,8 @@ def status(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.cluster", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status"])
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    try:
-        for line in {"up": up, "down": down, "status": status}[args.action](settings):
-            print(line)
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    actions = {"up": up, "down": down, "status": status}
+    return stack.run_action("pipelines.cluster", __doc__.splitlines()[0], actions, argv)
 
 
 if __name__ == "__main__":

@@ -417,19 +417,24 @@ def _status_line(service: Service) -> str:
     return f"{service.name}: {'running, pid ' + str(pid) if pid else 'stopped'} (log {service.log_file})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "topics"])
+def run_action(module: str, description: str, actions: dict, argv: list[str] | None) -> int:
+    """`python -m <module> <action>`: the action's lines on stdout, a StackError as one line on
+    stderr and exit code 1."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("action", choices=list(actions))
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
     try:
-        action = {"up": up, "down": down, "status": status, "topics": create_topics}[args.action]
-        for line in action(settings) or []:
+        for line in actions[args.action](Settings.from_env()) or []:
             print(line)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    actions = {"up": up, "down": down, "status": status, "topics": create_topics}
+    return run_action("pipelines.stack", __doc__.splitlines()[0], actions, argv)
 
 
 if __name__ == "__main__":
