@@ -117,11 +117,15 @@ def stop_services(services: list[Service], timeout_s: float = 30.0) -> list[bool
 
 
 def _alive(pid: int) -> bool:
+    """Whether pid still runs. A child of this process (a test that started the stack in-process)
+    is reaped here once it exits: as a zombie it would look alive until the deadline."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def rss_mib(pid: int) -> float:
@@ -360,6 +364,8 @@ def clickhouse_server() -> str:
 def _answers(settings: Settings) -> bool:
     from pipelines.store.clickhouse import wait_ready
 
+    if not _port_open(settings.clickhouse.host, settings.clickhouse.port):
+        return False  # not listening yet: spare the driver's logged traceback of a refused connection
     try:
         wait_ready(settings, timeout_s=1)
     except Exception:  # noqa: BLE001 - not ready yet, poll again
