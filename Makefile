@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: bench-cpu test-fast soak cluster-up cluster-down cluster-status zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: bench-cpu test-fast soak cluster-up cluster-down cluster-status test-cluster zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -83,13 +83,16 @@ test: lint up web browser ## lint (ruff), then every test: unit, integration, en
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint up ## the inner loop (under 3 minutes): unit and integration tests, no Flink job
-	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not soak and not cluster" $(PYTEST_ARGS)
 
 test-unit: venv jars ## unit tests only (no services)
-	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not e2e and not cluster" $(PYTEST_ARGS)
 
 test-integration: up ## tests that need the services
-	$(BIN)/python -m pytest -m "(integration or e2e) and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(integration or e2e) and not soak and not cluster" $(PYTEST_ARGS)
+
+test-cluster: lint setup zookeeper ## the cluster stack's smoke test: a broker and a replica killed (tests/cluster/); leaves running only what it found running
+	$(BIN)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
