@@ -113,6 +113,20 @@ def test_a_second_cluster_up_with_everything_running_starts_nothing(cluster_stac
     assert took < 30, messages
 
 
+def test_every_node_listens_on_loopback_only_and_on_its_ports(cluster_stack):
+    """ZooKeeper, the Kafka nodes and the ClickHouse servers (Flink's are tests/e2e/test_cluster.py's)."""
+    from tests.sockets import assert_loopback_only
+
+    ports: dict[str, set[int]] = {}
+    for service, port, _ in cluster._ports(cluster_stack):
+        if service is not None:
+            ports.setdefault(service.name, set()).add(port)
+    services = [cluster.zookeeper_service(cluster_stack), *cluster.kafka_services(cluster_stack).values(),
+                *cluster.clickhouse_services(cluster_stack).values()]
+    for service in services:
+        assert_loopback_only(service.name, {service.running_pid()}, ports[service.name])
+
+
 def test_a_topic_of_three_copies_takes_acks_all_writes_with_a_broker_killed_and_the_broker_rejoins(
         cluster_stack, session_tag, timings):
     from confluent_kafka import Consumer, Producer
