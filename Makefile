@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: bench-cpu test-fast soak cluster-up cluster-down superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: bench-cpu test-fast soak cluster-up cluster-down cluster-status test-cluster zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ $(JARS)/profiler/libasyncProfiler.so: stack/pom.xml
 	mvn -q -B -f stack/pom.xml -P profiler dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS))/profiler
 	cd $(JARS)/profiler && unzip -o -j -q async-profiler-*.jar linux-x64/libasyncProfiler.so
 
+zookeeper: ## Debian's zookeeper (apt), if missing: the cluster stack's ClickHouse replication
+	@if [ ! -e /usr/share/java/zookeeper.jar ]; then \
+	  echo "installing zookeeper from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
+
 clickhouse: ## Debian's clickhouse-server and clickhouse-client (apt), if missing
 	@if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then \
 	  echo "installing clickhouse-server and clickhouse-client from Debian"; \
@@ -77,13 +83,16 @@ test: lint up web browser ## lint (ruff), then every test: unit, integration, en
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint up ## the inner loop (under 3 minutes): unit and integration tests, no Flink job
-	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not soak and not cluster" $(PYTEST_ARGS)
 
 test-unit: venv jars ## unit tests only (no services)
-	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not e2e and not cluster" $(PYTEST_ARGS)
 
 test-integration: up ## tests that need the services
-	$(BIN)/python -m pytest -m "(integration or e2e) and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(integration or e2e) and not soak and not cluster" $(PYTEST_ARGS)
+
+test-cluster: lint setup zookeeper ## the cluster stack's smoke test: a broker and a replica killed (tests/cluster/); leaves running only what it found running
+	$(BIN)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
 	$(BIN)/python -m bench.pipeline --scale 2000 --runs 3
@@ -97,11 +106,14 @@ bench-cpu: up ## whole-stack CPU per record in catch-up at 1:400, ours beside th
 profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
 	$(BIN)/python -m bench.profile --scale 2000
 
-cluster-up: setup ## a Flink session cluster on loopback: 1 JobManager + 2 TaskManagers (REST 127.0.0.1:18081)
-	$(BIN)/python -m pipelines.stream.flink_cluster up
+cluster-up: setup zookeeper ## the cluster stack on loopback (idempotent): ZooKeeper, 3 Kafka nodes, 4 ClickHouse (2 shards x 2 replicas), Flink (docs/scale-out.md)
+	$(BIN)/python -m pipelines.cluster up
 
-cluster-down: ## stop the Flink session cluster
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.stream.flink_cluster down; fi
+cluster-down: ## stop the cluster stack
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines.cluster down; fi
+
+cluster-status: ## the cluster stack's nodes: pid, ports, resident memory
+	$(BIN)/python -m pipelines.cluster status
 
 soak: up ## the long fault runs (20 kills, broker and ClickHouse outages) and the 10-minute soak: docs/reliability.md
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bounded", action="store_true", help="stop once everything in Kafka now is loaded")
     run.add_argument("--cluster", metavar="HOST:PORT",
                      help="submit the job to a Flink session cluster's REST address (make cluster-up: "
-                          "127.0.0.1:18081) instead of the local mini-cluster (env VIEWCOUNT_FLINK_CLUSTER)")
+                          "127.0.0.1:29081) instead of the local mini-cluster (env VIEWCOUNT_FLINK_CLUSTER)")
     run.add_argument("--parallelism", type=int, help="the job's parallelism (env VIEWCOUNT_PARALLELISM)")
     run.set_defaults(func=cmd_run)
 

@@ -116,6 +116,100 @@ class ClickHouseTarget:
         return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"
 
 
+@dataclass(frozen=True)
+class ClickHouseNode:
+    """One server of the cluster stack: its place (shard, replica) and its three ports."""
+
+    shard: int
+    replica: int
+    tcp_port: int
+    http_port: int
+    interserver_port: int
+
+    @property
+    def name(self) -> str:
+        return f"clickhouse-s{self.shard}r{self.replica}"
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """The loopback cluster stack of `make cluster-up`: node counts, sizes and every port. The ports
+    derive from one base (VIEWCOUNT_CLUSTER_PORT_BASE), so a taken range moves as a whole; the
+    default base keeps clear of the single-node stack (18xxx, 19xxx) and of the ephemeral range."""
+
+    port_base: int = 29000
+    kafka_nodes: int = 3
+    kafka_heap: str = "512m"
+    # Every topic of the cluster: three copies, a write acknowledged by two (acks=all), so one
+    # broker may be down without refusing writes or losing an acknowledged one.
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    shards: int = 2
+    replicas: int = 2
+    zookeeper_heap: str = "256m"
+    # Every ClickHouse path in ZooKeeper lives under this node, created before the servers start.
+    zookeeper_root: str = "/viewcount"
+    # The 2 x 2 cluster of tables and reads, and the one of every server as its own shard that
+    # `ALTER ... ON CLUSTER` on a Distributed table needs in 18.16 (code 371 on the first).
+    clickhouse_cluster: str = "viewcount"
+    clickhouse_servers_cluster: str = "viewcount_servers"
+    taskmanagers: int = 2
+    jobmanager_memory: str = "1024m"
+    taskmanager_memory: str = "2048m"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.kafka_nodes <= 9 or not 1 <= self.shards * self.replicas <= 9:
+            raise ValueError("the cluster stack's port plan holds at most 9 Kafka nodes and 9 ClickHouse servers")
+        if not 1024 < self.port_base <= 65535 - 300:
+            raise ValueError(f"cluster port base {self.port_base} leaves no room for its ports (1025 to 65235)")
+
+    @property
+    def zookeeper_port(self) -> int:
+        return self.port_base + 181
+
+    def kafka_broker_port(self, node_id: int) -> int:
+        return self.port_base + 90 + node_id
+
+    def kafka_controller_port(self, node_id: int) -> int:
+        return self.port_base + 190 + node_id
+
+    @property
+    def kafka_node_ids(self) -> range:
+        return range(1, self.kafka_nodes + 1)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.kafka_broker_port(n)}" for n in self.kafka_node_ids)
+
+    @property
+    def kafka_voters(self) -> str:
+        """The fixed KRaft quorum: every node is a voter (controller.quorum.voters)."""
+        return ",".join(f"{n}@127.0.0.1:{self.kafka_controller_port(n)}" for n in self.kafka_node_ids)
+
+    @property
+    def clickhouse_nodes(self) -> list[ClickHouseNode]:
+        nodes = []
+        for shard in range(1, self.shards + 1):
+            for replica in range(1, self.replicas + 1):
+                k = (shard - 1) * self.replicas + replica
+                nodes.append(ClickHouseNode(shard, replica, tcp_port=self.port_base + k,
+                                            http_port=self.port_base + 120 + k,
+                                            interserver_port=self.port_base + 10 + k))
+        return nodes
+
+    @property
+    def flink_rest_port(self) -> int:
+        return self.port_base + 81
+
+    @property
+    def flink_rpc_port(self) -> int:
+        return self.port_base + 82
+
+    @property
+    def flink_blob_port(self) -> int:
+        return self.port_base + 83
+
+
 def stack_password(state_dir: Path, role: str) -> str:
     """The local stack's generated password for a role, or '' when the stack has none."""
     key = f"VIEWCOUNT_CLICKHOUSE_{role.upper()}_PASSWORD"
@@ -179,6 +273,9 @@ class Settings:
     flink_connector_jar: Path | None = None
     # A standalone Flink session cluster's REST address (host:port); empty: the local mini-cluster.
     flink_cluster: str = ""
+    # The loopback cluster stack (make cluster-up): ZooKeeper, Kafka nodes, ClickHouse shards and
+    # replicas, the Flink session cluster; its ports and sizes.
+    cluster: ClusterLayout = field(default_factory=ClusterLayout)
     # Apache Superset for analysts (make superset), on loopback: 8088 is its usual port.
     superset_port: int = 8088
     # The tracked subjects (pipelines/rollups/subjects.py), read again at every refresh: a subject
@@ -226,6 +323,7 @@ class Settings:
             event_max_age_s=int(_env("EVENT_MAX_AGE_S", str(base.event_max_age_s))),
             max_event_bytes=int(_env("MAX_EVENT_BYTES", str(base.max_event_bytes))),
             flink_cluster=_env("FLINK_CLUSTER", base.flink_cluster),
+            cluster=ClusterLayout(port_base=int(_env("CLUSTER_PORT_BASE", str(base.cluster.port_base)))),
             superset_port=int(_env("SUPERSET_PORT", str(base.superset_port))),
             subjects_file=Path(_env("SUBJECTS_FILE", str(base.subjects_file))),
             api_rate_per_s=float(_env("API_RATE_PER_S", str(base.api_rate_per_s))),

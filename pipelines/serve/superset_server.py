@@ -32,7 +32,7 @@ def home(settings: Settings) -> Path:
 
 def service(settings: Settings) -> Service:
     """Superset's gunicorn, its pid and log under <state>/superset."""
-    return Service("superset", home(settings))
+    return Service("superset", home(settings), "superset.app:create_app")
 
 
 def base_url(settings: Settings) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
 
-from pipelines.config import REPO_ROOT, WRITER_ONLY_SUFFIXES, Settings
+from pipelines.config import REPO_ROOT, WRITER_ONLY_SUFFIXES, ClickHouseNode, Settings
 from pipelines.store.tables import (  # noqa: F401 - the table names, re-exported for their readers
     DEAD_LETTERS,
     EVENTS_RAW,
@@ -160,22 +160,23 @@ def insert_rows(client, table: str, columns: Sequence[str], rows: Sequence[tuple
 
 
 def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[str] = (),
-                             analyst_databases: Iterable[str] = ()) -> Path:
-    """Write the local server's config.xml and users.xml under the state folder; return config.xml.
+                             analyst_databases: Iterable[str] = (), home: Path | None = None) -> Path:
+    """Write a server's config.xml and users.xml into home (the local stack's: state folder/clickhouse),
+    listening on settings.clickhouse's port; return config.xml.
 
     Passwords go in as SHA-256 hashes of the stack's generated ones; the dashboard user may use
     the configured database's companion plus dashboard_databases (sessions' test databases); the
     analyst the configured database, its companion and analyst_databases, never a writer-only
     database (`WRITER_ONLY_SUFFIXES`: the Kafka consumers, where reading one consumes, and the
     private one holding the pseudonym key)."""
-    home = settings.state_dir / "clickhouse"
+    home = home or settings.state_dir / "clickhouse"
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     allowed = sorted({settings.clickhouse.dashboard_database, *dashboard_databases})
     readable = sorted(name for name in {settings.clickhouse.database, settings.clickhouse.dashboard_database,
                                         *analyst_databases} if not name.endswith(WRITER_ONLY_SUFFIXES))
     values = {
-        "state_dir": str(settings.state_dir.resolve()),
+        "home": str(home.resolve()),
         "tcp_port": settings.clickhouse.port,
         "http_port": settings.clickhouse_http_port,
         "dashboard_databases": "".join(f"<database>{name}</database>" for name in allowed),
@@ -191,6 +192,39 @@ def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[s
         text = Template((TEMPLATES / f"{name}.template").read_text()).substitute(values)
         _write_private(home / name, text)
     return home / "config.xml"
+
+
+def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) -> Path:
+    """Write a cluster server's config.d/cluster.xml (merged over its config.xml at start): its
+    macros, interserver port, ZooKeeper with its root, the two clusters and distributed DDL."""
+    from xml.sax.saxutils import escape
+
+    layout = settings.cluster
+    writer = settings.clickhouse_as("writer")
+
+    def replica_xml(other: ClickHouseNode) -> str:
+        return (f"<replica><host>127.0.0.1</host><port>{other.tcp_port}</port>"
+                f"<user>{escape(writer.user)}</user><password>{escape(writer.password)}</password></replica>")
+
+    def shard_xml(members: list[ClickHouseNode]) -> str:
+        # internal_replication: a Distributed insert writes one replica and the table copies it on.
+        replicas = "".join(replica_xml(member) for member in members)
+        internal = "true" if len(members) > 1 else "false"
+        return f"            <shard><internal_replication>{internal}</internal_replication>{replicas}</shard>"
+
+    nodes = layout.clickhouse_nodes
+    shards = [[n for n in nodes if n.shard == shard] for shard in sorted({n.shard for n in nodes})]
+    values = {
+        "interserver_port": node.interserver_port, "shard": node.shard, "replica": node.name,
+        "zookeeper_port": layout.zookeeper_port, "zookeeper_root": layout.zookeeper_root,
+        "cluster": layout.clickhouse_cluster, "servers_cluster": layout.clickhouse_servers_cluster,
+        "shards": "\n".join(shard_xml(members) for members in shards),
+        "servers": "\n".join(shard_xml([n]) for n in nodes),
+    }
+    (home / "config.d").mkdir(parents=True, exist_ok=True)
+    path = home / "config.d" / "cluster.xml"
+    _write_private(path, Template((TEMPLATES / "cluster.xml.template").read_text()).substitute(values))
+    return path
 
 
 def _write_private(path: Path, text: str) -> None:

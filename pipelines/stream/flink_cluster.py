@@ -3,6 +3,7 @@
 `make cluster-up` / `make cluster-down` (`python -m pipelines.stream.flink_cluster up|down|status`). It is
 the apache-flink wheel's own distribution (pyflink/bin, pyflink/lib) run with a conf folder of ours
 under the state folder; `viewcount run --cluster 127.0.0.1:<rest port>` submits the same job to it.
+Its ports and sizes are the cluster stack's (Settings.cluster), which starts it last (pipelines/cluster.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.stack import StackError, ensure_port_free
 
 TEMPLATE = REPO_ROOT / "stack" / "flink" / "config.yaml.template"
-REST_PORT, RPC_PORT, BLOB_PORT = 18081, 16123, 16124
 
 
-class ClusterError(RuntimeError):
+class ClusterError(StackError):
     """The cluster did not come up or cannot be reached; the message says what to do."""
 
 
@@ -39,7 +40,13 @@ def _home(settings: Settings) -> Path:
 
 
 def address(settings: Settings) -> str:
-    return f"127.0.0.1:{REST_PORT}"
+    return f"127.0.0.1:{settings.cluster.flink_rest_port}"
+
+
+def ports(settings: Settings) -> dict[str, int]:
+    """What the JobManager listens on; TaskManagers take free ports of their own."""
+    layout = settings.cluster
+    return {"REST": layout.flink_rest_port, "RPC": layout.flink_rpc_port, "blob server": layout.flink_blob_port}
 
 
 def render_conf(settings: Settings) -> Path:
@@ -50,17 +57,20 @@ def render_conf(settings: Settings) -> Path:
     # The wheel's java options (module opens Flink needs on Java 17) are kept as they are.
     shipped = (_flink_home() / "conf" / "config.yaml").read_text()
     java_opts = next(line.split("all:", 1)[1].strip() for line in shipped.splitlines() if "all: --add" in line)
+    layout = settings.cluster
     values = {"state_dir": str(settings.state_dir.resolve()), "java_opts": java_opts,
-              "rest_port": REST_PORT, "rpc_port": RPC_PORT, "blob_port": BLOB_PORT}
+              "rest_port": layout.flink_rest_port, "rpc_port": layout.flink_rpc_port,
+              "blob_port": layout.flink_blob_port, "jobmanager_memory": layout.jobmanager_memory,
+              "taskmanager_memory": layout.taskmanager_memory}
     (conf / "config.yaml").write_text(Template(TEMPLATE.read_text()).substitute(values))
     for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties"):
         shutil.copy(_flink_home() / "conf" / name, conf / name)
     return conf
 
 
-def overview(timeout_s: float = 2.0) -> dict | None:
+def overview(settings: Settings, timeout_s: float = 2.0) -> dict | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{REST_PORT}/overview", timeout=timeout_s) as answer:
+        with urllib.request.urlopen(f"http://{address(settings)}/overview", timeout=timeout_s) as answer:
             return json.loads(answer.read())
     except OSError:
         return None
@@ -86,16 +96,21 @@ def _script(settings: Settings, name: str, *args: str) -> None:
     subprocess.run(["bash", str(script), *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def up(settings: Settings, taskmanagers: int = 2, timeout_s: float = 120.0) -> list[str]:
-    """Start the JobManager and `taskmanagers` TaskManagers (idempotent); wait until they registered."""
-    running = overview()
+def up(settings: Settings, taskmanagers: int | None = None, timeout_s: float = 120.0) -> list[str]:
+    """Start the JobManager and `taskmanagers` TaskManagers (default: the layout's; idempotent);
+    wait until they registered."""
+    taskmanagers = settings.cluster.taskmanagers if taskmanagers is None else taskmanagers
+    running = overview(settings)
     if running is None:
+        for what, port in ports(settings).items():
+            ensure_port_free(port, f"the Flink JobManager's {what}",
+                             "move the cluster stack's ports with VIEWCOUNT_CLUSTER_PORT_BASE")
         _script(settings, "jobmanager.sh", "start")
         running = {"taskmanagers": 0}
     for _ in range(taskmanagers - running.get("taskmanagers", 0)):
         _script(settings, "taskmanager.sh", "start")
     deadline = time.monotonic() + timeout_s
-    while (now := overview()) is None or now.get("taskmanagers", 0) < taskmanagers:
+    while (now := overview(settings)) is None or now.get("taskmanagers", 0) < taskmanagers:
         if time.monotonic() > deadline:
             raise ClusterError(f"the Flink cluster did not come up with {taskmanagers} TaskManagers in "
                                f"{timeout_s:.0f} s: see {_home(settings) / 'log'}")
@@ -113,7 +128,7 @@ def down(settings: Settings) -> list[str]:
 
 
 def status(settings: Settings) -> list[str]:
-    now = overview()
+    now = overview(settings)
     if now is None:
         return [f"flink cluster: not running at {address(settings)}"]
     return [f"flink cluster at {address(settings)}: {now['taskmanagers']} TaskManagers, "
@@ -123,11 +138,15 @@ def status(settings: Settings) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--taskmanagers", type=int, default=2)
+    parser.add_argument("--taskmanagers", type=int, help="default: the cluster stack's (pipelines/config.py)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    lines = up(settings, args.taskmanagers) if args.command == "up" else (
-        down(settings) if args.command == "down" else status(settings))
+    try:
+        lines = up(settings, args.taskmanagers) if args.command == "up" else (
+            down(settings) if args.command == "down" else status(settings))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(lines))
     return 0
 

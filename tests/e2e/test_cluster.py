@@ -25,7 +25,7 @@ SEED = 1208
 def flink_cluster(stack_settings):
     from pipelines.stream import flink_cluster
 
-    was_running = flink_cluster.overview() is not None
+    was_running = flink_cluster.overview(stack_settings) is not None
     flink_cluster.up(stack_settings, taskmanagers=2)
     yield flink_cluster.address(stack_settings)
     if not was_running:
@@ -100,4 +100,4 @@ def test_the_cluster_listens_on_loopback_only(stack_settings, flink_cluster):
         pytest.skip(f"the cluster at {flink_cluster} was not started from {stack_settings.state_dir}")
     assert len(pids) >= 3, pids  # the JobManager and two TaskManagers
     assert_loopback_only("the Flink session cluster", {p for pid in pids for p in process_tree(pid)},
-                         {cluster.REST_PORT, cluster.RPC_PORT, cluster.BLOB_PORT})
+                         set(cluster.ports(stack_settings).values()))

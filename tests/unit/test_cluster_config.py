@@ -1,0 +1,101 @@
+"""The cluster stack's configuration, rendered without starting anything: one port plan, each
+ClickHouse server its place in 2 shards x 2 replicas, each Kafka node the shared quorum, and the
+single-node stack's files from the same templates."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+
+import pytest
+
+from pipelines import cluster, stack
+from pipelines.config import ClusterLayout, Settings
+from pipelines.store.clickhouse import render_clickhouse_config, render_cluster_config
+
+
+@pytest.fixture()
+def settings(tmp_path) -> Settings:
+    passwords = (("writer", "w-secret"), ("analyst", "a-secret"), ("dashboard", "d-secret"))
+    return replace(Settings.from_env(), state_dir=tmp_path, clickhouse_passwords=passwords)
+
+
+def test_every_port_of_the_cluster_is_its_own_and_clear_of_the_single_node_stack(settings):
+    ports = [port for _, port, _ in cluster._ports(settings)]
+    assert len(ports) == len(set(ports)) == 1 + 3 * 2 + 4 * 3 + 3
+    single_node = {19000, 18123, 19092, 19093}
+    assert not single_node & set(ports)
+    base = settings.cluster.port_base
+    assert all(base < port < base + 300 for port in ports)
+
+
+def test_the_whole_port_plan_moves_with_its_base():
+    moved = ClusterLayout(port_base=31000)
+    assert moved.zookeeper_port == 31181
+    assert moved.kafka_bootstrap == "127.0.0.1:31091,127.0.0.1:31092,127.0.0.1:31093"
+    assert [n.tcp_port for n in moved.clickhouse_nodes] == [31001, 31002, 31003, 31004]
+
+
+def test_each_clickhouse_server_knows_its_shard_replica_zookeeper_root_and_both_clusters(settings, tmp_path):
+    node = settings.cluster.clickhouse_nodes[1]
+    own = cluster.server_settings(settings, node)
+    path = render_cluster_config(own, node, tmp_path / node.name)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it carries the writer's password
+    root = ET.parse(path).getroot()
+    assert (root.findtext("macros/shard"), root.findtext("macros/replica")) == ("1", "clickhouse-s1r2")
+    assert root.findtext("zookeeper/root") == "/viewcount"
+    assert root.findtext("zookeeper/node/port") == str(settings.cluster.zookeeper_port)
+    assert root.findtext("interserver_http_port") == str(node.interserver_port)
+    shards = root.findall("remote_servers/viewcount/shard")
+    assert [[r.findtext("port") for r in shard.findall("replica")] for shard in shards] == [
+        ["29001", "29002"], ["29003", "29004"]]
+    assert all(shard.findtext("internal_replication") == "true" for shard in shards)
+    assert {r.findtext("user") for r in root.find("remote_servers").iter("replica")} == {"viewcount_writer"}
+    each = root.findall("remote_servers/viewcount_servers/shard")
+    assert [len(shard.findall("replica")) for shard in each] == [1, 1, 1, 1]
+    assert root.findtext("distributed_ddl/path")
+
+
+def test_a_cluster_server_has_the_single_node_users_on_its_own_ports_and_folder(settings, tmp_path):
+    node = settings.cluster.clickhouse_nodes[3]
+    home = tmp_path / node.name
+    config = ET.parse(render_clickhouse_config(cluster.server_settings(settings, node), home=home)).getroot()
+    assert (config.findtext("tcp_port"), config.findtext("http_port")) == (str(node.tcp_port), str(node.http_port))
+    assert config.findtext("path") == f"{home.resolve()}/data/"
+    users = ET.parse(home / "users.xml").getroot()
+    assert {u.tag for u in users.find("users")} == {"viewcount_writer", "analyst", "dashboard", "default"}
+    single = ET.parse(render_clickhouse_config(settings)).getroot()
+    assert single.findtext("tcp_port") == "19000"
+    assert single.findtext("path") == f"{(settings.state_dir / 'clickhouse').resolve()}/data/"
+
+
+def test_kafka_nodes_share_a_fixed_quorum_and_keep_three_copies_the_single_node_one(settings):
+    layout = settings.cluster
+    service = cluster.kafka_services(settings)[2]
+    properties = stack.render_kafka(
+        service, node_id=2, controller_quorum=f"controller.quorum.voters={layout.kafka_voters}",
+        broker_address="127.0.0.1:29092", controller_address="127.0.0.1:29192", partitions=4,
+        replication_factor=3, min_insync_replicas=2).read_text()
+    assert "node.id=2\n" in properties
+    assert "controller.quorum.voters=1@127.0.0.1:29191,2@127.0.0.1:29192,3@127.0.0.1:29193\n" in properties
+    for line in ("default.replication.factor=3", "min.insync.replicas=2", "offsets.topic.replication.factor=3",
+                 "transaction.state.log.replication.factor=3", "transaction.state.log.min.isr=2"):
+        assert f"{line}\n" in properties
+    assert f"log.dirs={service.home / 'data'}\n" in properties
+    single = stack.render_kafka(stack.kafka_service(settings), node_id=1,
+                                controller_quorum="controller.quorum.bootstrap.servers=127.0.0.1:19093",
+                                broker_address="127.0.0.1:19092", controller_address="127.0.0.1:19093",
+                                partitions=4).read_text()
+    assert "offsets.topic.replication.factor=1\n" in single and "min.insync.replicas=1\n" in single
+
+
+def test_a_taken_port_is_named_with_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        expected = rf"port {port} \(ZooKeeper\) is taken .* VIEWCOUNT_CLUSTER_PORT_BASE"
+        with pytest.raises(stack.StackError, match=expected):
+            stack.ensure_port_free(port, "ZooKeeper", cluster.MOVE_PORTS)
