@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -80,7 +81,8 @@ def pipeline_env(settings: Settings, flink_log_dir: Path | None = None, **extra:
 def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
     """Topics and a migrated database of their own (and the database's dashboard companion, which
     the local stack's dashboard user may read), on the same services; all removed at the end, the
-    database before the topics (dropping a Kafka table whose topic is gone hangs 18.16)."""
+    database before the topics (dropping a Kafka table whose topic is gone hangs 18.16), and the
+    jobs' restore points under the state folder."""
     from confluent_kafka.admin import AdminClient
 
     from pipelines.stack import allow_dashboard, create_topics
@@ -103,3 +105,4 @@ def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
         for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best effort: a topic already gone is fine
                 future.result()
+        shutil.rmtree(settings.checkpoint_dir.parent, ignore_errors=True)  # .state/flink/<this prefix>

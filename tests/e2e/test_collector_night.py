@@ -9,6 +9,7 @@ VIEWCOUNT_EVENT_MAX_AGE_S widened to ten years (docs/collector.md).
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -57,6 +58,7 @@ def via_http(stack_settings, session_tag):
         for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best effort clean-up
                 future.result()
+        shutil.rmtree(settings.checkpoint_dir.parent, ignore_errors=True)  # .state/flink/<this prefix>
 
 
 def test_every_event_sent_over_http_reaches_the_archive_once(via_http):
