@@ -8,19 +8,14 @@ VIEWCOUNT_EVENT_MAX_AGE_S widened to ten years (docs/collector.md).
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-from dataclasses import replace
-
 import pytest
 
-from pipelines.config import Topics
 from pipelines.ingest.collector_process import CollectorProcess
 from pipelines.reference.generator import generate_night
 from pipelines.serve import figures_from_posts, query
-from pipelines.store.migrate import drop_database
 from pipelines.stream.runner import run_pipeline
 from tests.expectations import assert_headline_matches_truth, assert_post_minutes_match_truth
+from tests.support import namespace
 
 pytestmark = pytest.mark.e2e
 SCALE = 5_000
@@ -32,33 +27,14 @@ NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
 
 @pytest.fixture(scope="module")
 def via_http(stack_settings, session_tag):
-    """Topics and a database of this module's own; the night sent through a collector."""
-    from confluent_kafka.admin import AdminClient
-
-    from pipelines.stack import create_topics
+    """Topics and a database of this module's own (tests.support.namespace); the night sent through a collector."""
     from pipelines.store.clickhouse import connect
-    from pipelines.store.migrate import apply_migrations
 
-    target = stack_settings.clickhouse
-    settings = replace(
-        stack_settings, topics=Topics(prefix=f"collnight{session_tag}"), event_max_age_s=TEN_YEARS_S,
-        clickhouse_url=(f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
-                        f"viewcount_collnight_{session_tag}"))
-    create_topics(settings)
-    admin = connect(settings, database="default")
-    apply_migrations(admin, settings.clickhouse.database)
-    try:
+    with namespace(stack_settings, f"collnight{session_tag}", event_max_age_s=TEN_YEARS_S) as settings:
         with CollectorProcess(settings, {"night": KEY}, workers=2) as collector:
             truth = generate_night(settings, scale=SCALE, seed=SEED, via=collector.url, via_key=KEY)
         stats = run_pipeline(settings, bounded=True)
         yield settings, truth, stats, connect(settings)
-    finally:
-        drop_database(admin, settings.clickhouse.database)
-        kafka = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-        for future in kafka.delete_topics(settings.topics.all(), operation_timeout=30).values():
-            with contextlib.suppress(Exception):  # best effort clean-up
-                future.result()
-        shutil.rmtree(settings.checkpoint_dir.parent, ignore_errors=True)  # .state/flink/<this prefix>
 
 
 def test_every_event_sent_over_http_reaches_the_archive_once(via_http):
