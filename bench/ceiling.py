@@ -130,7 +130,8 @@ def build(t_env, settings: Settings, rung: Rung):
         statements = t_env.create_statement_set()
     else:
         statements = rollup_job.build(t_env, settings, bounded=True, blackhole=not rung.kafka_sinks,
-                                      outputs=rung.outputs, exactly_once=rung.exactly_once)
+                                      outputs=rung.outputs, exactly_once=rung.exactly_once,
+                                      closed_minutes=False)
         aggregated_view, time_column = "valid_events", "event_time"
     if rung.ceiling_aggregate:
         t_env.execute_sql(CEILING_SINK_DDL)
