@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipelines.rollups import sketches
-from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of, query_text
+from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of
+from pipelines.store.queries import query_text
 
 DAY = timedelta(days=1)
 GRAIN_LENGTH = {"minute": timedelta(minutes=1), "hour": HOUR, "day": DAY}

@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from pipelines.rollups import subject_rollups, subject_rows
-from pipelines.serve import query
 from pipelines.serve.figures_from_rollups import grain_bounds
-from pipelines.store import migrate
+from pipelines.store import migrate, queries
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 
@@ -39,7 +38,7 @@ def session(tmp_path):
 
 
 def test_every_subject_rollup_statement_runs_on_current_clickhouse(session):
-    paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(query.QUERIES_DIR.glob("subject_*.sql"))
+    paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(queries.QUERIES_DIR.glob("subject_*.sql"))
     assert len(paths) >= 14
     for path in paths:
         session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), path.read_text()))
