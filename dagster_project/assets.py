@@ -95,8 +95,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
 )
 def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource):
     from pipelines.repair import subject_repair
-    from pipelines.rollups.subjects import load_subjects
-    from pipelines.serve.figures_from_posts import conversation_posts
+    from pipelines.rollups.subjects import conversation_posts, load_subjects
 
     drifts = []
     with clickhouse.client() as client:

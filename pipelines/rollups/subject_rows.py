@@ -15,8 +15,9 @@ from functools import cache
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
 from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, sessions
-from pipelines.rollups.subjects import Subject
+from pipelines.rollups.subjects import Subject, conversation_posts
 from pipelines.store.clickhouse import SUBJECT_POSTS, SUBJECT_ROLLUP, insert_rows
+from pipelines.store.queries import query_text
 from pipelines.store.tables import TABLE_COLUMNS
 
 SQL_DIR = REPO_ROOT / "sql" / "subject_rollups"
@@ -135,10 +136,8 @@ def attribute_new_posts(client, subject: Subject, since: datetime) -> dict[int, 
 
 
 def attribute_all(client, subject: Subject) -> dict[int, datetime]:
-    """The whole attribution walk over every post (pipelines.rollups.subjects.posts_about); stores the
+    """The whole attribution walk over every post (pipelines.rollups.subjects.conversation_posts); stores the
     posts about the subject that subject_posts lacks and returns them."""
-    from pipelines.serve.figures_from_posts import conversation_posts
-
     about, created = conversation_posts(client, subject)
     missing = about - members_among(client, subject, about) if about else set()
     new = {pid: created[pid] for pid in missing}
@@ -192,8 +191,6 @@ def runs_of(minutes: list[datetime], gap: timedelta) -> list[list[datetime]]:
 def listeners_into(client, subject: Subject, minutes: list[datetime], rows: dict[datetime, dict]) -> None:
     """Concurrent listeners of the subject's Space in each minute (sessions open at any moment of
     it, as pipelines.rollups.listeners defines them) and the sketch of who they were."""
-    from pipelines.serve.query import query_text
-
     for run in runs_of(minutes, PRESENCE_RUN_GAP):
         start, end = run[0], run[-1] + MINUTE
         events = client.execute(query_text("space_presence"), {

@@ -6,10 +6,12 @@ import tomllib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipelines.config import Settings
+from pipelines.store.queries import query_text
 
 
 class UnknownSubject(LookupError):
@@ -85,3 +87,11 @@ def posts_about(subject: Subject, posts: Iterable[tuple[int, int, int, list[int]
                 frontier.append(child)
     about.discard(subject.root_post_id)
     return about
+
+
+def conversation_posts(client, subject: Subject) -> tuple[set[int], dict[int, datetime]]:
+    """The whole attribution walk over every stored post: (posts about the subject, creation time of
+    every known post)."""
+    rows = client.execute(query_text("posts_graph"))
+    created = {row[0]: row[5] for row in rows}
+    return posts_about(subject, ((r[0], r[1], r[2], r[3], r[4]) for r in rows)), created

@@ -87,7 +87,7 @@ def recent_range(client, subject, span: timedelta) -> tuple[datetime, datetime]:
     """The default range of a series: span up to the end of the subject's newest minute with views
     (an archived night shows its last hours, a live one the last hours up to now); span up to the
     current minute if it has none yet. Never all time: a poller's cost must not grow with history."""
-    from pipelines.serve.query import query_text
+    from pipelines.store.queries import query_text
 
     rows = client.execute(query_text("subject_freshness"))
     newest = [m for (subject_id, _at, _read_to, m, _now) in rows if subject_id == subject.id and m and m.year > 1970]
@@ -203,7 +203,7 @@ def top_posts_answer(client, subject, start: datetime, end: datetime, limit: int
 
 
 def health_answer(client) -> dict:
-    from pipelines.serve.query import query_text
+    from pipelines.store.queries import query_text
 
     rows = client.execute(query_text("subject_freshness"))
     subjects = []

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipelines.rollups import sketches
-from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of, query_text
+from pipelines.rollups.subjects import conversation_posts
+from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of
+from pipelines.store.queries import query_text
 
 
 def space_listeners(client, space_id: int, start: datetime, end: datetime) -> ListenerFigures:
@@ -37,15 +39,6 @@ def space_listeners(client, space_id: int, start: datetime, end: datetime) -> Li
         peak_minute=frame.window_start[peak_at] if peak_at is not None else None,
         unique_listeners=estimate, unique_listeners_lower=lower, unique_listeners_upper=upper, minutes=frame,
     )
-
-
-def conversation_posts(client, subject) -> tuple[set[int], dict[int, datetime]]:
-    """(posts about the subject, creation time of every known post)."""
-    from pipelines.rollups.subjects import posts_about
-
-    rows = client.execute(query_text("posts_graph"))
-    created = {row[0]: row[5] for row in rows}
-    return posts_about(subject, ((r[0], r[1], r[2], r[3], r[4]) for r in rows)), created
 
 
 ROW_COLUMNS = ["post_id", "window_start", "views", "impressions", "sketch"]

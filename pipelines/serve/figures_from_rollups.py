@@ -6,15 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipelines.rollups import sketches
-from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of, query_text
+from pipelines.serve.query import HOUR, ListenerFigures, QueryError, SubjectFigures, _utc_of
+from pipelines.store.queries import query_text
+from pipelines.store.tables import SUBJECT_ROLLUP, TABLE_COLUMNS
 
 DAY = timedelta(days=1)
 GRAIN_LENGTH = {"minute": timedelta(minutes=1), "hour": HOUR, "day": DAY}
-HEADLINE_COLUMNS = [
-    "grain", "window_start", "subject_views", "subject_impressions", "posts_new", "posts_total",
-    "views_of_posts_about", "impressions_of_posts_about", "combined_views", "impressions", "post_rows",
-    "unique_viewers_sketch", "listeners", "peak_minute", "unique_listeners_sketch",
-]
+ROLLUP_COLUMNS = TABLE_COLUMNS[SUBJECT_ROLLUP]  # subject_headline.sql reads them all, in this order
 
 
 def _naive(moment: datetime) -> datetime:
@@ -47,10 +45,10 @@ def grain_bounds(start: datetime, end: datetime) -> dict[str, datetime]:
 
 
 def subject_rollup_rows(client, subject, start: datetime, end: datetime) -> list[dict]:
-    """The fewest rollup rows covering [start, end) (HEADLINE_COLUMNS), oldest first."""
+    """The fewest rollup rows covering [start, end) (ROLLUP_COLUMNS), oldest first."""
     rows = client.execute(query_text("subject_headline"), {"subject_id": subject.id, **grain_bounds(start, end)},
                           settings={"strings_as_bytes": True})
-    found = [dict(zip(HEADLINE_COLUMNS, row, strict=True)) for row in rows]
+    found = [dict(zip(ROLLUP_COLUMNS, row, strict=True)) for row in rows]
     for row in found:
         row["grain"] = row["grain"].decode() if isinstance(row["grain"], bytes) else row["grain"]
         row["window_start"] = _naive(row["window_start"])
@@ -90,7 +88,7 @@ def subject_rollup_figures(client, subject, start: datetime, end: datetime, with
                                                                _naive(end))}
         detail = client.execute(query_text("subject_headline"), {"subject_id": subject.id, **edges},
                                 settings={"strings_as_bytes": True})
-        detail = [dict(zip(HEADLINE_COLUMNS, r, strict=True)) for r in detail]
+        detail = [dict(zip(ROLLUP_COLUMNS, r, strict=True)) for r in detail]
         detail = [r for r in detail if r["post_rows"] > 0]
         bounds = [sketches.estimate_with_bounds(sketches.from_bytes(r["unique_viewers_sketch"])) for r in detail]
         minutes = pd.DataFrame({

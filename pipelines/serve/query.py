@@ -1,28 +1,17 @@
-"""The analyst queries (sql/queries) and a post's figures from them; the ranges, errors and subject figures
+"""A post's figures from the analyst queries (pipelines.store.queries); the ranges, errors and subject figures
 that `figures_from_posts` and `figures_from_rollups` share, and the headline they are printed as."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from pathlib import Path
 
-from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
+from pipelines.store.queries import query_text
 
-QUERIES_DIR = REPO_ROOT / "sql" / "queries"
 # Wide enough for any event; 18.16 cannot compare DateTime with dates past 2105.
 ALL_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 HOUR = timedelta(hours=1)
-
-
-@cache
-def query_text(name: str) -> str:
-    path = QUERIES_DIR / f"{name}.sql"
-    if not path.is_file():
-        raise KeyError(f"no analyst query named {name!r} in {QUERIES_DIR}")
-    return path.read_text()
 
 
 @dataclass(frozen=True)
@@ -59,10 +48,6 @@ def post_figures(client, post_id: int, start: datetime = ALL_TIME[0], end: datet
 def all_posts_totals(client, start: datetime = ALL_TIME[0], end: datetime = ALL_TIME[1]) -> dict[str, int]:
     (posts, views, impressions), = client.execute(query_text("all_posts_totals"), {"from": start, "to": end})
     return {"posts": posts, "views": views, "impressions": impressions}
-
-
-def query_files() -> list[Path]:
-    return sorted(QUERIES_DIR.glob("*.sql"))
 
 
 class QueryError(ValueError):

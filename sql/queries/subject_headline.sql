@@ -3,9 +3,8 @@
 -- (pipelines.serve.figures_from_rollups computes the bounds: from <= hour_from <= day_from <= day_to
 -- <= hour_to <= to).
 -- Counts are sums of these rows; unique viewers and listeners are unions of their sketches.
-SELECT grain, window_start, subject_views, subject_impressions, posts_new, posts_total, views_of_posts_about,
-       impressions_of_posts_about, combined_views, impressions, post_rows, unique_viewers_sketch, listeners,
-       peak_minute, unique_listeners_sketch
+-- Every column, in the order of the registry (pipelines/store/tables.py), which the code reads them by.
+SELECT *
 FROM subject_rollup FINAL
 WHERE subject_id = %(subject_id)s
   AND window_start >= %(from)s AND window_start < %(to)s

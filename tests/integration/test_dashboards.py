@@ -12,8 +12,8 @@ import pytest
 
 from pipelines.repair import subject_repair
 from pipelines.rollups import sketches, subject_rollups, subject_rows
-from pipelines.rollups.subjects import load_subjects
-from pipelines.serve import figures_from_posts, figures_from_rollups, query
+from pipelines.rollups.subjects import conversation_posts, load_subjects
+from pipelines.serve import figures_from_rollups, query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
 from tests.support import answers, poll
@@ -60,7 +60,7 @@ def subject():
 
 def test_attribution_is_stored_as_the_walk_over_all_posts_finds_it(night, subject):
     _, client = night
-    about, created = figures_from_posts.conversation_posts(client, subject)
+    about, created = conversation_posts(client, subject)
     stored = {pid for (pid,) in client.execute(
         "SELECT post_id FROM subject_posts FINAL WHERE subject_id = %(s)s", {"s": subject.id})}
     assert stored == about
@@ -94,7 +94,7 @@ def _post(post_id: int, created: datetime, reply_to: int) -> tuple:
 
 def test_a_post_arriving_after_its_views_and_a_reply_to_it_arriving_first_are_counted(night, subject):
     settings, client = night
-    about, created = figures_from_posts.conversation_posts(client, subject)
+    about, created = conversation_posts(client, subject)
     # A reply to a reply: the parent is itself about the subject only through another post.
     parent = next(p for p in sorted(about) if created[p] < datetime(2024, 8, 13, 0, 0))
     late, reply_of_late = 900_000_001, 900_000_002

@@ -8,8 +8,7 @@ import re
 import pytest
 
 from pipelines.repair import backfill, erasure, ledger
-from pipelines.serve import query
-from pipelines.store import migrate, pseudonyms
+from pipelines.store import migrate, pseudonyms, queries
 from pipelines.store.tables import EVENTS_RAW_COLUMNS
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
@@ -71,8 +70,8 @@ def test_analyst_queries_run_on_current_clickhouse_and_read_what_was_written(mig
     migrated.query("CREATE TABLE conversation_posts (post_id UInt64) ENGINE = Memory")
     migrated.query("INSERT INTO conversation_posts VALUES (1)")
     migrated.query("INSERT INTO post_minute VALUES (1, '2024-08-12 23:47:00', 5, 2, '', 5, 10)")
-    results = {path.stem: _rows(migrated, _with_values(path.read_text(), NIGHT)) for path in query.query_files()}
-    assert len(results) == len(query.query_files()) >= 10
+    results = {path.stem: _rows(migrated, _with_values(path.read_text(), NIGHT)) for path in queries.query_files()}
+    assert len(results) == len(queries.query_files()) >= 10
     assert results["post_minutes"] == [["2024-08-12 23:47:00", 5, 2, ""]]
     assert results["all_posts_totals"] == [[1, 5, 2]]
     assert results["top_posts"] == [[1, 5, 2]]

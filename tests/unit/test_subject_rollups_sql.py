@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
 import pytest
 
 from pipelines.rollups import subject_rollups, subject_rows
-from pipelines.serve import query
+from pipelines.serve import figures_from_rollups
 from pipelines.serve.figures_from_rollups import grain_bounds
-from pipelines.store import migrate
+from pipelines.store import migrate, queries
+from pipelines.store.tables import SUBJECT_ROLLUP, TABLE_COLUMNS
 
 chdb = pytest.importorskip("chdb", reason="chdb is a dev dependency: make venv")
 
@@ -39,10 +41,20 @@ def session(tmp_path):
 
 
 def test_every_subject_rollup_statement_runs_on_current_clickhouse(session):
-    paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(query.QUERIES_DIR.glob("subject_*.sql"))
+    paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(queries.QUERIES_DIR.glob("subject_*.sql"))
     assert len(paths) >= 14
     for path in paths:
         session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), path.read_text()))
+
+
+def test_the_rollup_reads_return_the_registry_s_columns_in_its_order(session):
+    """subject_rows.existing_rows and figures_from_rollups.subject_rollup_rows name the columns of
+    rollup_rows.sql and subject_headline.sql by the registry: the statements must return exactly those."""
+    assert subject_rows.ROLLUP_COLUMNS == figures_from_rollups.ROLLUP_COLUMNS == TABLE_COLUMNS[SUBJECT_ROLLUP]
+    for text in (subject_rows.sql("rollup_rows"), queries.query_text("subject_headline")):
+        result = json.loads(str(session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), text),
+                                              "JSONCompact")))
+        assert [column["name"] for column in result["meta"]] == list(TABLE_COLUMNS[SUBJECT_ROLLUP])
 
 
 def test_an_insert_into_post_minute_is_recorded_as_a_change(session):
