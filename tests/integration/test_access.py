@@ -309,8 +309,14 @@ def test_the_dagster_ui_listens_on_loopback_only(tmp_path, stack_settings):
         assert "dagster_webserver_version" in json.loads(info)
         assert_loopback_only("Dagster", process_tree(process.pid), {port})
     finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=60)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # dagster dev's three processes can take longer to stop on a busy 2-core box (CI, 6 Dec:
+            # more than 60 s after this test's assertions had passed); how fast is not this test's promise.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 @pytest.mark.e2e  # it starts the Flink job: not in make test-fast
