@@ -26,6 +26,11 @@ def _value(name: str) -> str:
     return VALUES.get(name, "'2024-08-12 23:47:00'")  # every other parameter is a time
 
 
+def _filled(text: str) -> str:
+    """A statement with its %(name)s parameters replaced by test values."""
+    return re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), text)
+
+
 @pytest.fixture()
 def session(tmp_path):
     from chdb import session as chs
@@ -44,7 +49,7 @@ def test_every_subject_rollup_statement_runs_on_current_clickhouse(session):
     paths = sorted(subject_rows.SQL_DIR.glob("*.sql")) + sorted(queries.QUERIES_DIR.glob("subject_*.sql"))
     assert len(paths) >= 14
     for path in paths:
-        session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), path.read_text()))
+        session.query(_filled(path.read_text()))
 
 
 def test_the_rollup_reads_return_the_registry_s_columns_in_its_order(session):
@@ -52,8 +57,7 @@ def test_the_rollup_reads_return_the_registry_s_columns_in_its_order(session):
     rollup_rows.sql and subject_headline.sql by the registry: the statements must return exactly those."""
     assert subject_rows.ROLLUP_COLUMNS == figures_from_rollups.ROLLUP_COLUMNS == TABLE_COLUMNS[SUBJECT_ROLLUP]
     for text in (subject_rows.sql("rollup_rows"), queries.query_text("subject_headline")):
-        result = json.loads(str(session.query(re.sub(r"%\((\w+)\)s", lambda m: _value(m.group(1)), text),
-                                              "JSONCompact")))
+        result = json.loads(str(session.query(_filled(text), "JSONCompact")))
         assert [column["name"] for column in result["meta"]] == list(TABLE_COLUMNS[SUBJECT_ROLLUP])
 
 
