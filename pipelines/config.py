@@ -26,6 +26,8 @@ OUTPUT_TOPICS = {
     "presence_valid": ("presence-valid", "Validated Space presence events, for space_presence (listeners)."),
     "post_minute": ("post-minute", "Per post and minute rollups, as the job emits them for ClickHouse."),
     "post_surface_minute": ("post-surface-minute", "Per post, minute, surface and action rollups."),
+    "closed_minutes": ("closed-minutes", "The minutes whose windows the job has closed, committed with its "
+                       "checkpoints: where a restarted job's watermark starts."),
 }
 
 
@@ -51,6 +53,7 @@ class Topics:
     presence_valid = _output_topic("presence_valid")
     post_minute = _output_topic("post_minute")
     post_surface_minute = _output_topic("post_surface_minute")
+    closed_minutes = _output_topic("closed_minutes")
 
     def all(self) -> list[str]:
         return [self.source(t) for t in EVENT_TYPES] + [getattr(self, name) for name in OUTPUT_TOPICS]
@@ -251,7 +254,10 @@ class Settings:
     # The Flink job: its name keys its consumer group and its checkpoints (one job per name and prefix).
     job_name: str = "rollup-job"
     parallelism: int = 1
-    checkpoint_interval_ms: int = 2000
+    # What a crash costs in replay, no more: the sinks write at least once (rows reach ClickHouse as
+    # the windows fire, not at the checkpoint), and every checkpoint writes the whole window state
+    # (docs/design.md, "Effectively once"; docs/performance.md for what 2 s cost).
+    checkpoint_interval_ms: int = 10_000
     # Declared out-of-orderness: a window closes this long after its end (event time).
     watermark_delay_s: int = 10
     # An event's own time moves the watermark only up to its record's Kafka time plus this lead:

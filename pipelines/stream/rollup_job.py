@@ -4,10 +4,13 @@ Everything runs as Flink SQL on the JVM (no per-row Python): each source record 
 by our `viewcount-event` format (`job_tables`); duplicates collapse inside the window, and each
 post-minute row carries its viewers' DataSketches HLL sketch (`job_sql`).
 
-Outputs go to Kafka with Flink's exactly-once (transactional) sink, committed on checkpoints:
-dead letters, validated events for the archive, post-minute and post-surface-minute rollups, and
-the validated post creations and Space presence events. ClickHouse's Kafka engine loads the archive
-and the rollups itself (`pipelines.stream.streams`); `pipelines.stream.loader` upserts the rest.
+Outputs go to Kafka at least once, as they are made (not at checkpoints): dead letters, validated
+events for the archive, post-minute and post-surface-minute rollups, and the validated post
+creations and Space presence events; their tables collapse a replayed row (docs/design.md,
+"Effectively once"). One small output is transactional, committed with each checkpoint: the minutes
+whose windows have closed, where a restarted job's watermark starts (`restore_points`).
+ClickHouse's Kafka engine loads the archive and the rollups itself (`pipelines.stream.streams`);
+`pipelines.stream.loader` upserts the rest.
 
 This module builds the job from its parts (`build`) and submits it (`submit`, `main`). Kept apart:
 the transformation (`pipelines.stream.job_sql`: `decode_sql`, `post_minute_sql`, ..., testable on
@@ -25,6 +28,7 @@ from collections.abc import Iterable
 
 from pipelines.config import EVENT_TYPES, Settings
 from pipelines.store.tables import (
+    CLOSED_MINUTES,
     DEAD_LETTER,
     EVENTS_VALID,
     OUTPUTS,
@@ -39,6 +43,7 @@ from pipelines.stream.job_environment import register_functions, table_environme
 from pipelines.stream.job_sql import (
     COUNTED_TYPES,
     archive_sql,
+    closed_minutes_sql,
     dead_letter_sql,
     decode_sql,
     post_minute_sql,
@@ -53,11 +58,11 @@ log = logging.getLogger("viewcount.rollup_job")
 
 
 def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
-          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = True):
+          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False, closed_minutes: bool = True):
     """Register sources, views and sinks; return the statement set of the job's outputs
     (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
-    `watermark_floor_ms`). `outputs` and `exactly_once` let a benchmark leave outputs out or write
-    them at least once (bench.ceiling)."""
+    `watermark_floor_ms`). `outputs`, `exactly_once` (every output transactional, as before
+    issue 18) and `closed_minutes` let a benchmark build the job of each rung (bench.ceiling)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
@@ -87,6 +92,11 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
         if output in outputs:
             t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole, exactly_once))
             statements.add_insert_sql(f"INSERT INTO {output.name} {inserts[output]}")
+    if closed_minutes:
+        # Transactional whatever the others do: its committed rows are exactly the minutes closed
+        # before the newest completed checkpoint. One writer, so one open transaction at a time.
+        t_env.execute_sql(kafka_sink_ddl(settings, CLOSED_MINUTES, blackhole, exactly_once=True, parallelism=1))
+        statements.add_insert_sql(f"INSERT INTO {CLOSED_MINUTES.name} {closed_minutes_sql('windowed_events')}")
     return statements
 
 
