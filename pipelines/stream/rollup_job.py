@@ -38,6 +38,7 @@ from pipelines.store.tables import (
     PRESENCE_VALID,
     Output,
 )
+from pipelines.stream import restore_points
 from pipelines.stream.bounded_run import EndOfInput, run_to_end
 from pipelines.stream.job_environment import register_functions, table_environment
 from pipelines.stream.job_sql import (
@@ -101,9 +102,16 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
 
 
 def submit(settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
-    """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult."""
+    """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult.
+    A restore point of another version's job (`restore_points.set_aside_foreign`) is set aside
+    when it is a drained run's savepoint, else refused with what to do."""
     t_env = table_environment(settings)
-    return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
+    try:
+        return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
+    except Exception as exc:
+        if not restore_points.set_aside_foreign(settings.checkpoint_dir, str(exc)):
+            raise
+    return build(table_environment(settings), settings, bounded, blackhole, watermark_floor).execute()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,7 +138,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
         log.info("ClickHouse now loads %s from Kafka itself", ", ".join(created))
     end = bounded_run.EndOfInput(settings) if bounded else None
     total = sum(end.ends.values()) if end is not None else 0
-    floor = restore_points.watermark_floor_ms(settings)
+    floor = restore_points.watermark_floor_ms(settings, client)
     if floor is not None:
         log.info("the stream has written its windows up to %s UTC: the watermark starts there",
                  datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pipelines.stream.restore_points import SAVEPOINTS, latest_checkpoint, prune_restore_points
+import pytest
+
+from pipelines.stream.restore_points import SAVEPOINTS, latest_checkpoint, prune_restore_points, set_aside_foreign
 
 
 def _restore_point(folder, mtime_s):
@@ -43,3 +45,23 @@ def test_pruning_keeps_the_restore_point_in_use_and_nothing_older(tmp_path):
     prune_restore_points(tmp_path, latest_checkpoint(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [SAVEPOINTS]
     assert latest_checkpoint(tmp_path) == savepoint
+
+
+FOREIGN = ("java.lang.IllegalStateException: Failed to rollback to checkpoint/savepoint x. Cannot map "
+           "checkpoint/savepoint state for operator c50f to the new program")
+
+
+def test_an_upgrade_sets_a_drained_savepoint_aside_and_refuses_to_drop_a_checkpoint(tmp_path):
+    _restore_point(tmp_path / "job-a" / "chk-9", 1_000)
+    savepoint = _restore_point(tmp_path / SAVEPOINTS / "savepoint-a-1", 2_000)
+    assert not set_aside_foreign(tmp_path, "java.net.ConnectException: Connection refused")
+    assert latest_checkpoint(tmp_path) == savepoint
+    # The newest point ended a drained run: set aside, and the next newest is not restored either
+    # (an older checkpoint of the same run is older than its savepoint, and ends up pruned).
+    assert set_aside_foreign(tmp_path, FOREIGN)
+    assert not savepoint.exists() and (tmp_path / "set-aside-savepoint-a-1" / "_metadata").exists()
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint == tmp_path / "job-a" / "chk-9"
+    with pytest.raises(RuntimeError, match="viewcount run --bounded"):
+        set_aside_foreign(tmp_path, FOREIGN)
+    assert latest_checkpoint(tmp_path) == checkpoint  # a checkpoint may hold open windows: kept
