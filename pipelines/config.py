@@ -26,8 +26,6 @@ OUTPUT_TOPICS = {
     "presence_valid": ("presence-valid", "Validated Space presence events, for space_presence (listeners)."),
     "post_minute": ("post-minute", "Per post and minute rollups, as the job emits them for ClickHouse."),
     "post_surface_minute": ("post-surface-minute", "Per post, minute, surface and action rollups."),
-    "closed_minutes": ("closed-minutes", "The minutes whose windows the job has closed, committed with its "
-                       "checkpoints: where a restarted job's watermark starts."),
 }
 
 
@@ -53,7 +51,6 @@ class Topics:
     presence_valid = _output_topic("presence_valid")
     post_minute = _output_topic("post_minute")
     post_surface_minute = _output_topic("post_surface_minute")
-    closed_minutes = _output_topic("closed_minutes")
 
     def all(self) -> list[str]:
         return [self.source(t) for t in EVENT_TYPES] + [getattr(self, name) for name in OUTPUT_TOPICS]

@@ -141,11 +141,6 @@ DEAD_LETTER = Output("dead_letter", "dead_letter", _fields(
     "reason STRING String", "topic STRING String", "partition INT Int32", "offset BIGINT Int64",
     "payload STRING String",
 ), DEAD_LETTERS, clickhouse_loads=False)
-# The minutes the job has closed: one row per minute whose windows fired, written with a transaction
-# committed by the checkpoint. A restarted job's watermark starts at the newest committed one
-# (pipelines.stream.restore_points.watermark_floor_ms). Read from Kafka alone: no table.
-CLOSED_MINUTES = Output("closed_minutes", "closed_minutes", _fields("window_start_ms BIGINT UInt64"),
-                        "", clickhouse_loads=False)
 OUTPUTS = (DEAD_LETTER, EVENTS_VALID, POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, POSTS_VALID, PRESENCE_VALID)
 # The fields of a valid counted event as the job carries it (the archive's `late` is decided at the sink).
 VALID_EVENT_FIELDS = tuple(f for f in EVENTS_VALID.field_names if f != "late")

@@ -120,15 +120,6 @@ def dead_letter_sql(decoded_views: Iterable[str]) -> str:
     )
 
 
-def closed_minutes_sql(windowed_events_view: str) -> str:
-    """One row per minute whose windows fire, when they fire (the same watermark closes every window
-    of a minute, ahead of any checkpoint barrier behind it): its start, in ms since the epoch."""
-    first = "MIN(event_time_ms)"
-    return (f"SELECT {first} - MOD({first}, 60000) AS window_start_ms "
-            f"FROM TABLE(TUMBLE(TABLE {quoted(windowed_events_view)}, DESCRIPTOR(event_time), {WINDOW})) "
-            "GROUP BY window_start, window_end")
-
-
 def post_minute_sql(valid_events_view: str) -> str:
     """Per post and 1-minute event-time window: views, impressions (both exact, deduplicated on
     event_id), the raw deliveries behind them, and the sketch of the distinct viewers of its views

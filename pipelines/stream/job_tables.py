@@ -13,10 +13,12 @@ import json
 
 from pipelines.config import Settings
 from pipelines.ingest import schemas
-from pipelines.store.tables import Output
+from pipelines.store.tables import POST_MINUTE_ROWS, Output
 from pipelines.stream.job_sql import _literal, quoted, source_columns, watermark_sql
+from pipelines.stream.restore_points import floors_dir
 
 EVENT_FORMAT = "viewcount-event"  # jvm/: dev.viewcount.flink.EventFormatFactory
+WATERMARK_FLOOR = "watermark_floor"  # jvm/: dev.viewcount.flink.WatermarkFloorSink
 
 
 def event_source_ddl(table: str, event_type: str, origin_columns: str, options: dict[str, str],
@@ -100,6 +102,16 @@ def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False, 
         **({"sink.parallelism": str(parallelism)} if parallelism else {}),
     }
     return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ({_options(options)})"
+
+
+def watermark_floor_ddl(settings: Settings) -> str:
+    """The sink that writes, with every checkpoint, where a job restored from it starts its watermark
+    (jvm/: dev.viewcount.flink.WatermarkFloorSink; read by restore_points.watermark_floor_ms), fed
+    the post-minute rows."""
+    options = {"connector": "viewcount-watermark-floor", "path": floors_dir(settings.checkpoint_dir).resolve().as_uri()}
+    # Every column of the rows it follows: fed fewer, the planner would cut its windows a second time.
+    columns = ", ".join(f"{quoted(f.name)} {f.flink}" for f in POST_MINUTE_ROWS.fields)
+    return f"CREATE TABLE {WATERMARK_FLOOR} ({columns}) WITH ({_options(options)})"
 
 
 def _options(options: dict[str, str]) -> str:

@@ -2,24 +2,22 @@
 
 Flink restores a job's state from a restore point on disk (`latest_checkpoint`, which
 `pipelines.stream.job_environment.table_environment` restores from), but not its watermark: its
-floor is read from the minutes the job's checkpoints have committed as closed (`watermark_floor_ms`).
+floor is written by the job with each checkpoint (`watermark_floor_ms`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import struct
 from pathlib import Path
-
-import orjson
 
 from pipelines.config import Settings
 from pipelines.store.tables import BACKFILL_VERSION_BASE
 
 log = logging.getLogger("viewcount.restore_points")
 SAVEPOINTS = "savepoints"
-# How long a start may spend reading the closed minutes (a few thousand records of 30 bytes).
-FLOOR_READ_S = 30.0
+FLOORS = "floors"  # the watermark floor of each checkpoint, beside the checkpoints
+METADATA_MAGIC = 0x4960672D  # the first four bytes of a checkpoint's _metadata
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -38,7 +36,7 @@ def prune_restore_points(checkpoint_dir: Path, keep: Path) -> list[Path]:
 
     kept = keep if keep.parent.name == SAVEPOINTS else keep.parent
     stale = [d for d in (*checkpoint_dir.glob("*"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*"))
-             if d.is_dir() and d.name != SAVEPOINTS and d != kept]
+             if d.is_dir() and d.name not in (SAVEPOINTS, FLOORS) and d != kept]
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return stale
@@ -74,62 +72,47 @@ def set_aside_foreign(checkpoint_dir: Path, failure: str) -> bool:
     return True
 
 
-def watermark_floor_ms(settings: Settings, client=None, timeout_s: float = FLOOR_READ_S) -> int | None:
-    """The last millisecond of the newest minute the job's completed checkpoints have closed (None
-    when there is none). Flink does not keep watermarks in its checkpoints: a restarted job's
-    watermark starts from nothing, and an event already late before the restart (or a replayed one)
-    would open its fired window again and overwrite the row with only itself in it.
+def checkpoint_id(point: Path) -> int:
+    """A restore point's checkpoint id: n of a retained `chk-<n>`; a savepoint's from its _metadata,
+    whose header is Flink's magic number, the format's version, then the id (big-endian)."""
+    if point.name.startswith("chk-"):
+        return int(point.name.removeprefix("chk-"))
+    with (point / "_metadata").open("rb") as metadata:
+        magic, _version, checkpoint = struct.unpack(">iiq", metadata.read(16))
+    if magic != METADATA_MAGIC:
+        raise ValueError(f"{point / '_metadata'} is not a Flink checkpoint's metadata (magic {magic:#x})")
+    return checkpoint
 
-    The job writes each minute it closes to the closed-minutes topic in a transaction its next
-    checkpoint commits (rollup_job.build). A window fires on the watermark ahead of the checkpoint
-    barrier that follows it, and every operator sees the same watermarks and barriers in the same
-    order (aligned checkpoints), so the committed minutes are exactly those closed before the newest
-    completed checkpoint: the windows the restored state no longer holds. The windows it still
-    holds (closed later, their rows perhaps already in ClickHouse: the other sinks write at least
-    once) fire again with the replayed events, to the same rows. Read committed: the transaction a
-    crash left open is not read (it is aborted when the job starts).
 
-    No closed minute at all (a job that never completed a checkpoint, or the first start after an
-    upgrade from the versions whose outputs were all transactional): the newest window the stream
-    wrote to post_minute, when `client` is given. Those versions' rows were all committed by
-    checkpoints; a first run that crashed before its first checkpoint wrote only windows that had
-    fired, all of them older than what is still to come."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+def floors_dir(checkpoint_dir: Path) -> Path:
+    """Where the job writes the watermark floor of each checkpoint it takes (jvm/: WatermarkFloorSink)."""
+    return checkpoint_dir / FLOORS
 
-    topic = settings.topics.closed_minutes
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"{settings.topics.prefix}.{settings.job_name}.floor",  # assigned: it never joins
-        "enable.auto.commit": False, "isolation.level": "read_committed", "enable.partition.eof": True,
-    })
-    try:
-        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
-        if metadata.error is not None:
-            raise RuntimeError(f"topic {topic} is not readable at {settings.kafka_bootstrap}: {metadata.error}: "
-                               "run `make up` (it creates the topics), or check VIEWCOUNT_TOPIC_PREFIX")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-        unread, newest = set(metadata.partitions), None
-        deadline = time.monotonic() + timeout_s
-        while unread and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error() is not None:
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(message.error())
-                unread.discard(message.partition())
-                continue
-            start = orjson.loads(message.value())["window_start_ms"]
-            newest = start if newest is None else max(newest, start)
-    finally:
-        consumer.close()
-    if unread:
-        # A lower floor only protects less: what a late event reopens, the ledger's repair mends.
-        log.warning("could not read %s to its end in %.0f s; the watermark starts from the minutes read",
-                    topic, timeout_s)
-    if newest is None and client is not None:
-        return _newest_stream_window_ms(client)
-    return None if newest is None else newest + 60_000 - 1
+
+def watermark_floor_ms(settings: Settings, client=None) -> int | None:
+    """The last millisecond of the newest window closed before the restore point the job starts from
+    (None when no window had closed). Flink does not keep watermarks in its checkpoints: a restarted
+    job's watermark starts from nothing, and an event already late before the restart (or a replayed
+    one) would open its fired window again and overwrite the row with only itself in it.
+
+    The job writes this floor itself as it takes each checkpoint, before the checkpoint can complete
+    (jvm/: WatermarkFloorSink): the watermark every window had at that checkpoint's barrier, so
+    exactly the windows the restored state no longer holds are below it. The windows it still holds
+    (closed later, their rows perhaps already in ClickHouse: the sinks write at least once) fire
+    again with the replayed events.
+
+    No restore point (a first start, or a drained savepoint of another shape set aside), or one
+    without a floor (written by a version before the floors): the newest window the stream wrote to
+    post_minute, when `client` is given. Every window of such a start has fired and been written."""
+    point = latest_checkpoint(settings.checkpoint_dir)
+    if point is not None:
+        written = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
+        if written.exists():
+            text = written.read_text(encoding="ascii").strip()
+            return int(text) if text else None
+        log.warning("the restore point %s has no watermark floor (no %s: written by an older version?); the "
+                    "watermark starts after the newest window in post_minute", point, written)
+    return _newest_stream_window_ms(client) if client is not None else None
 
 
 def _newest_stream_window_ms(client) -> int | None:

@@ -28,7 +28,6 @@ from collections.abc import Iterable
 
 from pipelines.config import EVENT_TYPES, Settings
 from pipelines.store.tables import (
-    CLOSED_MINUTES,
     DEAD_LETTER,
     EVENTS_VALID,
     OUTPUTS,
@@ -44,7 +43,6 @@ from pipelines.stream.job_environment import register_functions, table_environme
 from pipelines.stream.job_sql import (
     COUNTED_TYPES,
     archive_sql,
-    closed_minutes_sql,
     dead_letter_sql,
     decode_sql,
     post_minute_sql,
@@ -53,17 +51,18 @@ from pipelines.stream.job_sql import (
     valid_events_sql,
     windowed_events_sql,
 )
-from pipelines.stream.job_tables import kafka_sink_ddl, source_ddl
+from pipelines.stream.job_tables import WATERMARK_FLOOR, kafka_sink_ddl, source_ddl, watermark_floor_ddl
 
 log = logging.getLogger("viewcount.rollup_job")
 
 
 def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
-          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False, closed_minutes: bool = True):
+          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False, floors: bool = True):
     """Register sources, views and sinks; return the statement set of the job's outputs
     (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
     `watermark_floor_ms`). `outputs`, `exactly_once` (every output transactional, as before
-    issue 18) and `closed_minutes` let a benchmark build the job of each rung (bench.ceiling)."""
+    issue 18) and `floors` (the watermark floor of each checkpoint) let a benchmark build the job
+    of each rung (bench.ceiling)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
@@ -76,12 +75,15 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
     windowed = windowed_events_sql("valid_events", watermark_floor)
     t_env.execute_sql(f"CREATE TEMPORARY VIEW windowed_events AS {windowed}")
+    # One view of the post-minute rows for their sink and the watermark floor's: the planner builds
+    # its windows once for both.
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('windowed_events')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
     inserts = {
         DEAD_LETTER: dead_letter_sql(decoded.values()),
         EVENTS_VALID: archive_sql("valid_events", watermark_floor),
-        POST_MINUTE_ROWS: post_minute_sql("windowed_events"),
+        POST_MINUTE_ROWS: "SELECT * FROM post_minute_rows",
         POST_SURFACE_MINUTE_ROWS: post_surface_minute_sql("windowed_events"),
         POSTS_VALID: f"SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
                      f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL",
@@ -93,11 +95,11 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
         if output in outputs:
             t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole, exactly_once))
             statements.add_insert_sql(f"INSERT INTO {output.name} {inserts[output]}")
-    if closed_minutes:
-        # Transactional whatever the others do: its committed rows are exactly the minutes closed
-        # before the newest completed checkpoint. One writer, so one open transaction at a time.
-        t_env.execute_sql(kafka_sink_ddl(settings, CLOSED_MINUTES, blackhole, exactly_once=True, parallelism=1))
-        statements.add_insert_sql(f"INSERT INTO {CLOSED_MINUTES.name} {closed_minutes_sql('windowed_events')}")
+    if floors and POST_MINUTE_ROWS in outputs:
+        # Behind the windows' rows, it holds their watermark and writes it with every checkpoint:
+        # where a job restored from that checkpoint starts its own (restore_points.watermark_floor_ms).
+        t_env.execute_sql(watermark_floor_ddl(settings))
+        statements.add_insert_sql(f"INSERT INTO {WATERMARK_FLOOR} SELECT * FROM post_minute_rows")
     return statements
 
 
