@@ -101,18 +101,30 @@ def watermark_floor_ms(settings: Settings, client=None) -> int | None:
     (closed later, their rows perhaps already in ClickHouse: the sinks write at least once) fire
     again with the replayed events.
 
-    No restore point (a first start, or a drained savepoint of another shape set aside), or one
-    without a floor (written by a version before the floors): the newest window the stream wrote to
-    post_minute, when `client` is given. Every window of such a start has fired and been written."""
-    point = latest_checkpoint(settings.checkpoint_dir)
-    if point is not None:
-        written = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
-        if written.exists():
-            text = written.read_text(encoding="ascii").strip()
-            return int(text) if text else None
-        log.warning("the restore point %s has no watermark floor (no %s: written by an older version?); the "
-                    "watermark starts after the newest window in post_minute", point, written)
+    No restore point: no floor. The sources start from offsets no checkpoint committed (the
+    earliest), the whole input is read again and every window fires anew: a run killed before its
+    first checkpoint has written rows (at least once), perhaps only part of a minute's, which a
+    floor taken from ClickHouse would declare closed. A drained savepoint of another job shape set
+    aside by an upgrade (`set_aside_foreign`) still counts as the point the sources go on from.
+    A restore point without a floor (written by a version before the floors, whose outputs were
+    all transactional, so every row in ClickHouse came from a completed checkpoint): the newest
+    window the stream wrote to post_minute, when `client` is given."""
+    point = latest_checkpoint(settings.checkpoint_dir) or _set_aside(settings.checkpoint_dir)
+    if point is None:
+        return None
+    written = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
+    if written.exists():
+        text = written.read_text(encoding="ascii").strip()
+        return int(text) if text else None
+    log.warning("the restore point %s has no watermark floor (no %s: written by an older version?); the "
+                "watermark starts after the newest window in post_minute", point, written)
     return _newest_stream_window_ms(client) if client is not None else None
+
+
+def _set_aside(checkpoint_dir: Path) -> Path | None:
+    """The newest savepoint `set_aside_foreign` moved out of the way (removed at the next restore)."""
+    points = [m.parent for m in checkpoint_dir.glob(f"{ASIDE_PREFIX}*/_metadata")]
+    return max(points, key=lambda p: p.stat().st_mtime_ns) if points else None
 
 
 def _newest_stream_window_ms(client) -> int | None:

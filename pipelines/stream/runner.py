@@ -140,8 +140,10 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     total = sum(end.ends.values()) if end is not None else 0
     floor = restore_points.watermark_floor_ms(settings, client)
     if floor is not None:
-        log.info("the stream has written its windows up to %s UTC: the watermark starts there",
-                 datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M"))
+        log.info("the windows up to %s UTC had closed: the watermark starts there (%d)",
+                 datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"), floor)
+    else:
+        log.info("no window had closed: the watermark starts from the events")
     result = rollup_job.submit(settings, bounded=bounded, watermark_floor=floor)
     job = result.get_job_client()
     if end is not None:

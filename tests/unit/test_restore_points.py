@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -125,3 +126,14 @@ def test_the_floor_is_the_one_written_with_the_restore_point_the_job_starts_from
     # Pruning the restore points leaves the floors.
     prune_restore_points(checkpoints, latest_checkpoint(checkpoints))
     assert floors.is_dir()
+    # No restore point: the whole input is read again, whatever the stream wrote before.
+    for point in checkpoints.glob("job-*"):
+        shutil.rmtree(point)
+    assert watermark_floor_ms(settings, Stream()) is None
+    # A drained savepoint an upgrade set aside is where the sources go on from: its floor.
+    savepoint = _restore_point(checkpoints / SAVEPOINTS / "savepoint-a-1", 2_000)
+    (savepoint / "_metadata").write_bytes(_metadata_header(35))
+    (floors / "35").write_text("1723506539999")
+    assert set_aside_foreign(checkpoints, FOREIGN)
+    assert latest_checkpoint(checkpoints) is None
+    assert watermark_floor_ms(settings, Stream()) == 1723506539999
