@@ -14,6 +14,11 @@ from pipelines.config import EVENT_TYPES, Settings
 from pipelines.stream.job_tables import job_group_id
 from pipelines.stream.restore_points import SAVEPOINTS
 
+# The REST API's sources' positions are asked once the commits have stood still this long (they
+# come with each checkpoint, and stall up to 10 s at the end: docs/performance.md), this often.
+REST_AFTER_S = 3.0
+REST_EVERY_S = 2.0
+
 
 class EndOfInput:
     """The source topics' end offsets when a bounded run starts, and whether the job has consumed
@@ -33,6 +38,7 @@ class EndOfInput:
         self.ends = self._ends.ends
         self._positions = None
         self._committed_left, self._committed_since = None, time.monotonic()
+        self._rate: float | None = None  # events a second, from the commits
         self._asked_at, self._read = float("-inf"), {}
 
     def follow(self, job_id: str) -> None:
@@ -43,15 +49,20 @@ class EndOfInput:
 
     def remaining(self) -> int:
         """Events between the job's position and the ends (0: consumed up to the end). The REST
-        API is asked only once the commits have stood still for a checkpoint interval and a second
-        (the stall at the end): its metrics cost the job's JVM CPU to gather, so not on every call."""
+        API is asked (every REST_EVERY_S at most) only once the commits have stood still for
+        REST_AFTER_S and the end may be near: no rate seen yet, or fewer events left than the
+        commits' rate covers in a checkpoint interval and a little more. Its metrics cost the job's
+        JVM CPU to gather, so not on every call."""
         left, now = self._ends.remaining(), time.monotonic()
         if left != self._committed_left:
+            if self._committed_left is not None and left < self._committed_left:
+                self._rate = (self._committed_left - left) / max(now - self._committed_since, 1e-3)
             self._committed_left, self._committed_since = left, now
-        stalled = now - self._committed_since > self.settings.checkpoint_interval_ms / 1000 + 1
-        if not left or self._positions is None or not stalled:
+        interval_s = self.settings.checkpoint_interval_ms / 1000
+        near = self._rate is None or left <= self._rate * (interval_s + REST_AFTER_S)
+        if not left or self._positions is None or now - self._committed_since < REST_AFTER_S or not near:
             return left
-        if now - self._asked_at >= 1.0:
+        if now - self._asked_at >= REST_EVERY_S:
             self._asked_at, self._read = now, self._positions.read()
         return self._ends.remaining(self._read)
 

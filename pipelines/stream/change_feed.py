@@ -59,6 +59,7 @@ class ChangeFeed:
 
         self.client = client
         self.max_records = max_records
+        self.bootstrap = settings.kafka_bootstrap
         self.outputs = {getattr(settings.topics, o.topic): o for o in FOLLOWED}
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -123,7 +124,7 @@ class ChangeFeed:
 
     def caught_up(self) -> bool:
         """Nothing held and every assigned partition read to its end."""
-        return self._held is None and kafka.caught_up(self.consumer)
+        return self._held is None and kafka.caught_up(self.consumer, self.bootstrap)
 
     def close(self) -> None:
         self.consumer.close()

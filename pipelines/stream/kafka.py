@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Iterable
 
 from pipelines.config import Settings
@@ -9,6 +11,8 @@ from pipelines.config import Settings
 # A group coordinator that moves or is still loading (a fresh or restarting broker) answers
 # committed-offset requests with these for a moment: ask again until this deadline.
 COORDINATOR_WAIT_S = 60.0
+# How long a probe of one offset waits for the broker's answer.
+PROBE_WAIT_S = 30.0
 
 
 def committed_offsets(consumer, partitions: list, timeout_s: float = 30) -> list:
@@ -32,17 +36,45 @@ def committed_offsets(consumer, partitions: list, timeout_s: float = 30) -> list
             time.sleep(0.2)  # backoff while the coordinator settles, not synchronisation
 
 
+@functools.cache
+def holds_a_record(bootstrap: str, topic: str, partition: int, offset: int) -> bool:
+    """Whether a read_committed consumer is handed a record at `offset` or after it. A transaction
+    ends with a marker that takes an offset of its own and is never handed on, so a consumer that
+    stopped one short of a topic's end has read it all when the last offset is a marker (a topic
+    written with transactions, as the job's outputs were before issue 18), and has a record left
+    when it is not (one written at least once). Asked only of that last offset; the answer of an
+    offset never changes, hence the cache."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "viewcount.tail-probe", "enable.auto.commit": False,
+                      "isolation.level": "read_committed", "enable.partition.eof": True})
+    try:
+        probe.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + PROBE_WAIT_S
+        while time.monotonic() < deadline:
+            message = probe.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is None:
+                return True
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                return False
+            raise KafkaException(message.error())
+        raise TimeoutError(f"{topic}[{partition}] at offset {offset} was not readable within {PROBE_WAIT_S:.0f} s")
+    finally:
+        probe.close()
+
+
 class TopicEnds:
     """The end offsets of some topics when created, and how many records a consumer group has
-    still to commit up to them. A transactional producer closes its records with a commit marker
-    that takes an offset of its own and is never handed to a consumer, so on a topic written with
-    transactions (`transactional=True`) a group committed one short of the end has read it all."""
+    still to commit up to them (a group one short of an end that is a transaction's marker has
+    read it all: `holds_a_record`)."""
 
-    def __init__(self, settings: Settings, group_id: str, topics: Iterable[str], transactional: bool = False):
+    def __init__(self, settings: Settings, group_id: str, topics: Iterable[str]):
         from confluent_kafka import Consumer, TopicPartition
 
         self.group_id = group_id
-        self.slack = 1 if transactional else 0
+        self._bootstrap = settings.kafka_bootstrap
         self._consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
             "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -66,9 +98,14 @@ class TopicEnds:
         read = read or {}
         wanted = [TopicPartition(t, p) for (t, p), end in self.ends.items() if end > 0]
         committed = committed_offsets(self._consumer, wanted) if wanted else []
-        return sum(max(self.ends[(tp.topic, tp.partition)] - self.slack
-                       - max(tp.offset, read.get((tp.topic, tp.partition), 0), 0), 0)
-                   for tp in committed)
+        left = 0
+        for tp in committed:
+            end = self.ends[(tp.topic, tp.partition)]
+            at = max(tp.offset, read.get((tp.topic, tp.partition), 0), 0)
+            if at == end - 1 and not holds_a_record(self._bootstrap, tp.topic, tp.partition, at):
+                continue
+            left += max(end - at, 0)
+        return left
 
     def close(self) -> None:
         self._consumer.close()
@@ -94,12 +131,13 @@ class CommittedOffsets:
         self._consumer.close()
 
 
-def caught_up(consumer) -> bool:
+def caught_up(consumer, bootstrap: str) -> bool:
     """True when every partition assigned to a subscribed consumer has been read to its end (ask
     after an empty poll).
 
     A transactional producer writes a commit marker after its records; a consumer may stop just
-    before that last marker, so one offset short of the end counts as the end. A partition the
+    before that last marker, so one offset short of an end that is a marker counts as the end
+    (`holds_a_record`). A partition the
     consumer has not read a record from has no position yet: where its group committed (a previous
     run, e.g. before a crash) is then how far it has been read.
     """
@@ -118,6 +156,8 @@ def caught_up(consumer) -> bool:
         current = position.offset
         if current < 0:
             current = committed.get((position.topic, position.partition), -1)
-        if max(current, low) < high - 1:
+        current = max(current, low)
+        if current < high - 1 or (current == high - 1
+                                  and holds_a_record(bootstrap, position.topic, position.partition, current)):
             return False
     return True

@@ -1,6 +1,6 @@
 """The loader: the job's low-volume outputs upserted into ClickHouse, effectively once.
 
-It reads (read_committed) what the Flink job's transactional sinks committed for the outputs
+It reads what the Flink job's sinks wrote (at least once) for the outputs
 ClickHouse does not load itself (pipelines.store.tables: posts and dead letters) and
 writes them with clickhouse-driver. Offsets are committed only after ClickHouse accepted the rows,
 so a crash repeats a batch and never loses one; a repeated batch changes nothing because the
@@ -146,4 +146,4 @@ class Loader:
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been read to its end (call after an empty batch)."""
-        return kafka.caught_up(self.consumer)
+        return kafka.caught_up(self.consumer, self.settings.kafka_bootstrap)

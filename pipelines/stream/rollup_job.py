@@ -4,10 +4,13 @@ Everything runs as Flink SQL on the JVM (no per-row Python): each source record 
 by our `viewcount-event` format (`job_tables`); duplicates collapse inside the window, and each
 post-minute row carries its viewers' DataSketches HLL sketch (`job_sql`).
 
-Outputs go to Kafka with Flink's exactly-once (transactional) sink, committed on checkpoints:
-dead letters, validated events for the archive, post-minute and post-surface-minute rollups, and
-the validated post creations and Space presence events. ClickHouse's Kafka engine loads the archive
-and the rollups itself (`pipelines.stream.streams`); `pipelines.stream.loader` upserts the rest.
+Outputs go to Kafka at least once, as they are made (not at checkpoints): dead letters, validated
+events for the archive, post-minute and post-surface-minute rollups, and the validated post
+creations and Space presence events; their tables collapse a replayed row (docs/design.md,
+"Effectively once"). One small output is transactional, committed with each checkpoint: the minutes
+whose windows have closed, where a restarted job's watermark starts (`restore_points`).
+ClickHouse's Kafka engine loads the archive and the rollups itself (`pipelines.stream.streams`);
+`pipelines.stream.loader` upserts the rest.
 
 This module builds the job from its parts (`build`) and submits it (`submit`, `main`). Kept apart:
 the transformation (`pipelines.stream.job_sql`: `decode_sql`, `post_minute_sql`, ..., testable on
@@ -34,6 +37,7 @@ from pipelines.store.tables import (
     PRESENCE_VALID,
     Output,
 )
+from pipelines.stream import restore_points
 from pipelines.stream.bounded_run import EndOfInput, run_to_end
 from pipelines.stream.job_environment import register_functions, table_environment
 from pipelines.stream.job_sql import (
@@ -47,17 +51,18 @@ from pipelines.stream.job_sql import (
     valid_events_sql,
     windowed_events_sql,
 )
-from pipelines.stream.job_tables import kafka_sink_ddl, source_ddl
+from pipelines.stream.job_tables import WATERMARK_FLOOR, kafka_sink_ddl, source_ddl, watermark_floor_ddl
 
 log = logging.getLogger("viewcount.rollup_job")
 
 
 def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
-          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = True):
+          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False, floors: bool = True):
     """Register sources, views and sinks; return the statement set of the job's outputs
     (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
-    `watermark_floor_ms`). `outputs` and `exactly_once` let a benchmark leave outputs out or write
-    them at least once (bench.ceiling)."""
+    `watermark_floor_ms`). `outputs`, `exactly_once` (every output transactional, as before
+    issue 18) and `floors` (the watermark floor of each checkpoint) let a benchmark build the job
+    of each rung (bench.ceiling)."""
     register_functions(t_env)
     decoded = {}
     for event_type in EVENT_TYPES:
@@ -70,12 +75,15 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
     windowed = windowed_events_sql("valid_events", watermark_floor)
     t_env.execute_sql(f"CREATE TEMPORARY VIEW windowed_events AS {windowed}")
+    # One view of the post-minute rows for their sink and the watermark floor's: the planner builds
+    # its windows once for both.
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('windowed_events')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
     inserts = {
         DEAD_LETTER: dead_letter_sql(decoded.values()),
         EVENTS_VALID: archive_sql("valid_events", watermark_floor),
-        POST_MINUTE_ROWS: post_minute_sql("windowed_events"),
+        POST_MINUTE_ROWS: "SELECT * FROM post_minute_rows",
         POST_SURFACE_MINUTE_ROWS: post_surface_minute_sql("windowed_events"),
         POSTS_VALID: f"SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
                      f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL",
@@ -87,13 +95,25 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
         if output in outputs:
             t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole, exactly_once))
             statements.add_insert_sql(f"INSERT INTO {output.name} {inserts[output]}")
+    if floors and POST_MINUTE_ROWS in outputs:
+        # Behind the windows' rows, it holds their watermark and writes it with every checkpoint:
+        # where a job restored from that checkpoint starts its own (restore_points.watermark_floor_ms).
+        t_env.execute_sql(watermark_floor_ddl(settings))
+        statements.add_insert_sql(f"INSERT INTO {WATERMARK_FLOOR} SELECT * FROM post_minute_rows")
     return statements
 
 
 def submit(settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
-    """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult."""
+    """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult.
+    A restore point of another version's job (`restore_points.set_aside_foreign`) is set aside
+    when it is a drained run's savepoint, else refused with what to do."""
     t_env = table_environment(settings)
-    return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
+    try:
+        return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
+    except Exception as exc:
+        if not restore_points.set_aside_foreign(settings.checkpoint_dir, str(exc)):
+            raise
+    return build(table_environment(settings), settings, bounded, blackhole, watermark_floor).execute()
 
 
 def main(argv: list[str] | None = None) -> int:

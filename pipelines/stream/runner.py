@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import RefreshTimer
 from pipelines.store.clickhouse import is_transient
-from pipelines.store.tables import POST_MINUTE_ROWS
 from pipelines.stream import bounded_run, restore_points, rollup_job, streams
 from pipelines.stream.change_feed import ChangeFeed
 from pipelines.stream.loader import RETRY_FIRST_S, RETRY_MAX_S, Loader, LoaderStats
@@ -30,9 +29,6 @@ log = logging.getLogger("viewcount.runner")
 CLICKHOUSE_STALL_S = 180.0
 # The longest the loader waits for records before the change feed and the refresh get their turn.
 LOADER_WAIT_S = 0.25
-# At start, how long to wait for ClickHouse to load the post-minute rows already in Kafka before
-# reading where the stream's windows end (the watermark's floor).
-FLOOR_WAIT_S = 10.0
 
 
 @dataclass
@@ -127,22 +123,6 @@ class _WhileClickHouseAway:
         return result
 
 
-def _watermark_floor(settings: Settings, client, wait_s: float = FLOOR_WAIT_S) -> int | None:
-    """restore_points.watermark_floor_ms once ClickHouse has loaded the post-minute rows already
-    committed in Kafka (at most wait_s: a floor read earlier is lower, which only protects less)."""
-    loaded = streams.Progress(settings, outputs=(POST_MINUTE_ROWS,))
-    try:
-        deadline = time.monotonic() + wait_s
-        while (left := loaded.remaining()) and time.monotonic() < deadline:
-            time.sleep(0.2)  # polling ClickHouse's consumer, with a deadline
-        if left:
-            log.warning("ClickHouse has %d post-minute records of the job still to load; the watermark starts "
-                        "from the windows it has", left)
-    finally:
-        loaded.close()
-    return restore_points.watermark_floor_ms(client)
-
-
 def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0) -> RunReport:
     """Run the Flink job, ClickHouse's consumers and the loader until the job ends (bounded) or a signal."""
     from pipelines.store.clickhouse import connect
@@ -158,10 +138,12 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
         log.info("ClickHouse now loads %s from Kafka itself", ", ".join(created))
     end = bounded_run.EndOfInput(settings) if bounded else None
     total = sum(end.ends.values()) if end is not None else 0
-    floor = _watermark_floor(settings, client)
+    floor = restore_points.watermark_floor_ms(settings, client)
     if floor is not None:
-        log.info("the stream has written its windows up to %s UTC: the watermark starts there",
-                 datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M"))
+        log.info("the windows up to %s UTC had closed: the watermark starts there (%d)",
+                 datetime.fromtimestamp((floor + 1) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"), floor)
+    else:
+        log.info("no window had closed: the watermark starts from the events")
     result = rollup_job.submit(settings, bounded=bounded, watermark_floor=floor)
     job = result.get_job_client()
     if end is not None:

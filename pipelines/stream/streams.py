@@ -1,6 +1,6 @@
 """ClickHouse's own Kafka consumers for the job's high-volume outputs (sql/streams/).
 
-Every valid event and every rollup row goes from the job's transactional Kafka sinks straight into
+Every valid event and every rollup row goes from the job's Kafka sinks (at least once) straight into
 ClickHouse: a Kafka engine table per output reads the topic (read_committed) and a materialized
 view writes its blocks into the target table. No Python touches those records. The consumers live
 in ClickHouse (in a database of their own, `<database>_queues`, that no reader may use: a SELECT of
@@ -118,8 +118,8 @@ class Progress:
 
     def __init__(self, settings: Settings, consumer: str = "clickhouse",
                  outputs: tuple[Output, ...] = LOADED_BY_CLICKHOUSE):
-        self._ends = [TopicEnds(settings, group_id(settings, o, consumer), [getattr(settings.topics, o.topic)],
-                                transactional=True) for o in outputs]
+        self._ends = [TopicEnds(settings, group_id(settings, o, consumer), [getattr(settings.topics, o.topic)])
+                       for o in outputs]
 
     @property
     def total(self) -> int:

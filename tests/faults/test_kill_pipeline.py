@@ -6,6 +6,8 @@ Each kill lands at a moment drawn from a fixed seed, of one of three kinds:
   again adds no row, its events being duplicates), anywhere in the job's processing, a
   checkpoint, or a loader batch between its ClickHouse insert and its offset commit;
 - `checkpoint`: while a checkpoint is in flight (a `chk-<n>` folder without its `_metadata`);
+- `closed`: the instant a checkpoint that closed windows completes (its watermark floor written),
+  when the outputs of those windows may not be committed yet: the next run must not open them again;
 - `drain`: after the bounded run announced the drain (savepoint with a final watermark).
 After the last kill a run goes to the end. The stream's own rows are checked first, before any
 rebuild could hide a window written twice: windows without late events exact, the others between
@@ -31,9 +33,15 @@ from harness import (
 
 from pipelines.reference.generator import generate_night
 from pipelines.stream.bounded_run import EndOfInput
-from pipelines.stream.restore_points import SAVEPOINTS
+from pipelines.stream.restore_points import (
+    SAVEPOINTS,
+    checkpoint_id,
+    floors_dir,
+    latest_checkpoint,
+    watermark_floor_ms,
+)
 
-KINDS = ("loading", "checkpoint", "loading", "drain")
+KINDS = ("loading", "checkpoint", "closed", "drain", "loading")
 
 
 def _kill_schedule(seed: int, kills: int) -> list[tuple[str, float]]:
@@ -45,6 +53,15 @@ def _kill_schedule(seed: int, kills: int) -> list[tuple[str, float]]:
 
 def _checkpoint_in_flight(settings) -> bool:
     return any(not (chk / "_metadata").exists() for chk in settings.checkpoint_dir.glob("*/chk-*"))
+
+
+def _checkpoint_with_a_floor(settings):
+    """The newest completed checkpoint, when windows had closed before it (None otherwise)."""
+    point = latest_checkpoint(settings.checkpoint_dir)
+    if point is None or point.parent.name == SAVEPOINTS:
+        return None
+    floor = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
+    return point if floor.exists() and floor.read_text().strip() else None
 
 
 def _savepoints(settings) -> set:
@@ -78,6 +95,10 @@ def _kill_at(run, settings, progress: _Progress, kind: str, delay_s: float, befo
         # "draining" log line: after PyFlink's gateway starts, the root logger is at WARNING.)
         earlier = _savepoints(settings)
         poll(lambda: (_savepoints(settings) - earlier) or not run.alive(), 600, "the drain", interval_s=0.02)
+    elif kind == "closed":
+        earlier = latest_checkpoint(settings.checkpoint_dir)
+        poll(lambda: _checkpoint_with_a_floor(settings) not in (None, earlier) or not run.alive(), 600,
+             "a checkpoint after closed windows", interval_s=0.005)
     else:
         poll(lambda: progress.beyond(before) or not run.alive(), 600, "the pipeline's progress")
         if kind == "checkpoint":
@@ -89,9 +110,14 @@ def _kill_at(run, settings, progress: _Progress, kind: str, delay_s: float, befo
     if not run.alive():
         return f"{kind}: run had already ended"
     # The instant within the phase is the seeded part of the moment, not a synchronisation.
-    time.sleep(delay_s if kind != "checkpoint" else 0)
+    time.sleep(delay_s if kind not in ("checkpoint", "closed") else 0)
     run.kill_9()
     return kind
+
+
+# Checkpoints more often than the job's default (10 s): a small night is read in about that long,
+# and the kills are meant to land around checkpoints, several of them a run.
+KILL_TEST_CHECKPOINT_MS = "1000"
 
 
 def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
@@ -123,6 +149,9 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
     last = start_pipeline(settings, tmp_path, "final")
     assert last.wait(timeout_s=600) == 0, last.tail()
     assert last.restarts() == [], last.restarts()[:3]
+    # The drained run's savepoint carries its floor: the end of the newest window it wrote.
+    ((newest,),) = clickhouse.execute("SELECT toUInt64(max(window_start)) FROM post_minute")
+    assert watermark_floor_ms(settings) == newest * 1000 + 60_000 - 1
     assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
     # The stream's own rows first, before any rebuild could hide a window written twice.
     assert_stream_within_truth(clickhouse, truth)
@@ -139,7 +168,8 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
 
 @pytest.mark.e2e
 @pytest.mark.faults
-def test_kill_9_at_three_seeded_moments_loses_and_doubles_nothing(own_stack, tmp_path):
+def test_kill_9_at_three_seeded_moments_loses_and_doubles_nothing(own_stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIEWCOUNT_CHECKPOINT_INTERVAL_MS", KILL_TEST_CHECKPOINT_MS)
     moments = _kill_repeatedly(own_stack, tmp_path, kills=3, scale=5_000, seed=31)
     assert sum("already ended" not in m for m in moments) == 3, moments
 
@@ -147,6 +177,7 @@ def test_kill_9_at_three_seeded_moments_loses_and_doubles_nothing(own_stack, tmp
 @pytest.mark.e2e
 @pytest.mark.faults
 @pytest.mark.soak
-def test_kill_9_at_twenty_seeded_moments_loses_and_doubles_nothing(own_stack, tmp_path):
+def test_kill_9_at_twenty_seeded_moments_loses_and_doubles_nothing(own_stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIEWCOUNT_CHECKPOINT_INTERVAL_MS", KILL_TEST_CHECKPOINT_MS)
     moments = _kill_repeatedly(own_stack, tmp_path, kills=20, scale=1_000, seed=2024)
     assert sum("already ended" not in m for m in moments) >= 18, moments
