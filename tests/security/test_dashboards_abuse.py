@@ -119,17 +119,16 @@ def test_a_used_up_quota_is_a_503_with_retry_after_and_the_api_answers_again_aft
 
     from pipelines.store.clickhouse import connect_dashboard
 
-    base, _ = serve(api_rate_per_s=0)
     dashboard = connect_dashboard(seeded)
     try:
-        try:
-            for _ in range(QUOTA_QUERIES + 1):
-                dashboard.execute("SELECT 1")
-            pytest.fail(f"{QUOTA_QUERIES + 1} queries did not use up the dashboard quota: is it still "
-                        f"{QUOTA_QUERIES} a minute?")
-        except ch_errors.ServerException as exc:
-            assert exc.code == 201, exc  # QUOTA_EXPIRED
-        status, headers, body = get(base + PLAIN)  # nothing cached yet in this server: ClickHouse is asked
+        for _attempt in range(3):
+            base, _ = serve(api_rate_per_s=0)  # a server of its own each time: nothing cached yet
+            _use_up_the_quota(dashboard, ch_errors)
+            status, headers, body = get(base + PLAIN)  # ClickHouse is asked
+            if status == 503 or not _quota_has_reset(dashboard, ch_errors):
+                break
+            # The quota's minute ended between using it up and the request (CI, 6 Dec: a 200):
+            # the request did not meet a used-up quota, so it proves nothing either way. Again.
         assert status == 503, body
         assert 1 <= int(headers["Retry-After"]) <= 60 and "quota" in body["error"]
         assert "Traceback" not in json.dumps(body)
@@ -138,6 +137,26 @@ def test_a_used_up_quota_is_a_503_with_retry_after_and_the_api_answers_again_aft
         assert set(seen) <= {200, 503}, seen
     finally:
         _wait_for_the_quota(dashboard)
+
+
+def _use_up_the_quota(dashboard, ch_errors) -> None:
+    try:
+        for _ in range(QUOTA_QUERIES + 1):
+            dashboard.execute("SELECT 1")
+        pytest.fail(f"{QUOTA_QUERIES + 1} queries did not use up the dashboard quota: is it still "
+                    f"{QUOTA_QUERIES} a minute?")
+    except ch_errors.ServerException as exc:
+        assert exc.code == 201, exc  # QUOTA_EXPIRED
+
+
+def _quota_has_reset(dashboard, ch_errors) -> bool:
+    """Whether the dashboard user may query again (a new quota minute has begun)."""
+    try:
+        dashboard.execute("SELECT 1")
+        return True
+    except ch_errors.ServerException as exc:
+        assert exc.code == 201, exc
+        return False
 
 
 def _wait_for_the_quota(dashboard, deadline_s: float = 75) -> None:
