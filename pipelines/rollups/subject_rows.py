@@ -111,12 +111,14 @@ def attribute_new_posts(client, subject: Subject, since: datetime) -> dict[int, 
     for pid, _, _, _, tags, _ in candidates:
         if pid in pending and tracked.intersection(tags):
             new[pid] = created[pid]
+    reached = known | new.keys()  # what a post of the batch may point at to be about the subject
     changed = True
     while changed:  # within the batch: a reply to a reply both arriving now
         changed = False
         for pid in pending - new.keys():
-            if parents[pid] & (known | new.keys()):
+            if not parents[pid].isdisjoint(reached):
                 new[pid] = created[pid]
+                reached.add(pid)
                 changed = True
     frontier = dict(new)
     while frontier:  # posts that arrived before what they answer, down the tree
