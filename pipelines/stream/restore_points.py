@@ -90,10 +90,10 @@ def floors_dir(checkpoint_dir: Path) -> Path:
 
 
 def watermark_floor_ms(settings: Settings, client=None) -> int | None:
-    """The last millisecond of the newest window closed before the restore point the job starts from
-    (None when no window had closed). Flink does not keep watermarks in its checkpoints: a restarted
-    job's watermark starts from nothing, and an event already late before the restart (or a replayed
-    one) would open its fired window again and overwrite the row with only itself in it.
+    """Where the watermark stood at the restore point the job starts from: every window ending at or
+    before it had fired (None when none had). Flink does not keep watermarks in its checkpoints: a
+    restarted job's watermark starts from nothing, and an event already late before the restart (or
+    a replayed one) would open its fired window again and overwrite the row with only itself in it.
 
     The job writes this floor itself as it takes each checkpoint, before the checkpoint can complete
     (jvm/: WatermarkFloorSink): the watermark every window had at that checkpoint's barrier, so
