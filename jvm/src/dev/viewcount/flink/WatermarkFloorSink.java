@@ -33,12 +33,14 @@ import org.apache.flink.table.data.RowData;
  *
  * <p>At the end of a drained run the watermark is the largest there is: the floor is then the last
  * window fired. Files: {@code <path>/<checkpoint id>} holding the floor in decimal, or nothing when
- * no window has closed yet; the newest {@link #KEPT} are kept.
+ * no window has closed yet; the newest {@link #KEPT} are kept, and a partial file older than the
+ * checkpoint being written is removed.
  */
 public class WatermarkFloorSink implements Sink<RowData>, SupportsWriterState<RowData, Long> {
     static final int KEPT = 20;
     private static final long NONE = Long.MIN_VALUE;
     private static final long WINDOW_MS = 60_000L;
+    private static final String PARTIAL = ".partial";
 
     private final String path;
     private final int windowStart;
@@ -101,7 +103,7 @@ public class WatermarkFloorSink implements Sink<RowData>, SupportsWriterState<Ro
             FileSystem fs = folder.getFileSystem();
             fs.mkdirs(folder);
             Path target = new Path(folder, Long.toString(checkpointId));
-            Path partial = new Path(folder, checkpointId + ".partial");
+            Path partial = new Path(folder, checkpointId + PARTIAL);
             try (OutputStream out = fs.create(partial, FileSystem.WriteMode.OVERWRITE)) {
                 out.write((floor == NONE ? "" : Long.toString(floor)).getBytes(StandardCharsets.US_ASCII));
             }
@@ -116,13 +118,15 @@ public class WatermarkFloorSink implements Sink<RowData>, SupportsWriterState<Ro
                 return;
             }
             for (FileStatus file : files) {
+                // "<id>", or "<id>.partial" left by a writer killed between writing and renaming.
                 String name = file.getPath().getName();
-                if (!name.chars().allMatch(Character::isDigit) || name.isEmpty()) {
+                boolean partial = name.endsWith(PARTIAL);
+                String id = partial ? name.substring(0, name.length() - PARTIAL.length()) : name;
+                if (id.isEmpty() || !id.chars().allMatch(Character::isDigit)) {
                     continue;
                 }
-                // Ids below a restored checkpoint's belong to earlier jobs: no restore point of this
-                // job is older than the KEPT newest.
-                if (Long.parseLong(name) < checkpointId - KEPT) {
+                // No restore point of this job is older than the KEPT newest checkpoints.
+                if (Long.parseLong(id) < (partial ? checkpointId : checkpointId - KEPT)) {
                     fs.delete(file.getPath(), false);
                 }
             }
