@@ -23,10 +23,13 @@ METADATA_MAGIC = 0x4960672D  # the first four bytes of a checkpoint's _metadata
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest completed restore point under the job's folder: a retained checkpoint
     (`<job id>/chk-<n>/_metadata`) or the savepoint a drained run ended with."""
-    completed = [*checkpoint_dir.glob("*/chk-*/_metadata"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*/_metadata")]
-    if not completed:
-        return None
-    return max(completed, key=lambda p: p.stat().st_mtime_ns).parent
+    completed = {}
+    for metadata in (*checkpoint_dir.glob("*/chk-*/_metadata"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*/_metadata")):
+        try:
+            completed[metadata.parent] = metadata.stat().st_mtime_ns
+        except FileNotFoundError:  # a running job's older checkpoint, subsumed and deleted meanwhile
+            continue
+    return max(completed, key=completed.__getitem__) if completed else None
 
 
 def prune_restore_points(checkpoint_dir: Path, keep: Path) -> list[Path]:
