@@ -77,7 +77,7 @@ def source_ddl(settings: Settings, table: str, event_type: str, bounded: bool,
 def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False, exactly_once: bool = False) -> str:
     """The sink of one output: at least once (the job's), or transactional, committed with the
     checkpoints (the job's before issue 18, kept for bench.ceiling's ladder, as is `blackhole`)."""
-    columns = ", ".join(f"{quoted(f.name)} {f.flink}" for f in output.fields)
+    columns = _columns(output)
     if blackhole:
         return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ('connector' = 'blackhole')"
     guarantee = {
@@ -107,8 +107,12 @@ def watermark_floor_ddl(settings: Settings) -> str:
     the post-minute rows."""
     options = {"connector": "viewcount-watermark-floor", "path": floors_dir(settings.checkpoint_dir).resolve().as_uri()}
     # Every column of the rows it follows: fed fewer, the planner would cut its windows a second time.
-    columns = ", ".join(f"{quoted(f.name)} {f.flink}" for f in POST_MINUTE_ROWS.fields)
-    return f"CREATE TABLE {WATERMARK_FLOOR} ({columns}) WITH ({_options(options)})"
+    return f"CREATE TABLE {WATERMARK_FLOOR} ({_columns(POST_MINUTE_ROWS)}) WITH ({_options(options)})"
+
+
+def _columns(output: Output) -> str:
+    """An output's columns as a Flink table declares them."""
+    return ", ".join(f"{quoted(f.name)} {f.flink}" for f in output.fields)
 
 
 def _options(options: dict[str, str]) -> str:

@@ -23,8 +23,13 @@ METADATA_MAGIC = 0x4960672D  # the first four bytes of a checkpoint's _metadata
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest completed restore point under the job's folder: a retained checkpoint
     (`<job id>/chk-<n>/_metadata`) or the savepoint a drained run ended with."""
+    return _newest(*checkpoint_dir.glob("*/chk-*/_metadata"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*/_metadata"))
+
+
+def _newest(*metadata_files: Path) -> Path | None:
+    """The folder of the newest of these `_metadata` files (None when there is none)."""
     completed = {}
-    for metadata in (*checkpoint_dir.glob("*/chk-*/_metadata"), *checkpoint_dir.glob(f"{SAVEPOINTS}/*/_metadata")):
+    for metadata in metadata_files:
         try:
             completed[metadata.parent] = metadata.stat().st_mtime_ns
         except FileNotFoundError:  # a running job's older checkpoint, subsumed and deleted meanwhile
@@ -92,6 +97,11 @@ def floors_dir(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / FLOORS
 
 
+def floor_file(checkpoint_dir: Path, point: Path) -> Path:
+    """The file the job wrote the watermark floor of restore point `point` to."""
+    return floors_dir(checkpoint_dir) / str(checkpoint_id(point))
+
+
 def watermark_floor_ms(settings: Settings, client=None) -> int | None:
     """Where the watermark stood at the restore point the job starts from: every window ending at or
     before it had fired (None when none had). Flink does not keep watermarks in its checkpoints: a
@@ -115,7 +125,7 @@ def watermark_floor_ms(settings: Settings, client=None) -> int | None:
     point = latest_checkpoint(settings.checkpoint_dir) or _set_aside(settings.checkpoint_dir)
     if point is None:
         return None
-    written = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
+    written = floor_file(settings.checkpoint_dir, point)
     if written.exists():
         text = written.read_text(encoding="ascii").strip()
         return int(text) if text else None
@@ -126,8 +136,7 @@ def watermark_floor_ms(settings: Settings, client=None) -> int | None:
 
 def _set_aside(checkpoint_dir: Path) -> Path | None:
     """The newest savepoint `set_aside_foreign` moved out of the way (removed at the next restore)."""
-    points = [m.parent for m in checkpoint_dir.glob(f"{ASIDE_PREFIX}*/_metadata")]
-    return max(points, key=lambda p: p.stat().st_mtime_ns) if points else None
+    return _newest(*checkpoint_dir.glob(f"{ASIDE_PREFIX}*/_metadata"))
 
 
 def _newest_stream_window_ms(client) -> int | None:

@@ -35,8 +35,7 @@ from pipelines.reference.generator import generate_night
 from pipelines.stream.bounded_run import EndOfInput
 from pipelines.stream.restore_points import (
     SAVEPOINTS,
-    checkpoint_id,
-    floors_dir,
+    floor_file,
     latest_checkpoint,
     watermark_floor_ms,
 )
@@ -60,7 +59,7 @@ def _checkpoint_with_a_floor(settings):
     point = latest_checkpoint(settings.checkpoint_dir)
     if point is None or point.parent.name == SAVEPOINTS:
         return None
-    floor = floors_dir(settings.checkpoint_dir) / str(checkpoint_id(point))
+    floor = floor_file(settings.checkpoint_dir, point)
     return point if floor.exists() and floor.read_text().strip() else None
 
 
