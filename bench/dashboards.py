@@ -57,13 +57,13 @@ def bench_settings() -> Settings:
 def fill(settings: Settings, scale: int, seed: int, unrelated: int) -> dict:
     from pipelines.reference.generator import build_night
     from pipelines.reference.night_tables import fill_night, fill_unrelated_posts
-    from pipelines.stack import allow_dashboard
+    from pipelines.stack import allow_readers
     from pipelines.store.migrate import drop_database
 
     admin = connect(settings, database="default")
     drop_database(admin, DATABASE)
     apply_migrations(admin, DATABASE)
-    allow_dashboard(settings)
+    allow_readers(settings)
     client = connect(settings)
     started = time.monotonic()
     written = fill_night(client, build_night(scale, seed))

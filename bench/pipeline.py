@@ -58,12 +58,13 @@ def isolated(settings: Settings, tag: str) -> Settings:
 
 
 def prepare(settings: Settings) -> None:
-    from pipelines.stack import create_topics
+    from pipelines.stack import allow_readers, create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 
     create_topics(settings)
     apply_migrations(connect(settings, database="default"), settings.clickhouse.database)
+    allow_readers(settings)  # the analyst's CLI query (headline_query_latency) reads its analysis database
 
 
 def drop(settings: Settings) -> None:
@@ -432,13 +433,14 @@ def headline_query_latency(settings: Settings, repeats: int = 10) -> dict:
         figures_from_rollups.subject_rollup_figures(client, subject, start, end)
         api.append(time.monotonic() - began)
     target = settings.clickhouse_as("analyst")
+    database = settings.clickhouse.analysis_database
     sql = ("SELECT sum(views), sum(impressions) FROM post_minute FINAL WHERE post_id = 1 "
            "AND window_start >= '2024-08-12 23:47:00' AND window_start < '2024-08-13 02:47:00'")
     cli = []
     for _ in range(repeats):
         began = time.monotonic()
         subprocess.run(["clickhouse-client", "--host", target.host, "--port", str(target.port), "--user", target.user,
-                        "--password", target.password, "--database", target.database, "--query", sql],
+                        "--password", target.password, "--database", database, "--query", sql],
                        check=True, capture_output=True)
         cli.append(time.monotonic() - began)
     return {"api_p50_ms": 1000 * statistics.median(api), "api_p99_ms": 1000 * sorted(api)[int(0.99 * (len(api) - 1))],

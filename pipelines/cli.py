@@ -199,7 +199,7 @@ def cmd_demo(args, settings: Settings) -> int:
     print(f"  . {settings.credentials_file}    # the generated passwords, if this is the local stack")
     print(f"  clickhouse-client --port {target.port} --user {analyst} "
           '--password "$VIEWCOUNT_CLICKHOUSE_ANALYST_PASSWORD" '
-          f"--database {target.database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
+          f"--database {target.analysis_database} --query 'SELECT * FROM post_minute FINAL LIMIT 5'")
     print(f"  viewcount query post {SUBJECT_POST_ID}")
     print('  viewcount query subject space-2024-08-12 --from "2024-08-12 19:47" --to "2024-08-12 22:47" --minutes')
     print("  make serve    # the live page: http://127.0.0.1:8000/ (API docs: http://127.0.0.1:8000/docs)")

@@ -58,9 +58,8 @@ class Topics:
 
 QUEUES_SUFFIX = "_queues"
 PRIVATE_SUFFIX = "_private"
-# Databases only the writer may use (the analyst's allow_databases leaves them out): ClickHouse's
-# Kafka consumers, and the secrets (the pseudonym key).
-WRITER_ONLY_SUFFIXES = (QUEUES_SUFFIX, PRIVATE_SUFFIX)
+DASHBOARD_SUFFIX = "_dashboard"
+ANALYSIS_SUFFIX = "_analysis"
 
 
 def queues_database(database: str) -> str:
@@ -73,6 +72,12 @@ def private_database(database: str) -> str:
     """The database of what only the writer may read: the viewer pseudonyms' key
     (pipelines/store/pseudonyms.py; its project database reads it through a Merge table)."""
     return f"{database}{PRIVATE_SUFFIX}"
+
+
+def analysis_database(database: str) -> str:
+    """The database the analyst is confined to: the project's tables under their own names, viewer
+    and listener ids as pseudonyms (pipelines/store/analysis.py)."""
+    return f"{database}{ANALYSIS_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,15 @@ class ClickHouseTarget:
     def dashboard_database(self) -> str:
         """The companion database the dashboard user is confined to: read-through views of the
         rollups only (sql/migrations/0020), never the per-viewer tables."""
-        return f"{self.database}_dashboard"
+        return f"{self.database}{DASHBOARD_SUFFIX}"
 
     @property
     def queues_database(self) -> str:
         return queues_database(self.database)
+
+    @property
+    def analysis_database(self) -> str:
+        return analysis_database(self.database)
 
     @property
     def private_database(self) -> str:

@@ -277,10 +277,10 @@ def ensure_credentials(settings: Settings) -> Path:
     return path
 
 
-def _dashboard_grants(settings: Settings, service: Service | None = None) -> Path:
-    """Re-render users.xml (under a lock: concurrent sessions each add theirs) letting the dashboard
-    user into every companion database that exists now and the analyst into every database but
-    the writer-only ones (the Kafka consumers', the private one), and make a running server load it."""
+def _reader_grants(settings: Settings, service: Service | None = None) -> Path:
+    """Re-render users.xml and config.xml (under a lock: concurrent sessions each add theirs) letting
+    the dashboard user into every dashboard companion that exists now and the analyst into every
+    analysis companion (with its cluster), and make a running server load them."""
     from pipelines.store.clickhouse import ClickHouseUnavailable, connect, render_clickhouse_config
 
     service = service or clickhouse_service(settings)
@@ -311,25 +311,38 @@ def _dashboard_grants(settings: Settings, service: Service | None = None) -> Pat
     return config
 
 
-def allow_dashboard(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Let the local stack's dashboard user into settings' companion database (made by the
-    migrations), polling until it can; a no-op unless this state folder's ClickHouse is running.
-    An existing cluster's dashboard user is granted by its administrator (README, Access)."""
-    from pipelines.store.clickhouse import ClickHouseUnavailable, connect_dashboard
+def allow_readers(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Let the local stack's dashboard and analyst users into settings' companion databases (made
+    by the migrations), load the analysis cluster and complete the analysis database with it
+    (pipelines/store/analysis.py), polling until each reader can use its own; a no-op unless this
+    state folder's ClickHouse is running. An existing server's users and cluster are set by its
+    administrator (README, Access)."""
+    from pipelines.store import analysis
+    from pipelines.store.clickhouse import ClickHouseUnavailable, connect, connect_analyst, connect_dashboard
 
     if clickhouse_service(settings).running_pid() is None:
         return
-    _dashboard_grants(settings)
+    _reader_grants(settings)
+    cluster = analysis.cluster_name(settings.clickhouse.database)
     deadline = time.monotonic() + timeout_s
+    completed = False
     while True:
         try:
+            if not completed:
+                writer = connect(settings, database="default")
+                if not analysis.has_cluster(writer, settings.clickhouse.database):
+                    raise ClickHouseUnavailable(f"the server has not loaded cluster {cluster}")
+                analysis.ensure(writer, settings.clickhouse.database)
+                writer.disconnect()
+                completed = True
             connect_dashboard(settings).disconnect()
+            connect_analyst(settings).disconnect()
             return
         except ClickHouseUnavailable as exc:
             if time.monotonic() >= deadline:
-                raise StackError(f"the dashboard user cannot use {settings.clickhouse.dashboard_database} "
-                                 f"after {timeout_s:.0f} s: {exc}") from exc
-            time.sleep(0.2)
+                raise StackError(f"the readers cannot use {settings.clickhouse.dashboard_database} and "
+                                 f"{settings.clickhouse.analysis_database} after {timeout_s:.0f} s: {exc}") from exc
+        time.sleep(0.2)
 
 
 def start_clickhouse(settings: Settings, timeout_s: float = 60.0, service: Service | None = None,
@@ -342,12 +355,12 @@ def start_clickhouse(settings: Settings, timeout_s: float = 60.0, service: Servi
     if service.running_pid() is not None:
         # Running since before the passwords existed, or with an older users.xml: the server
         # reloads users.xml live, so re-rendering it is the whole upgrade.
-        _dashboard_grants(settings, service)
+        _reader_grants(settings, service)
         wait_until(f"ClickHouse at {target.host}:{target.port} with the generated passwords",
                    lambda: _answers(settings), service, timeout_s)
         return f"{service.name} already running (pid {service.running_pid()}) at {target.host}:{target.port}"
     ensure_port_free(target.port, "ClickHouse", port_remedy)
-    config = _dashboard_grants(settings, service)
+    config = _reader_grants(settings, service)
     pid = service.start([clickhouse_server(), f"--config-file={config}"])
     wait_until(f"ClickHouse at {target.host}:{target.port}", lambda: _answers(settings), service, timeout_s)
     return f"{service.name} started (pid {pid}) at {target.host}:{target.port}, log {service.log_file}"

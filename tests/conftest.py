@@ -65,13 +65,13 @@ def clickhouse(stack_settings, kafka_topics):
 
     It depends on the session's topics so that it is torn down before them: dropping a database
     whose Kafka tables read topics already deleted hangs 18.16 in librdkafka's consumer close."""
-    from pipelines.stack import allow_dashboard
+    from pipelines.stack import allow_readers
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 
     admin = connect(stack_settings, database="default")
     apply_migrations(admin, database=stack_settings.clickhouse.database)
-    allow_dashboard(stack_settings)  # the local stack's dashboard user may read its companion database
+    allow_readers(stack_settings)  # the local stack's dashboard user may read its companion database
     client = connect(stack_settings)
     yield client
     drop_database(admin, stack_settings.clickhouse.database)

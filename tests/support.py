@@ -85,7 +85,7 @@ def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
     jobs' restore points under the state folder."""
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.stack import allow_dashboard, create_topics
+    from pipelines.stack import allow_readers, create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 
@@ -95,7 +95,7 @@ def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
     create_topics(settings)
     admin = connect(settings, database="default")
     apply_migrations(admin, settings.clickhouse.database)
-    allow_dashboard(settings)
+    allow_readers(settings)
     try:
         yield settings
     finally:

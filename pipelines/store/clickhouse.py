@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
 
-from pipelines.config import REPO_ROOT, WRITER_ONLY_SUFFIXES, ClickHouseNode, Settings
+from pipelines.config import ANALYSIS_SUFFIX, REPO_ROOT, ClickHouseNode, Settings, analysis_database
+from pipelines.store.analysis import cluster_name
 from pipelines.store.tables import (  # noqa: F401 - the table names, re-exported for their readers
     DEAD_LETTERS,
     EVENTS_RAW,
@@ -113,8 +114,9 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
 
 
 def connect_analyst(settings: Settings, check: bool = True):
-    """The read-only analyst on the project's database (every table, quotas, no writes)."""
-    return connect(settings, role="analyst", check=check)
+    """The read-only analyst on the project's analysis database (pipelines/store/analysis.py): every
+    table but the pseudonym key's, viewer and listener ids as pseudonyms; quotas, no writes."""
+    return connect(settings, role="analyst", database=settings.clickhouse.analysis_database, check=check)
 
 
 def connect_dashboard(settings: Settings, check: bool = True):
@@ -166,21 +168,28 @@ def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[s
 
     Passwords go in as SHA-256 hashes of the stack's generated ones; the dashboard user may use
     the configured database's companion plus dashboard_databases (sessions' test databases); the
-    analyst the configured database, its companion and analyst_databases, never a writer-only
-    database (`WRITER_ONLY_SUFFIXES`: the Kafka consumers, where reading one consumes, and the
-    private one holding the pseudonym key)."""
+    analyst the analysis companions (pipelines/store/analysis.py) of the configured database and of
+    each `*_analysis` database among analyst_databases (every database there is may be passed), and
+    the dashboard's; never a project database (it holds viewer ids) nor a writer-only one. Each
+    analysis companion gets its cluster in config.xml, through which its pseudonymous tables read."""
     home = home or settings.state_dir / "clickhouse"
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     allowed = sorted({settings.clickhouse.dashboard_database, *dashboard_databases})
-    readable = sorted(name for name in {settings.clickhouse.database, settings.clickhouse.dashboard_database,
-                                        *analyst_databases} if not name.endswith(WRITER_ONLY_SUFFIXES))
+    projects = sorted({settings.clickhouse.database, *(name.removesuffix(ANALYSIS_SUFFIX) for name in analyst_databases
+                                                      if name.endswith(ANALYSIS_SUFFIX))})
+    readable = sorted({*(analysis_database(name) for name in projects), *allowed})
+    writer = settings.clickhouse_as("writer")
     values = {
         "home": str(home.resolve()),
         "tcp_port": settings.clickhouse.port,
         "http_port": settings.clickhouse_http_port,
         "dashboard_databases": "".join(f"<database>{name}</database>" for name in allowed),
         "analyst_databases": "".join(f"<database>{name}</database>" for name in readable),
+        "analysis_clusters": "".join(
+            f"\n        <{cluster_name(name)}><shard>"
+            f"{_replica_xml(settings.clickhouse.port, writer, analysis_database(name))}</shard></{cluster_name(name)}>"
+            for name in projects),
     }
     for role in ("writer", "analyst", "dashboard"):
         target = settings.clickhouse_as(role)
@@ -194,24 +203,27 @@ def render_clickhouse_config(settings: Settings, dashboard_databases: Iterable[s
     return home / "config.xml"
 
 
+def _replica_xml(port: int, writer, default_database: str | None = None) -> str:
+    """A cluster's replica on this box, logging in as the writer. Each element made from its name:
+    the writer's password reaches the rendered file (mode 0600) only, never a tracked one."""
+    from xml.sax.saxutils import escape
+
+    fields = {"host": "127.0.0.1", "port": port, "user": writer.user, "password": writer.password}
+    if default_database:
+        fields["default_database"] = default_database
+    return "<replica>" + "".join(f"<{tag}>{escape(str(value))}</{tag}>" for tag, value in fields.items()) + \
+        "</replica>"
+
+
 def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) -> Path:
     """Write a cluster server's config.d/cluster.xml (merged over its config.xml at start): its
     macros, interserver port, ZooKeeper with its root, the two clusters and distributed DDL."""
-    from xml.sax.saxutils import escape
-
     layout = settings.cluster
     writer = settings.clickhouse_as("writer")
 
-    def replica_xml(other: ClickHouseNode) -> str:
-        # Each element made from its name: the writer's password reaches the rendered file (mode
-        # 0600) only, and no password element is written out in a tracked file.
-        fields = {"host": "127.0.0.1", "port": other.tcp_port, "user": writer.user, "password": writer.password}
-        return "<replica>" + "".join(f"<{tag}>{escape(str(value))}</{tag}>" for tag, value in fields.items()) + \
-            "</replica>"
-
     def shard_xml(members: list[ClickHouseNode]) -> str:
         # internal_replication: a Distributed insert writes one replica and the table copies it on.
-        replicas = "".join(replica_xml(member) for member in members)
+        replicas = "".join(_replica_xml(member.tcp_port, writer) for member in members)
         internal = "true" if len(members) > 1 else "false"
         return f"            <shard><internal_replication>{internal}</internal_replication>{replicas}</shard>"
 

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import REPO_ROOT, ClickHouseTarget, private_database, queues_database
+from pipelines.config import REPO_ROOT, ClickHouseTarget, analysis_database, private_database, queues_database
+from pipelines.store import analysis
 
 MIGRATIONS_DIR = REPO_ROOT / "sql" / "migrations"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -111,6 +112,8 @@ def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) ->
         )
         applied.append(migration.path.name)
     _ensure_pseudonym_key(client, database)
+    # After the key: the analyst's pseudonymous views read it (an empty key would hash without one).
+    analysis.ensure(client, database)
     return applied
 
 
@@ -125,7 +128,7 @@ def _ensure_pseudonym_key(client, database: str) -> None:
 
 
 def drop_database(client, database: str) -> None:
-    """Drop a database the migrations made, with its dashboard companion (views first), the
+    """Drop a database the migrations made, with its dashboard and analysis companions (views first), the
     database of its Kafka consumers (before the tables their views write to) and its private
     database (after the Merge table that reads it). One table at a time: 18.16 takes 3.0 s to
     stop each Kafka consumer, and dropping them side by side (tried: four connections) aborted the
@@ -135,6 +138,7 @@ def drop_database(client, database: str) -> None:
     first, and with librdkafka's heartbeat at 200 ms instead of 3 s."""
     database = _validate_database_name(database)
     client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}")
+    client.execute(f"DROP DATABASE IF EXISTS {analysis_database(database)}")
     client.execute(f"DROP DATABASE IF EXISTS {queues_database(database)}")
     client.execute(f"DROP DATABASE IF EXISTS {database}")
     client.execute(f"DROP DATABASE IF EXISTS {private_database(database)}")

@@ -29,6 +29,13 @@ def pseudonym(key: str, viewer_id: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def expression(column: str, key_table: str = PSEUDONYM_KEY) -> str:
+    """The same pseudonym in ClickHouse SQL, of an id column, the key read from key_table by a scalar
+    subquery (never in the text): the expression of sql/erasure/pseudonym.sql."""
+    return (f"reinterpretAsUInt64(substring(SHA256(concat((SELECT min(key) FROM {key_table}), "
+            f"toString({column}))), 1, 8))")
+
+
 def pseudonyms(key: str, viewer_ids: Iterable[int]) -> list[int]:
     return [pseudonym(key, v) for v in viewer_ids]
 

@@ -196,9 +196,13 @@ def test_the_dashboard_reads_rollups_and_nothing_per_viewer(seeded, clickhouse):
 
 
 @pytest.mark.integration
-def test_the_analyst_reads_every_table(seeded):
+def test_the_analyst_reads_every_table_with_viewers_as_pseudonyms(seeded, clickhouse):
+    """(tests/security/test_pseudonyms.py has the rest.)"""
+    from pipelines.store.pseudonyms import pseudonym, read_key
+
     analyst = connect_analyst(seeded)
-    assert analyst.execute("SELECT viewer_id FROM events_raw WHERE post_id = %(post)s", {"post": POST}) == [(424242,)]
+    assert analyst.execute("SELECT viewer_id FROM events_raw WHERE post_id = %(post)s", {"post": POST}) == \
+        [(pseudonym(read_key(clickhouse), 424242),)]
 
 
 @pytest.mark.integration

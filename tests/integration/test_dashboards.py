@@ -34,7 +34,7 @@ def night(stack_settings, session_tag):
     """A 1:1000 night written straight into a database of this module's own (no Flink), rolled up."""
     from pipelines.reference.generator import build_night
     from pipelines.reference.night_tables import fill_night
-    from pipelines.stack import allow_dashboard
+    from pipelines.stack import allow_readers
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 
@@ -45,7 +45,7 @@ def night(stack_settings, session_tag):
     admin = connect(settings, database="default")
     drop_database(admin, database)
     apply_migrations(admin, database)
-    allow_dashboard(settings)  # the local stack's dashboard user may read its companion database
+    allow_readers(settings)  # the local stack's dashboard user may read its companion database
     client = connect(settings)
     fill_night(client, build_night(SCALE, SEED))
     subject_rollups.refresh(client, settings)

@@ -12,7 +12,6 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipelines.store.clickhouse import DASHBOARD_TABLES, EVENTS_RAW, connect, connect_analyst, connect_dashboard
-from pipelines.store.tables import PSEUDONYM_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +58,9 @@ def expected(user: str, database: str, table: str, settings) -> str | int:
     if user == "writer":
         return READS
     if user == "analyst":
-        # Everything of the project's database but the pseudonym key (read through a Merge table of
-        # the private database, which refuses it), nothing of the private one.
-        return ACCESS_DENIED if database == settings.clickhouse.private_database or table == PSEUDONYM_KEY else READS
+        # Its analysis companion (every table but the key's, ids as pseudonyms) and the dashboard's;
+        # nothing of the project's database (viewer ids) nor of the private one (the key).
+        return READS if database in (settings.clickhouse.analysis_database, companion) else ACCESS_DENIED
     # dashboard: its companion's read-through views (and their empty sources), nothing of the main database
     if database == companion and table.removesuffix("_source") in DASHBOARD_TABLES:
         return READS
@@ -71,7 +70,7 @@ def expected(user: str, database: str, table: str, settings) -> str | int:
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_reads_exactly_the_tables_of_its_role(clickhouse, stack_settings, user):
     target = stack_settings.clickhouse
-    databases = (target.database, target.dashboard_database, target.private_database)
+    databases = (target.database, target.dashboard_database, target.private_database, target.analysis_database)
     tables = [(db, t) for db in databases for t in _tables(clickhouse, db)]
     assert EVENTS_RAW in {t for _, t in tables} and len(tables) > 10
     try:
@@ -108,7 +107,8 @@ def test_read_only_users_see_nothing_of_the_other_databases_names(clickhouse, st
     if user == "dashboard":
         assert target.database not in visible and target.dashboard_database in visible
     else:
-        assert {target.database, target.dashboard_database} <= visible
+        assert {target.analysis_database, target.dashboard_database} <= visible
+        assert not visible & {target.database, target.private_database, target.queues_database}
 
 
 def test_no_users_query_is_logged_where_the_read_only_users_could_read_it(clickhouse, stack_settings):
