@@ -71,6 +71,9 @@ WITHHELD = frozenset({PSEUDONYM_KEY, ERASED_VIEWERS})
 # Tables that hold rows (materialized views, Merge, Kafka and Null tables are the project's plumbing).
 _STORED = "endsWith(engine, 'MergeTree')"
 PERSONAL_VIEW_SUFFIX = "_for_analysts"
+# A PERSONAL table's view is named with this version: raise it when what the views select changes,
+# and `ensure` makes each one again (their columns alone would not say so).
+VIEW_VERSION = 1
 SOURCE_SUFFIX = "_analysis_source"
 
 
@@ -105,21 +108,34 @@ def _shown(client, database: str, table: str) -> list[tuple[str, str, str]]:
     return shown
 
 
+def _view(table: str) -> str:
+    return f"{table}{PERSONAL_VIEW_SUFFIX}_v{VIEW_VERSION}"
+
+
+def _distributed(database: str, table: str) -> str:
+    """The engine of a PERSONAL table's analysis table (as system.tables.engine_full shows it)."""
+    return f"Distributed({cluster_name(database)}, {private_database(database)}, {_view(table)})"
+
+
 def _drop(client, database: str, table: str) -> None:
     private = private_database(database)
     client.execute(f"DROP TABLE IF EXISTS {analysis_database(database)}.{table}")
-    client.execute(f"DROP TABLE IF EXISTS {private}.{table}{PERSONAL_VIEW_SUFFIX}")
+    for (name,) in client.execute("SELECT name FROM system.tables WHERE database = %(d)s AND startsWith(name, %(p)s)",
+                                  {"d": private, "p": f"{table}{PERSONAL_VIEW_SUFFIX}"}):
+        client.execute(f"DROP TABLE IF EXISTS {private}.{name}")  # this version's view, or an older one's
     client.execute(f"DROP TABLE IF EXISTS {private}.{table}{SOURCE_SUFFIX}")
 
 
-def _create(client, database: str, table: str, shown: list[tuple[str, str, str]]) -> None:
+def _create(client, database: str, table: str, engine: str, shown: list[tuple[str, str, str]]) -> None:
     analysis, private = analysis_database(database), private_database(database)
     if table in PERSONAL:
-        view = f"{table}{PERSONAL_VIEW_SUFFIX}"
-        client.execute(f"CREATE VIEW {private}.{view} AS SELECT {', '.join(sql for _, _, sql in shown)} "
-                       f"FROM {database}.{table}")
-        client.execute(f"CREATE TABLE {analysis}.{table} AS {private}.{view} "
-                       f"ENGINE = Distributed({cluster_name(database)}, {private}, {view})")
+        # FINAL inside: a view ignores the FINAL of a query on it (tried: a repeated event counted
+        # twice), so the analyst's rows are deduplicated here, as `FROM events_raw FINAL` promises.
+        final = " FINAL" if engine.startswith("Replacing") else ""
+        client.execute(f"CREATE VIEW {private}.{_view(table)} AS SELECT {', '.join(sql for _, _, sql in shown)} "
+                       f"FROM {database}.{table}{final}")
+        client.execute(f"CREATE TABLE {analysis}.{table} AS {private}.{_view(table)} "
+                       f"ENGINE = {_distributed(database, table)}")
     else:
         source = f"{table}{SOURCE_SUFFIX}"
         client.execute(f"CREATE TABLE {private}.{source} AS {database}.{table} ENGINE = Null")
@@ -133,26 +149,27 @@ def ensure(client, database: str) -> list[str]:
     analysis, private = analysis_database(database), private_database(database)
     for name in (analysis, private):
         client.execute(f"CREATE DATABASE IF NOT EXISTS {name}")
-    sources = [name for (name,) in client.execute(
-        f"SELECT name FROM system.tables WHERE database = %(d)s AND {_STORED} ORDER BY name", {"d": database})
-        if name not in WITHHELD]
-    present = {name for (name,) in client.execute(
-        "SELECT name FROM system.tables WHERE database = %(d)s", {"d": analysis})}
+    sources = {name: engine for name, engine in client.execute(
+        f"SELECT name, engine FROM system.tables WHERE database = %(d)s AND {_STORED}", {"d": database})
+        if name not in WITHHELD}
+    present = dict(client.execute("SELECT name, engine_full FROM system.tables WHERE database = %(d)s",
+                                  {"d": analysis}))
     waiting = sorted(set(PERSONAL) & set(sources)) if not has_cluster(client, database) else []
     if waiting:
         log.warning("%s: no cluster %s on this server yet, so the analyst's %s wait for it (the local stack: "
                     "`make up`; a server of one's own: add it to remote_servers, docs/access.md, then "
                     "`viewcount migrate`)", analysis, cluster_name(database), ", ".join(waiting))
     made = []
-    for table in sources:
+    for table, engine in sorted(sources.items()):
         if table in waiting:
             continue
         shown = _shown(client, database, table)
-        if table in present and _columns(client, analysis, table) == [(n, t) for n, t, _ in shown]:
+        if (table in present and _columns(client, analysis, table) == [(n, t) for n, t, _ in shown]
+                and (table not in PERSONAL or present[table] == _distributed(database, table))):
             continue
         _drop(client, database, table)
-        _create(client, database, table, shown)
+        _create(client, database, table, engine, shown)
         made.append(table)
-    for table in present - set(sources):
+    for table in set(present) - set(sources):
         _drop(client, database, table)
     return made
