@@ -71,7 +71,7 @@ def clickhouse(stack_settings, kafka_topics):
 
     admin = connect(stack_settings, database="default")
     apply_migrations(admin, database=stack_settings.clickhouse.database)
-    allow_readers(stack_settings)  # the local stack's dashboard user may read its companion database
+    allow_readers(stack_settings)  # the local stack's dashboard and analyst may read their companion databases
     client = connect(stack_settings)
     yield client
     drop_database(admin, stack_settings.clickhouse.database)

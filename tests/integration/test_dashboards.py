@@ -45,7 +45,7 @@ def night(stack_settings, session_tag):
     admin = connect(settings, database="default")
     drop_database(admin, database)
     apply_migrations(admin, database)
-    allow_readers(settings)  # the local stack's dashboard user may read its companion database
+    allow_readers(settings)  # the local stack's dashboard and analyst may read their companion databases
     client = connect(settings)
     fill_night(client, build_night(SCALE, SEED))
     subject_rollups.refresh(client, settings)
