@@ -21,6 +21,7 @@ JAVA_FUNCTIONS = {
     "event_time_of": "dev.viewcount.flink.PlausibleTime",
     "implausible_time": "dev.viewcount.flink.TimeReason",
     "viewer_sketch": "dev.viewcount.flink.ViewerSketch",
+    "post_window": "dev.viewcount.flink.PostWindow",
     "emit_version": "dev.viewcount.flink.EmitVersion",
 }
 

@@ -120,34 +120,35 @@ def dead_letter_sql(decoded_views: Iterable[str]) -> str:
     )
 
 
-def post_minute_sql(valid_events_view: str) -> str:
-    """Per post and 1-minute event-time window: views, impressions (both exact, deduplicated on
-    event_id), the raw deliveries behind them, and the sketch of the distinct viewers of its views
-    (hex of its compact bytes, with its estimate), versioned by the time it is emitted."""
+def post_windows_sql(valid_events_view: str) -> str:
+    """Per post and 1-minute event-time window, one aggregation for both rollups (`post_window`,
+    jvm/src/dev/viewcount/flink/PostWindow.java): `counts` holds the views and impressions
+    (deduplicated on event_id) in total and per surface and action, and the raw deliveries behind
+    them; `viewers` the sketch of the distinct viewers of its views (hex of its compact bytes, with its
+    estimate). Versioned by the time it is emitted."""
     return f"""
-SELECT post_id, window_start, {quoted('views')}, impressions, deliveries,
-  viewers.sketch AS unique_viewers_sketch, viewers.estimate AS unique_viewers,
+SELECT post_id, window_start, counts,
+  viewer_sketch(counts.viewers, {sketches.LG_K}, {_literal(sketches.TARGET_TYPE_NAME)}) AS viewers,
   emit_version() AS version
 FROM (
-  SELECT post_id, window_start,
-    COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {quoted('views')},
-    COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions,
-    COUNT(*) AS deliveries,
-    viewer_sketch(ARRAY_AGG(DISTINCT viewer_id) FILTER (WHERE event_type = 'view'), {sketches.LG_K},
-                  {_literal(sketches.TARGET_TYPE_NAME)}) AS viewers
+  SELECT post_id, window_start, post_window(event_id, event_type, surface, action, viewer_id) AS counts
   FROM TABLE(TUMBLE(TABLE {quoted(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
   GROUP BY post_id, window_start, window_end
 )
 """
 
 
-def post_surface_minute_sql(valid_events_view: str) -> str:
-    """Per post, 1-minute window, surface and action: views and impressions, deduplicated."""
-    return f"""
-SELECT post_id, window_start, surface, action,
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'view') AS {quoted('views')},
-  COUNT(DISTINCT event_id) FILTER (WHERE event_type = 'impression') AS impressions,
-  emit_version() AS version
-FROM TABLE(TUMBLE(TABLE {quoted(valid_events_view)}, DESCRIPTOR(event_time), {WINDOW}))
-GROUP BY post_id, window_start, window_end, surface, action
-"""
+def post_minute_sql(post_windows_view: str) -> str:
+    """The post-minute rows of `post_windows_sql`'s windows."""
+    return (f"SELECT post_id, window_start, counts.{quoted('views')} AS {quoted('views')}, "
+            f"counts.impressions AS impressions, counts.deliveries AS deliveries, "
+            f"viewers.sketch AS unique_viewers_sketch, viewers.estimate AS unique_viewers, version "
+            f"FROM {quoted(post_windows_view)}")
+
+
+def post_surface_minute_sql(post_windows_view: str) -> str:
+    """Per post, 1-minute window, surface and action: views and impressions, deduplicated; the rows
+    of `post_windows_sql`'s windows, each window's surfaces unnested."""
+    return (f"SELECT w.post_id, w.window_start, s.surface, s.action, s.{quoted('views')}, s.impressions, w.version "
+            f"FROM {quoted(post_windows_view)} AS w "
+            f"CROSS JOIN UNNEST(w.counts.surfaces) AS s (surface, action, {quoted('views')}, impressions)")

@@ -47,6 +47,7 @@ from pipelines.stream.job_sql import (
     decode_sql,
     post_minute_sql,
     post_surface_minute_sql,
+    post_windows_sql,
     quoted,
     valid_events_sql,
     windowed_events_sql,
@@ -75,16 +76,17 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
     t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
     windowed = windowed_events_sql("valid_events", watermark_floor)
     t_env.execute_sql(f"CREATE TEMPORARY VIEW windowed_events AS {windowed}")
-    # One view of the post-minute rows for their sink and the watermark floor's: the planner builds
-    # its windows once for both.
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('windowed_events')}")
+    # One aggregation for both rollups (post_windows), and one view of the post-minute rows for their
+    # sink and the watermark floor's: the planner builds the windows once for all three.
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_windows AS {post_windows_sql('windowed_events')}")
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('post_windows')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
     inserts = {
         DEAD_LETTER: dead_letter_sql(decoded.values()),
         EVENTS_VALID: archive_sql("valid_events", watermark_floor),
         POST_MINUTE_ROWS: "SELECT * FROM post_minute_rows",
-        POST_SURFACE_MINUTE_ROWS: post_surface_minute_sql("windowed_events"),
+        POST_SURFACE_MINUTE_ROWS: post_surface_minute_sql("post_windows"),
         POSTS_VALID: f"SELECT post_id, author_id, event_time_ms, reply_to, quote_of, links, tags "
                      f"FROM {quoted(decoded['post'])} WHERE reject_reason IS NULL",
         PRESENCE_VALID: f"SELECT event_id, event_time_ms, space_id, listener_id, action "

@@ -114,6 +114,8 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
         view("e2", viewer_id=1, at_ms=T0 + 1000),                   # same viewer, another view
         view("e3", viewer_id=2, at_ms=T0 + 59_999),
         view("e6", viewer_id=2, at_ms=T0 + 7, surface="search"),    # a viewer on two surfaces: one viewer
+        view("e6", viewer_id=2, at_ms=T0 + 7, surface="home"),      # a redelivery that disagrees: one view,
+                                                                    # in each surface it was seen on
         view("e4", viewer_id=3, at_ms=T0 + 60_000),                 # the next minute
         view("e5", post_id=11, viewer_id=1),
     ]
@@ -122,20 +124,21 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
     decoded = {"view": load(t_env, tmp_path, "dup_views", "view", lines),
                "impression": load(t_env, tmp_path, "dup_impressions", "impression", impressions)}
     t_env.execute_sql(f"CREATE TEMPORARY VIEW dup_valid AS {job_sql.valid_events_sql(decoded)}")
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW dup_windows AS {job_sql.post_windows_sql('dup_valid')}")
     result = rows(t_env, f"SELECT post_id, window_start, `views`, impressions, deliveries, unique_viewers_sketch "
-                         f"FROM ({job_sql.post_minute_sql('dup_valid')})")
+                         f"FROM ({job_sql.post_minute_sql('dup_windows')})")
     by_key = {(r[0], r[1]): r for r in result}
     first = by_key[(10, datetime(2024, 8, 12, 23, 47))]
-    assert first[2:5] == (4, 1, 7)
+    assert first[2:5] == (4, 1, 8)
     # The job's sketch is the one pipelines.rollups.sketches builds from the same viewers, byte for byte.
-    assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1, 2]))
+    assert bytes.fromhex(first[5]) == sketches.to_bytes(sketches.sketch_of([2, 1, 1, 2, 2]))
     assert by_key[(10, datetime(2024, 8, 12, 23, 48))][2:4] == (1, 0)
     assert by_key[(11, datetime(2024, 8, 12, 23, 47))][2:4] == (1, 0)
     assert len(result) == 3
     by_surface = rows(t_env, f"SELECT post_id, window_start, surface, action, `views`, impressions "
-                             f"FROM ({job_sql.post_surface_minute_sql('dup_valid')})")
+                             f"FROM ({job_sql.post_surface_minute_sql('dup_windows')})")
     assert sorted(by_surface) == sorted([
-        (10, datetime(2024, 8, 12, 23, 47), "home", "", 3, 0),
+        (10, datetime(2024, 8, 12, 23, 47), "home", "", 4, 0),
         (10, datetime(2024, 8, 12, 23, 47), "home", "like", 0, 1),
         (10, datetime(2024, 8, 12, 23, 47), "search", "", 1, 0),
         (10, datetime(2024, 8, 12, 23, 48), "home", "", 1, 0),
