@@ -59,9 +59,11 @@ RUNGS = (
          ("view",)),
     Rung("all topics", "impressions counted too; posts and presence decoded and passed through (blackhole)",
          EVENT_TYPES, _TEXT),
-    Rung("sketches", "our post_minute aggregation (FILTERed exact counts, HLL sketch, version) in place "
-         "of the ceiling's", EVENT_TYPES, (POST_MINUTE_ROWS, *_TEXT), ceiling_aggregate=False),
-    Rung("post_surface_minute", "the second aggregation", EVENT_TYPES,
+    Rung("sketches", "our aggregation (post_window: exact counts per post and per surface, HLL sketch, version) "
+         "in place of the ceiling's; post_minute out", EVENT_TYPES, (POST_MINUTE_ROWS, *_TEXT),
+         ceiling_aggregate=False),
+    Rung("post_surface_minute", "the same windows' surfaces out, unnested (a second aggregation until issue 18's "
+         "cut 3)", EVENT_TYPES,
          (POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, *_TEXT), ceiling_aggregate=False),
     Rung("dead letters", "the dead-letter output (reads topic/partition/offset metadata and the payload)",
          EVENT_TYPES, (DEAD_LETTER, POST_MINUTE_ROWS, POST_SURFACE_MINUTE_ROWS, *_TEXT), ceiling_aggregate=False),
