@@ -297,3 +297,18 @@ def test_views_by_surface_and_impressions_by_action_add_up(night, backfilled, cl
     assert total == minutes
     by_action = query.breakdown(clickhouse, truth.subject_post_id, "action")
     assert by_action.impressions.sum() == query.post_figures(clickhouse, truth.subject_post_id).impressions
+
+
+def test_the_streams_surface_rows_add_up_to_its_post_rows(night, clickhouse):
+    """One aggregation gives both rollups (post_window): every post-minute row the stream wrote has
+    surface rows that sum to its views and impressions, and no surface row is without its post row."""
+    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
+
+    stream = "FINAL WHERE version < %(base)s"
+    posts = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
+        f"SELECT post_id, window_start, views, impressions FROM post_minute {stream}", {"base": BACKFILL_VERSION_BASE})}
+    surfaces = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
+        f"SELECT post_id, window_start, sum(views), sum(impressions) FROM post_surface_minute {stream} "
+        "GROUP BY post_id, window_start", {"base": BACKFILL_VERSION_BASE})}
+    assert len(posts) > 1000
+    assert surfaces == posts
