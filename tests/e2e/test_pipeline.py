@@ -154,7 +154,27 @@ def drift_before_backfill(night, clickhouse, dagster_resources):
 
 
 @pytest.fixture(scope="module")
-def backfilled(night, clickhouse, dagster_resources, drift_before_backfill):
+def stream_sums(night, clickhouse):
+    """The stream's own rows, read before any rebuild (backfilled depends on it): per post and
+    minute, (views, impressions) from post_minute and summed over post_surface_minute."""
+    posts = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
+        "SELECT post_id, window_start, views, impressions FROM post_minute FINAL")}
+    surfaces = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
+        "SELECT post_id, window_start, sum(views), sum(impressions) FROM post_surface_minute FINAL "
+        "GROUP BY post_id, window_start")}
+    return posts, surfaces
+
+
+def test_the_streams_surface_rows_add_up_to_its_post_rows(stream_sums):
+    """One aggregation gives both rollups (post_window): every post-minute row the stream wrote has
+    surface rows that sum to its views and impressions, and no surface row is without its post row."""
+    posts, surfaces = stream_sums
+    assert len(posts) > 1000
+    assert surfaces == posts
+
+
+@pytest.fixture(scope="module")
+def backfilled(night, clickhouse, dagster_resources, drift_before_backfill, stream_sums):
     """The stream's rows, then every hour of the night rebuilt from the archive (Dagster)."""
     from dagster_project.assets import post_minute_rollups
 
@@ -298,17 +318,3 @@ def test_views_by_surface_and_impressions_by_action_add_up(night, backfilled, cl
     by_action = query.breakdown(clickhouse, truth.subject_post_id, "action")
     assert by_action.impressions.sum() == query.post_figures(clickhouse, truth.subject_post_id).impressions
 
-
-def test_the_streams_surface_rows_add_up_to_its_post_rows(night, clickhouse):
-    """One aggregation gives both rollups (post_window): every post-minute row the stream wrote has
-    surface rows that sum to its views and impressions, and no surface row is without its post row."""
-    from pipelines.repair.backfill import BACKFILL_VERSION_BASE
-
-    stream = "FINAL WHERE version < %(base)s"
-    posts = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
-        f"SELECT post_id, window_start, views, impressions FROM post_minute {stream}", {"base": BACKFILL_VERSION_BASE})}
-    surfaces = {(p, w): (v, i) for p, w, v, i in clickhouse.execute(
-        f"SELECT post_id, window_start, sum(views), sum(impressions) FROM post_surface_minute {stream} "
-        "GROUP BY post_id, window_start", {"base": BACKFILL_VERSION_BASE})}
-    assert len(posts) > 1000
-    assert surfaces == posts
