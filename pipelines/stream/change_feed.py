@@ -8,9 +8,16 @@ see the rows, but made 18.16 abort on dropping such a table (docs/design.md).
 
 So this feed reads the same topics in a consumer group of its own, keeps only the keys (post and
 minute; Space and minute), and writes them to `rollup_changes` once ClickHouse's own consumer has
-committed past them: its Kafka engine commits after the block is in the table, so a change is
-never recorded before the rows it announces can be read. Offsets are committed after the insert:
-a crash repeats a batch of keys, which the refresh reads as one (it takes distinct minutes).
+committed past them and the rows are readable. The commit alone is not enough on 18.16: its Kafka
+engine commits when it has read a batch (the read stream's suffix) and only then flushes the batch,
+squashed into one block, into the tables (the write stream's suffix), so for a moment the offsets
+are past rows nobody can read yet (seen in CI: the feed announced a minute whose row was not there).
+So the feed also finds the last record it read of each partition in its table (`_readable`): a
+consumer loads a partition in offset order, one batch after the other, so when that row is there,
+every row before it is. A row replaced or deleted meanwhile (a rebuilt hour, an erasure) is never
+found: after READABLE_WAIT_S the changes are written anyway, with a warning. Offsets are committed
+after the insert: a crash repeats a batch of keys, which the refresh reads as one (it takes
+distinct minutes).
 """
 
 from __future__ import annotations
@@ -47,8 +54,16 @@ KEY_OF: dict[str, Callable[[dict], tuple[str, int, int | str]]] = {
     PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], r["event_time_ms"] // 60_000),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
+# The row each followed output's record becomes: (table's identity columns, the record's values of them).
+ROW_OF: dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] = {
+    POST_MINUTE_ROWS.name: (("post_id", "window_start", "version"),
+                            lambda r: (r["post_id"], datetime.fromisoformat(r["window_start"][:19]), r["version"])),
+    PRESENCE_VALID.name: (("event_id",), lambda r: (r["event_id"],)),
+}
 # Say so in the log when ClickHouse's consumers hold a batch back for this long.
 HELD_WARNING_S = 60.0
+# How long a batch whose offsets ClickHouse committed may wait for its last rows to be readable.
+READABLE_WAIT_S = 30.0
 
 
 class ChangeFeed:
@@ -75,6 +90,9 @@ class ChangeFeed:
         self.changes_written = 0
         self._held: tuple[set[tuple[str, int, int | str]], dict[tuple[str, int], int]] | None = None
         self._held_since = 0.0
+        # The last record read of each partition, as (output, row identity): `_readable`.
+        self._last_rows: dict[tuple[str, int], tuple[Output, tuple]] = {}
+        self._committed_since: float | None = None
 
     def step(self, wait_s: float = 0.2) -> int:
         """Read a batch of keys, or write the held one once ClickHouse has loaded its rows.
@@ -91,12 +109,22 @@ class ChangeFeed:
                             "%.0f s; the subject rollups wait for them", len(keys), time.monotonic() - self._held_since)
                 self._held_since = time.monotonic()
             return 0
+        if self._committed_since is None:
+            self._committed_since = time.monotonic()
+        if not self._readable():
+            waited = time.monotonic() - self._committed_since
+            if waited < READABLE_WAIT_S:
+                return 0
+            log.warning("the last rows of %d changed minutes are still not readable %.0f s after ClickHouse "
+                        "committed past them (replaced or deleted meanwhile?); writing the changes", len(keys), waited)
         now = server_now(self.client)  # the clock the views on direct inserts stamp changes with
         changes = sorted({(source, key, _minute(token)) for source, key, token in keys})
         insert_rows(self.client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
                     [(source, key, minute, now) for source, key, minute in changes])
         self.consumer.commit(asynchronous=False)
         self._held = None
+        self._last_rows = {}
+        self._committed_since = None
         self.changes_written += len(keys)
         return len(keys)
 
@@ -108,8 +136,10 @@ class ChangeFeed:
                 log.warning("kafka: %s", message.error())
                 continue
             output = self.outputs[message.topic()]
-            keys.add(KEY_OF[output.name](orjson.loads(message.value())))
+            record = orjson.loads(message.value())
+            keys.add(KEY_OF[output.name](record))
             last_offsets[(message.topic(), message.partition())] = message.offset()
+            self._last_rows[(message.topic(), message.partition())] = (output, record)
         return (keys, last_offsets) if last_offsets else None
 
     def _loaded(self, last_offsets: dict[tuple[str, int], int]) -> bool:
@@ -119,6 +149,21 @@ class ChangeFeed:
         for topic, partitions in by_topic.items():
             committed = self.loaded_by[topic].committed(topic, list(partitions))
             if any(committed.get(p, -1) <= offset for p, offset in partitions.items()):
+                return False
+        return True
+
+    def _readable(self) -> bool:
+        """Whether the last record read of each partition is a row of its table now."""
+        wanted: dict[Output, set[tuple]] = {}
+        for output, record in self._last_rows.values():
+            wanted.setdefault(output, set()).add(ROW_OF[output.name][1](record))
+        for output, rows in wanted.items():
+            names = ROW_OF[output.name][0]
+            columns = ", ".join(names)
+            values = tuple(sorted(rows)) if len(names) > 1 else tuple(sorted(row for (row,) in rows))
+            found = self.client.execute(f"SELECT DISTINCT {columns} FROM {output.table} WHERE ({columns}) IN %(rows)s",
+                                        {"rows": values})
+            if len(found) < len(rows):
                 return False
         return True
 
