@@ -30,7 +30,8 @@ import org.apache.flink.types.Row;
         "ROW<views BIGINT, impressions BIGINT, deliveries BIGINT, viewers ARRAY<BIGINT>, "
                 + "surfaces ARRAY<ROW<surface STRING, action STRING, views BIGINT, impressions BIGINT>>>"))
 public class PostWindow extends AggregateFunction<Row, PostWindow.Seen> {
-    /** Separates the fields of a triple; a second triple of the same id follows after {@link #NEXT}. */
+    /** Separates the fields of a triple; a second triple of the same id follows after {@link #NEXT}. Neither can
+     * occur in a valid event's surface or action: both are enums of the event schemas (schemas/). */
     private static final char FIELD = '\u0001';
     private static final char NEXT = '\u0002';
     /** A NULL surface or action (GROUP BY keeps it apart from the empty string; so do we). */
