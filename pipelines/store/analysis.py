@@ -89,17 +89,21 @@ def has_cluster(client, database: str) -> bool:
                                {"c": cluster_name(database)})[0][0])
 
 
-def _columns(client, database: str, table: str) -> list[tuple[str, str]]:
-    return [tuple(row) for row in client.execute(
-        "SELECT name, type FROM system.columns WHERE database = %(d)s AND table = %(t)s", {"d": database, "t": table})]
+def _columns(client, database: str) -> dict[str, list[tuple[str, str]]]:
+    """Every table's (name, type) columns in a database, in one query."""
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for table, name, type_ in client.execute(
+            "SELECT table, name, type FROM system.columns WHERE database = %(d)s", {"d": database}):
+        tables.setdefault(table, []).append((name, type_))
+    return tables
 
 
-def _shown(client, database: str, table: str) -> list[tuple[str, str, str]]:
-    """The analyst's columns of a project table: (name, type, SQL)."""
+def _shown(database: str, table: str, columns: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """The analyst's columns of a project table (its `columns`): (name, type, SQL)."""
     private = private_database(database)
     replaced = PERSONAL.get(table, {})
     shown = []
-    for name, type_ in _columns(client, database, table):
+    for name, type_ in columns:
         if name in replaced:
             r = replaced[name](name, private)
             shown.append((r.name, r.type, f"{r.sql} AS {r.name}"))
@@ -159,12 +163,13 @@ def ensure(client, database: str) -> list[str]:
         log.warning("%s: no cluster %s on this server yet, so the analyst's %s wait for it (the local stack: "
                     "`make up`; a server of one's own: add it to remote_servers, docs/access.md, then "
                     "`viewcount migrate`)", analysis, cluster_name(database), ", ".join(waiting))
+    project, analysed = _columns(client, database), _columns(client, analysis)
     made = []
     for table, engine in sorted(sources.items()):
         if table in waiting:
             continue
-        shown = _shown(client, database, table)
-        if (table in present and _columns(client, analysis, table) == [(n, t) for n, t, _ in shown]
+        shown = _shown(database, table, project[table])
+        if (table in present and analysed.get(table) == [(n, t) for n, t, _ in shown]
                 and (table not in PERSONAL or present[table] == _distributed(database, table))):
             continue
         _drop(client, database, table)
