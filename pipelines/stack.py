@@ -330,10 +330,12 @@ def allow_readers(settings: Settings, timeout_s: float = 30.0) -> None:
         try:
             if not completed:
                 writer = connect(settings, database="default")
-                if not analysis.has_cluster(writer, settings.clickhouse.database):
-                    raise ClickHouseUnavailable(f"the server has not loaded cluster {cluster}")
-                analysis.ensure(writer, settings.clickhouse.database)
-                writer.disconnect()
+                try:
+                    if not analysis.has_cluster(writer, settings.clickhouse.database):
+                        raise ClickHouseUnavailable(f"the server has not loaded cluster {cluster}")
+                    analysis.ensure(writer, settings.clickhouse.database)
+                finally:
+                    writer.disconnect()
                 completed = True
             connect_dashboard(settings).disconnect()
             connect_analyst(settings).disconnect()
