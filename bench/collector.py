@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from confluent_kafka.admin import AdminClient
 
     from pipelines.ingest.collector_process import CollectorProcess
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")

@@ -54,10 +54,11 @@ RUN_DEADLINE_S = 1800.0
 
 
 def service_pids(settings: Settings) -> dict[str, int]:
-    from pipelines import stack
+    from pipelines.stack.clickhouse_server import clickhouse_service
+    from pipelines.stack.kafka_broker import kafka_service
 
-    pids = {"broker": stack.kafka_service(settings).running_pid(),
-            "clickhouse": stack.clickhouse_service(settings).running_pid()}
+    pids = {"broker": kafka_service(settings).running_pid(),
+            "clickhouse": clickhouse_service(settings).running_pid()}
     missing = [name for name, pid in pids.items() if pid is None]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not running: run `make up`")

@@ -57,7 +57,7 @@ def bench_settings() -> Settings:
 def fill(settings: Settings, scale: int, seed: int, unrelated: int) -> dict:
     from pipelines.reference.generator import build_night
     from pipelines.reference.night_tables import fill_night, fill_unrelated_posts
-    from pipelines.stack import allow_readers
+    from pipelines.stack.clickhouse_server import allow_readers
     from pipelines.store.migrate import drop_database
 
     admin = connect(settings, database="default")

@@ -58,7 +58,8 @@ def isolated(settings: Settings, tag: str) -> Settings:
 
 
 def prepare(settings: Settings) -> None:
-    from pipelines.stack import allow_readers, create_topics
+    from pipelines.stack.clickhouse_server import allow_readers
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 
@@ -472,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "freshness.json").write_text(json.dumps(freshness, indent=2))
         print(json.dumps(freshness, indent=2))
         return 0
-    from pipelines import stack
+    from pipelines.stack.clickhouse_server import clickhouse_service
+    from pipelines.stack.kafka_broker import kafka_service
 
     figures: dict[str, list] = {k: [] for k in (
         "generator", "kafka_produce", "kafka_consume", "ours", "ours_sustained", "job_alone", "job_alone_sustained",
@@ -514,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         freshness = freshness_at_load(live, tuple(args.rates), period_s=args.period, periods=args.runs)
     finally:
         drop(live)
-    services = {svc.name: peak_rss_mib(pid) for svc in (stack.kafka_service(base), stack.clickhouse_service(base))
+    services = {svc.name: peak_rss_mib(pid) for svc in (kafka_service(base), clickhouse_service(base))
                 if (pid := svc.running_pid())}
     summary = {name: spread(values) for name, values in figures.items()}
     ratios = {

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from confluent_kafka import Consumer
 
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.repair.erasure import ErasureTimeout
         from pipelines.rollups.subjects import UnknownSubject
         from pipelines.serve.query import QueryError
-        from pipelines.stack import StackError
+        from pipelines.stack.services import StackError
         from pipelines.store.clickhouse import ClickHouseUnavailable
 
         if isinstance(exc, (ClickHouseUnavailable, StackError, FileNotFoundError, QueryError, UnknownSubject,

@@ -2,7 +2,7 @@
 
 `make cluster-up` / `make cluster-down` / `make cluster-status` call `python -m pipelines.cluster
 up|down|status`. Each node is a plain process with its folder (configuration, data, pid, log) under
-the state folder's cluster/; the pieces are the single-node stack's (pipelines/stack.py: start and
+the state folder's cluster/; the pieces are the single-node stack's (pipelines/stack/: start and
 stop by pid, readiness waits, Kafka's and ClickHouse's templates, the generated credentials), and
 every port and size is Settings.cluster's. Starting is idempotent: what runs is left alone, what
 is missing is started, so `up` also brings back a node that was killed. docs/scale-out.md.
@@ -20,9 +20,28 @@ from pathlib import Path
 from string import Template
 from urllib.parse import urlparse
 
-from pipelines import stack
 from pipelines.config import ClickHouseNode, Settings
-from pipelines.stack import Service, StackError
+from pipelines.stack import run_action
+from pipelines.stack.clickhouse_server import clickhouse_server, ensure_credentials, start_clickhouse
+from pipelines.stack.kafka_broker import (
+    create_topics,
+    format_kafka,
+    kafka_classpath,
+    kafka_ready,
+    launch_kafka,
+    render_kafka,
+)
+from pipelines.stack.services import (
+    STACK_DIR,
+    Service,
+    StackError,
+    ensure_port_free,
+    java,
+    port_taken,
+    rss_mib,
+    stop_services,
+    wait_until,
+)
 from pipelines.stream import flink_cluster
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
@@ -91,14 +110,14 @@ def _ports(settings: Settings) -> list[tuple[Service | None, int, str]]:
 def preflight(settings: Settings) -> None:
     """Raise before starting anything, saying what to do, if a program is missing or a port of a
     node that is not running is taken by some other process."""
-    stack.java()
-    stack.kafka_classpath(settings)
-    stack.clickhouse_server()
+    java()
+    kafka_classpath(settings)
+    clickhouse_server()
     if not ZOOKEEPER_JAR.exists():
         raise StackError(f"no {ZOOKEEPER_JAR}: run `make zookeeper` (installs Debian's zookeeper)")
     flink_up = flink_cluster.overview(settings) is not None
     taken = [f"{port} ({what})" for service, port, what in _ports(settings)
-             if (service.running_pid() is None if service else not flink_up) and stack.port_taken(port)]
+             if (service.running_pid() is None if service else not flink_up) and port_taken(port)]
     if taken:
         raise StackError(f"ports taken by other processes: {', '.join(taken)}: stop them, or {MOVE_PORTS}")
 
@@ -111,15 +130,15 @@ def start_zookeeper(settings: Settings, timeout_s: float = 60.0) -> str:
     port = settings.cluster.zookeeper_port
     if service.running_pid() is not None:
         return f"zookeeper already running (pid {service.running_pid()}) at 127.0.0.1:{port}"
-    stack.ensure_port_free(port, "ZooKeeper", MOVE_PORTS)
+    ensure_port_free(port, "ZooKeeper", MOVE_PORTS)
     (service.home / "data").mkdir(parents=True, exist_ok=True)
     config = service.home / "zoo.cfg"
-    template = Template((stack.STACK_DIR / "zookeeper" / "zoo.cfg.template").read_text())
+    template = Template((STACK_DIR / "zookeeper" / "zoo.cfg.template").read_text())
     config.write_text(template.substitute(home=service.home.resolve(), client_port=port))
     heap = settings.cluster.zookeeper_heap
-    pid = service.start([stack.java(), f"-Xmx{heap}", *_zookeeper_jvm_flags(), "-cp", _zookeeper_classpath(),
+    pid = service.start([java(), f"-Xmx{heap}", *_zookeeper_jvm_flags(), "-cp", _zookeeper_classpath(),
                          "org.apache.zookeeper.server.ZooKeeperServerMain", str(config)])
-    stack.wait_until(f"ZooKeeper at 127.0.0.1:{port}", lambda: _zookeeper_ok(port), service, timeout_s)
+    wait_until(f"ZooKeeper at 127.0.0.1:{port}", lambda: _zookeeper_ok(port), service, timeout_s)
     return f"zookeeper started (pid {pid}) at 127.0.0.1:{port}, log {service.log_file}"
 
 
@@ -128,7 +147,7 @@ def _zookeeper_classpath() -> str:
 
 
 def _zookeeper_jvm_flags() -> list[str]:
-    return [f"-Dlog4j.configuration=file:{stack.STACK_DIR / 'zookeeper' / 'log4j.properties'}"]
+    return [f"-Dlog4j.configuration=file:{STACK_DIR / 'zookeeper' / 'log4j.properties'}"]
 
 
 def _zookeeper_ok(port: int) -> bool:
@@ -145,7 +164,7 @@ def ensure_zookeeper_root(settings: Settings) -> None:
     """Create ClickHouse's root node: a server started without it stops its DDL worker for good."""
     root = settings.cluster.zookeeper_root
     done = subprocess.run(
-        [stack.java(), *_zookeeper_jvm_flags(), "-cp", _zookeeper_classpath(), "org.apache.zookeeper.ZooKeeperMain",
+        [java(), *_zookeeper_jvm_flags(), "-cp", _zookeeper_classpath(), "org.apache.zookeeper.ZooKeeperMain",
          "-server", f"127.0.0.1:{settings.cluster.zookeeper_port}", "create", root],
         capture_output=True, text=True, timeout=60)
     said = done.stdout + done.stderr
@@ -175,21 +194,21 @@ def start_kafka_nodes(settings: Settings, timeout_s: float = 120.0) -> list[str]
             messages.append(f"{service.name} already running (pid {service.running_pid()}) at "
                             f"127.0.0.1:{layout.kafka_broker_port(n)}")
             continue
-        properties = stack.render_kafka(
+        properties = render_kafka(
             service, node_id=n, controller_quorum=f"controller.quorum.voters={layout.kafka_voters}",
             broker_address=f"127.0.0.1:{layout.kafka_broker_port(n)}",
             controller_address=f"127.0.0.1:{layout.kafka_controller_port(n)}", partitions=settings.topic_partitions,
             replication_factor=layout.replication_factor, min_insync_replicas=layout.min_insync_replicas)
-        stack.format_kafka(settings, properties, _kafka_cluster_id(settings), standalone=False)
-        started.append((n, service, stack.launch_kafka(settings, service, properties, (layout.kafka_heap,) * 2)))
+        format_kafka(settings, properties, _kafka_cluster_id(settings), standalone=False)
+        started.append((n, service, launch_kafka(settings, service, properties, (layout.kafka_heap,) * 2)))
     for n, service, _ in started:
         broker = f"127.0.0.1:{layout.kafka_broker_port(n)}"
-        stack.wait_until(f"Kafka {service.name} at {broker}", lambda broker=broker: stack.kafka_ready(broker),
-                         service, timeout_s)
+        wait_until(f"Kafka {service.name} at {broker}", lambda broker=broker: kafka_ready(broker),
+                   service, timeout_s)
     if started:
         every = layout.kafka_nodes
-        stack.wait_until(f"the Kafka cluster at {layout.kafka_bootstrap} with {every} live brokers",
-                         lambda: stack.kafka_ready(layout.kafka_bootstrap, brokers=every), started[0][1], timeout_s)
+        wait_until(f"the Kafka cluster at {layout.kafka_bootstrap} with {every} live brokers",
+                   lambda: kafka_ready(layout.kafka_bootstrap, brokers=every), started[0][1], timeout_s)
     messages += [f"{service.name} started (pid {pid}) at 127.0.0.1:{layout.kafka_broker_port(n)}, "
                  f"log {service.log_file}" for n, service, pid in started]
     return messages
@@ -205,9 +224,9 @@ def start_clickhouse_nodes(settings: Settings) -> list[str]:
     messages = []
     for node, service in clickhouse_services(settings).items():
         own = server_settings(settings, node)
-        stack.ensure_credentials(own)
+        ensure_credentials(own)
         render_cluster_config(own, node, service.home)
-        messages.append(stack.start_clickhouse(own, service=service, port_remedy=MOVE_PORTS))
+        messages.append(start_clickhouse(own, service=service, port_remedy=MOVE_PORTS))
     return messages
 
 
@@ -221,7 +240,7 @@ def up(settings: Settings) -> list[str]:
         ensure_zookeeper_root(settings)
     messages += start_kafka_nodes(settings)
     messages += start_clickhouse_nodes(settings)
-    created = stack.create_topics(cluster_settings(settings), replication_factor=settings.cluster.replication_factor)
+    created = create_topics(cluster_settings(settings), replication_factor=settings.cluster.replication_factor)
     if created:
         messages.append(f"created topics (replication factor {settings.cluster.replication_factor}): "
                         f"{', '.join(created)}")
@@ -234,7 +253,7 @@ def down(settings: Settings) -> list[str]:
     for group in (list(clickhouse_services(settings).values()), list(kafka_services(settings).values()),
                   [zookeeper_service(settings)]):
         messages += [f"{service.name} {'stopped' if stopped else 'was not running'}"
-                     for service, stopped in zip(group, stack.stop_services(group), strict=True)]
+                     for service, stopped in zip(group, stop_services(group), strict=True)]
     return messages
 
 
@@ -249,12 +268,12 @@ def status(settings: Settings) -> list[str]:
     lines, total = [], 0.0
     for name, service in services.items():
         pid = service.running_pid()
-        rss = stack.rss_mib(pid) if pid else 0.0
+        rss = rss_mib(pid) if pid else 0.0
         total += rss
         state = f"running, pid {pid}, {rss:.0f} MiB" if pid else "stopped"
         lines.append(f"{name}: {state} (ports {', '.join(map(str, ports[name]))}; log {service.log_file})")
     flink_pids = flink_cluster.pids(settings)
-    flink_rss = sum(stack.rss_mib(pid) for pid in flink_pids)
+    flink_rss = sum(rss_mib(pid) for pid in flink_pids)
     total += flink_rss
     lines += flink_cluster.status(settings)
     if flink_pids:
@@ -265,7 +284,7 @@ def status(settings: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     actions = {"up": up, "down": down, "status": status}
-    return stack.run_action("pipelines.cluster", __doc__.splitlines()[0], actions, argv)
+    return run_action("pipelines.cluster", __doc__.splitlines()[0], actions, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The local stack's ClickHouse passwords, generated at its first start (pipelines/stack.py), one
+# The local stack's ClickHouse passwords, generated at its first start (pipelines/stack/), one
 # VIEWCOUNT_CLICKHOUSE_<ROLE>_PASSWORD=... line per role; mode 0600, never in the repository.
 CREDENTIALS_FILE = "credentials.env"
 ROLES = ("writer", "analyst", "dashboard")

@@ -65,7 +65,7 @@ def clickhouse(stack_settings, kafka_topics):
 
     It depends on the session's topics so that it is torn down before them: dropping a database
     whose Kafka tables read topics already deleted hangs 18.16 in librdkafka's consumer close."""
-    from pipelines.stack import allow_readers
+    from pipelines.stack.clickhouse_server import allow_readers
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 
@@ -79,7 +79,7 @@ def clickhouse(stack_settings, kafka_topics):
 
 @pytest.fixture(scope="session")
 def kafka_topics(stack_settings):
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
 
     create_topics(stack_settings)
     yield stack_settings.topics

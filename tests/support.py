@@ -85,7 +85,8 @@ def namespace(base: Settings, name: str, **overrides) -> Iterator[Settings]:
     jobs' restore points under the state folder."""
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.stack import allow_readers, create_topics
+    from pipelines.stack.clickhouse_server import allow_readers
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 

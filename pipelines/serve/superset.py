@@ -17,7 +17,7 @@ from pipelines.rollups.subjects import load_subjects
 from pipelines.serve.superset_check import SCREENSHOT, check
 from pipelines.serve.superset_dashboards import CHECKED, dashboard_url, provision
 from pipelines.serve.superset_server import ADMIN, SECRETS_FILE, ensure_secrets, home, initialise, start, stop
-from pipelines.stack import StackError
+from pipelines.stack.services import StackError
 
 
 def up(settings: Settings, with_check: bool = True) -> list[str]:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from pipelines.config import Settings
 from pipelines.serve.superset_server import ADMIN, base_url, ensure_secrets
-from pipelines.stack import StackError
+from pipelines.stack.services import StackError
 
 
 def rison(value) -> str:

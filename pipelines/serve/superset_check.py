@@ -13,7 +13,7 @@ from pipelines.rollups.subjects import Subject
 from pipelines.serve.superset_api import login
 from pipelines.serve.superset_dashboards import CHECKED, slug
 from pipelines.serve.superset_server import ADMIN, base_url, ensure_secrets, home, service
-from pipelines.stack import StackError
+from pipelines.stack.services import StackError
 
 SCREENSHOT = REPO_ROOT / "docs" / "dashboard-superset.png"
 

@@ -12,7 +12,7 @@ from pipelines.config import Settings
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.serve.superset_api import SupersetApi, login
 from pipelines.serve.superset_server import STACK_DIR, base_url
-from pipelines.stack import StackError
+from pipelines.stack.services import StackError
 
 DATASET = "subject_minutes"  # stack/superset/subject_minutes.sql
 TIME_COLUMN = "minute"  # the dataset's time axis: window_start, under a name of its own (see _dataset)

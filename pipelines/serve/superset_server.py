@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.stack import Service, StackError
+from pipelines.stack.services import Service, StackError
 
 STACK_DIR = REPO_ROOT / "stack" / "superset"
 REQUIREMENTS = STACK_DIR / "requirements.txt"

@@ -28,7 +28,7 @@ key is never in a statement's text.
 (pipelines/store/migrate.py); a table whose columns changed is made again. 18.16 wants the cluster
 when a Distributed table is created: on a server without it yet (a database migrated before the
 local stack re-rendered its configuration, or a server of one's own not configured yet), the
-PERSONAL tables wait, with a warning, for the next `ensure` (pipelines.stack.allow_readers runs one
+PERSONAL tables wait, with a warning, for the next `ensure` (pipelines.stack.clickhouse_server.allow_readers runs one
 once the cluster is loaded; elsewhere `viewcount migrate` again).
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.stack import StackError, ensure_port_free
+from pipelines.stack.services import StackError, ensure_port_free
 
 TEMPLATE = REPO_ROOT / "stack" / "flink" / "config.yaml.template"
 

@@ -32,7 +32,7 @@ def settings(stack_settings, session_tag):
     """This module's topics and database on the session's services."""
     from confluent_kafka.admin import AdminClient
 
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 

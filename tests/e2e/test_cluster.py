@@ -33,7 +33,7 @@ def flink_cluster(stack_settings):
 
 
 def _stack(base, name: str):
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 

@@ -216,7 +216,7 @@ def fresh_namespace(settings: Settings, name: str) -> Settings:
     The topics keep their records forever: the generator stamps records with the night's times
     (2024), and a time retention (7 days by default) lets the broker delete them, measured here
     within 2 minutes of producing, before the job had read them."""
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 

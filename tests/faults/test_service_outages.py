@@ -31,7 +31,8 @@ from harness import (
 
 from pipelines.config import REPO_ROOT
 from pipelines.reference.generator import GroundTruth, generate_night
-from pipelines.stack import clickhouse_service, kafka_service
+from pipelines.stack.clickhouse_server import clickhouse_service
+from pipelines.stack.kafka_broker import kafka_service
 
 # A stack of their own and a minute of deliberate outage each: in the long run (`pytest -m soak`),
 # not in make test's budget.

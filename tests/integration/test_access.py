@@ -27,7 +27,8 @@ from clickhouse_driver import errors as ch_errors
 from pipelines import cli
 from pipelines.config import REPO_ROOT
 from pipelines.serve import query
-from pipelines.stack import clickhouse_service, kafka_service
+from pipelines.stack.clickhouse_server import clickhouse_service
+from pipelines.stack.kafka_broker import kafka_service
 from pipelines.store.clickhouse import (
     DASHBOARD_TABLES,
     DEAD_LETTERS,

@@ -70,7 +70,7 @@ def ids_in(settings: Settings, topic: str) -> set[str]:
 @pytest.fixture(scope="module")
 def stack(stack_settings, session_tag):
     """Source and dead-letter topics of this module's own, and a collector with small limits."""
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
 
     settings = replace(stack_settings, topics=Topics(prefix=f"collector{session_tag}"))
     create_topics(settings)
@@ -360,7 +360,7 @@ def _metric_samples(url: str) -> dict[str, str]:
 def test_a_2xx_is_durable_when_the_collector_is_killed_under_load(stack_settings, session_tag):
     """Clients send batches from several threads; the whole collector gets kill -9 mid-load;
     every event of every batch answered 2xx must be in Kafka."""
-    from pipelines.stack import create_topics
+    from pipelines.stack.kafka_broker import create_topics
 
     settings = replace(stack_settings, topics=Topics(prefix=f"collkill{session_tag}"))
     create_topics(settings)
@@ -409,7 +409,7 @@ def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings
     """A Kafka of our own (other ports), stopped under the collector: answers are 503 with
     Retry-After within the ack timeout, memory stays bounded, and it recovers when Kafka is back."""
     from pipelines.ingest.collector_process import free_port
-    from pipelines.stack import create_topics, kafka_service
+    from pipelines.stack.kafka_broker import create_topics, kafka_service
 
     (tmp_path / "jars").symlink_to(stack_settings.jars_dir.resolve())
     own = replace(stack_settings, state_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}",
@@ -456,7 +456,8 @@ def test_kafka_down_gives_503_with_retry_after_and_bounded_memory(stack_settings
 
 
 def _start_broker(settings: Settings) -> None:
-    from pipelines.stack import StackError, start_kafka
+    from pipelines.stack.kafka_broker import start_kafka
+    from pipelines.stack.services import StackError
 
     try:
         start_kafka(settings)

@@ -34,7 +34,7 @@ def night(stack_settings, session_tag):
     """A 1:1000 night written straight into a database of this module's own (no Flink), rolled up."""
     from pipelines.reference.generator import build_night
     from pipelines.reference.night_tables import fill_night
-    from pipelines.stack import allow_readers
+    from pipelines.stack.clickhouse_server import allow_readers
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations, drop_database
 

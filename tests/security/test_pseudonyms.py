@@ -13,7 +13,7 @@ import pytest
 from clickhouse_driver import errors as ch_errors
 
 from pipelines.config import REPO_ROOT
-from pipelines.stack import allow_readers
+from pipelines.stack.clickhouse_server import allow_readers
 from pipelines.store import analysis
 from pipelines.store.clickhouse import connect, connect_analyst, insert_rows
 from pipelines.store.migrate import apply_migrations, drop_database

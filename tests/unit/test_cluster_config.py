@@ -11,8 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines import cluster, stack
+from pipelines import cluster
 from pipelines.config import ClusterLayout, Settings
+from pipelines.stack.kafka_broker import kafka_service, render_kafka
+from pipelines.stack.services import StackError, ensure_port_free
 from pipelines.store.clickhouse import render_clickhouse_config, render_cluster_config
 
 
@@ -74,7 +76,7 @@ def test_a_cluster_server_has_the_single_node_users_on_its_own_ports_and_folder(
 def test_kafka_nodes_share_a_fixed_quorum_and_keep_three_copies_the_single_node_one(settings):
     layout = settings.cluster
     service = cluster.kafka_services(settings)[2]
-    properties = stack.render_kafka(
+    properties = render_kafka(
         service, node_id=2, controller_quorum=f"controller.quorum.voters={layout.kafka_voters}",
         broker_address="127.0.0.1:29092", controller_address="127.0.0.1:29192", partitions=4,
         replication_factor=3, min_insync_replicas=2).read_text()
@@ -84,10 +86,10 @@ def test_kafka_nodes_share_a_fixed_quorum_and_keep_three_copies_the_single_node_
                  "transaction.state.log.replication.factor=3", "transaction.state.log.min.isr=2"):
         assert f"{line}\n" in properties
     assert f"log.dirs={service.home / 'data'}\n" in properties
-    single = stack.render_kafka(stack.kafka_service(settings), node_id=1,
-                                controller_quorum="controller.quorum.bootstrap.servers=127.0.0.1:19093",
-                                broker_address="127.0.0.1:19092", controller_address="127.0.0.1:19093",
-                                partitions=4).read_text()
+    single = render_kafka(kafka_service(settings), node_id=1,
+                          controller_quorum="controller.quorum.bootstrap.servers=127.0.0.1:19093",
+                          broker_address="127.0.0.1:19092", controller_address="127.0.0.1:19093",
+                          partitions=4).read_text()
     assert "offsets.topic.replication.factor=1\n" in single and "min.insync.replicas=1\n" in single
 
 
@@ -97,5 +99,5 @@ def test_a_taken_port_is_named_with_what_to_do():
         taken.listen()
         port = taken.getsockname()[1]
         expected = rf"port {port} \(ZooKeeper\) is taken .* VIEWCOUNT_CLUSTER_PORT_BASE"
-        with pytest.raises(stack.StackError, match=expected):
-            stack.ensure_port_free(port, "ZooKeeper", cluster.MOVE_PORTS)
+        with pytest.raises(StackError, match=expected):
+            ensure_port_free(port, "ZooKeeper", cluster.MOVE_PORTS)

@@ -1,0 +1,171 @@
+"""Our service processes: started and stopped by pid, their ports, readiness and memory.
+
+Every service writes its pid and log under the state folder; starting is idempotent (a live
+recorded pid is left alone) and waits for readiness with a deadline, naming the service and its log
+when it fails. The local stack (Kafka, ClickHouse) and the cluster stack start through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import REPO_ROOT
+
+STACK_DIR = REPO_ROOT / "stack"
+
+
+class StackError(RuntimeError):
+    """A service could not be started or reached; the message says which, and where its log is."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A process of ours: its folder (pid file, log, configuration) and a word of its command line
+    (marker) that tells it from whatever process later reuses its pid."""
+
+    name: str
+    home: Path
+    marker: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / f"{self.name}.log"
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        # A recycled pid belongs to someone else: only trust it if it is still our program.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if self.marker.encode() in cmdline else None
+
+    def started_process_alive(self) -> bool:
+        """Whether the process this service recorded still runs (not exited, not a zombie). Unlike
+        running_pid, it does not ask for the program's name: right after start the child may not
+        have exec'd the service yet, and its command line is still its parent's."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ValueError, IndexError, OSError):
+            return False
+        return state not in ("Z", "X")
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                env=env,
+                start_new_session=True,  # survives the make process; stopped by `make down`
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        return stop_services([self], timeout_s)[0]
+
+
+def stop_services(services: list[Service], timeout_s: float = 30.0) -> list[bool]:
+    """SIGTERM to every running one at once, SIGKILL to those still there at the deadline; whether
+    each was running. At once: the nodes of a cluster each wait for the others while shutting down."""
+    pids = [service.running_pid() for service in services]
+    for pid in pids:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while pid is not None and _alive(pid):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.2)
+    for service in services:
+        service.pid_file.unlink(missing_ok=True)
+    return [pid is not None for pid in pids]
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid still runs. A child of this process (a test that started the stack in-process)
+    is reaped here once it exits: as a zombie it would look alive until the deadline."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now (VmRSS), MiB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def port_taken(port: int) -> bool:
+    """Whether something listens on this loopback port."""
+    return port_open("127.0.0.1", port)
+
+
+def ensure_port_free(port: int, what: str, remedy: str) -> None:
+    """Raise, saying what to do, when something else already listens on a loopback port we need."""
+    if port_taken(port):
+        raise StackError(f"port {port} ({what}) is taken by another process: stop it, or {remedy}")
+
+
+def wait_until(what: str, ready, service: Service, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not service.started_process_alive():
+            raise StackError(f"{what} exited during start-up; see its log: {service.log_file}")
+        time.sleep(0.25)
+    raise StackError(f"{what} was not ready after {timeout_s:.0f} s; see its log: {service.log_file}")
+
+
+def java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java:
+        raise StackError("no `java` on PATH: install OpenJDK 17 (apt-get install openjdk-17-jre-headless)")
+    return str(java)
