@@ -40,13 +40,25 @@ ERASED_VIEWERS = "erased_viewers"
 ERASURE_REQUESTS = "erasure_requests"
 ERASURE_SWEEPS = "erasure_sweeps"
 
+# The counts of a post and minute, exact and deduplicated on event_id, in their order in post_minute
+# and post_hour. Rows of them combine by summing: an hour's row, or a range's figures, are the sums
+# of its minutes' (the unique viewers are no count: a sketch, unioned). The job counts them
+# (PostWindow.java) and so does the archive (sql/backfill/hour_minutes.sql); the tables, the job's
+# records, the rebuild, the reconciliation and a post's figures take them from here.
+POST_MINUTE_COUNTS = ("views", "impressions")
+
+
+def post_rollup_columns(window: str) -> tuple[str, ...]:
+    """post_minute's and post_hour's columns, the same but for the window's: the rebuild writes
+    both from one tuple (pipelines.repair.backfill)."""
+    return ("post_id", window, *POST_MINUTE_COUNTS, "unique_viewers_sketch", "unique_viewers", "version")
+
+
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENTS_RAW: ("event_type", "event_id", "event_time", "event_time_ms", "post_id", "author_id",
                  "viewer_id", "surface", "client", "action"),
-    POST_MINUTE: ("post_id", "window_start", "views", "impressions", "unique_viewers_sketch",
-                  "unique_viewers", "version"),
-    POST_HOUR: ("post_id", "hour_start", "views", "impressions", "unique_viewers_sketch",
-                "unique_viewers", "version"),
+    POST_MINUTE: post_rollup_columns("window_start"),
+    POST_HOUR: post_rollup_columns("hour_start"),
     POST_SURFACE_MINUTE: ("post_id", "window_start", "surface", "action", "views", "impressions", "version"),
     POSTS: ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version"),
     SPACE_PRESENCE: ("space_id", "listener_id", "event_time", "event_time_ms", "action", "event_id"),
@@ -121,9 +133,9 @@ EVENTS_VALID = Output("events_valid", "events_valid", _fields(
     "surface STRING String", "client STRING String", "action STRING String", "late INT UInt8",
 ), EVENTS_RAW, clickhouse_loads=True)
 POST_MINUTE_ROWS = Output("post_minute", "post_minute", _fields(
-    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "views BIGINT UInt64",
-    "impressions BIGINT UInt64", "deliveries BIGINT UInt64", "unique_viewers_sketch STRING String",
-    "unique_viewers DOUBLE Float64", "version BIGINT UInt64",
+    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String",
+    *(f"{count} BIGINT UInt64" for count in POST_MINUTE_COUNTS), "deliveries BIGINT UInt64",
+    "unique_viewers_sketch STRING String", "unique_viewers DOUBLE Float64", "version BIGINT UInt64",
 ), POST_MINUTE, clickhouse_loads=True)
 POST_SURFACE_MINUTE_ROWS = Output("post_surface_minute", "post_surface_minute", _fields(
     "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "surface STRING String",

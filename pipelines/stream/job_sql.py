@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pipelines.config import Settings
 from pipelines.ingest import schemas
 from pipelines.rollups import sketches
-from pipelines.store.tables import VALID_EVENT_FIELDS
+from pipelines.store.tables import POST_MINUTE_COUNTS, VALID_EVENT_FIELDS
 
 # Event types whose events are counted per post and minute (posts are archived by a later job).
 COUNTED_TYPES = ("view", "impression")
@@ -139,9 +139,10 @@ FROM (
 
 
 def post_minute_sql(post_windows_view: str) -> str:
-    """The post-minute rows of `post_windows_sql`'s windows."""
-    return (f"SELECT post_id, window_start, counts.{quoted('views')} AS {quoted('views')}, "
-            f"counts.impressions AS impressions, counts.deliveries AS deliveries, "
+    """The post-minute rows of `post_windows_sql`'s windows: the counts `post_window` names as the
+    registry does (POST_MINUTE_COUNTS), and the deliveries behind them."""
+    counts = ", ".join(f"counts.{quoted(name)} AS {quoted(name)}" for name in (*POST_MINUTE_COUNTS, "deliveries"))
+    return (f"SELECT post_id, window_start, {counts}, "
             f"viewers.sketch AS unique_viewers_sketch, viewers.estimate AS unique_viewers, version "
             f"FROM {quoted(post_windows_view)}")
 
