@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
 from pipelines.store.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
-from pipelines.store.tables import BACKFILL_VERSION_BASE, POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS
+from pipelines.store.tables import BACKFILL_VERSION_BASE, POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS, POST_MINUTE_COUNTS
 
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
 STAGING_BATCH_ROWS = 50_000
@@ -114,8 +114,7 @@ class ArchivedMinute(NamedTuple):
 
     post_id: int
     window_start: datetime
-    views: int
-    impressions: int
+    counts: dict[str, int]  # by name, in the order of POST_MINUTE_COUNTS
     viewer_ids: list[int]
 
 
@@ -127,11 +126,12 @@ def grouped_minutes(client, hour_start: datetime, chunks: int | None = None,
     chunks = hour_chunks(client, hour_start) if chunks is None else chunks
     sql = backfill_sql("hour_minutes")
     for chunk in range(chunks) if only_chunk is None else (only_chunk,):
-        for post_id, window_start, views, impressions, viewer_ids in client.execute_iter(
+        for post_id, window_start, *counts, viewer_ids in client.execute_iter(
             sql, {**hour_window(hour_start), "chunks": chunks, "chunk": chunk},
             settings={"max_block_size": READ_BLOCK_ROWS},
         ):
-            yield ArchivedMinute(post_id, as_utc(window_start), views, impressions, viewer_ids)
+            yield ArchivedMinute(post_id, as_utc(window_start), dict(zip(POST_MINUTE_COUNTS, counts, strict=True)),
+                                 viewer_ids)
 
 
 def minute_rows(client, hour_start: datetime, version: int, chunks: int | None = None,
@@ -139,12 +139,14 @@ def minute_rows(client, hour_start: datetime, version: int, chunks: int | None =
     """The hour's post_minute rows rebuilt from events_raw (chunked as `grouped_minutes`),
     exactly as the stream's loader builds them (`loader.rollup_row`: same counts, same sketch)."""
     for minute in grouped_minutes(client, hour_start, chunks, only_chunk):
-        yield _row(minute.post_id, minute.window_start, minute.views, minute.impressions, minute.viewer_ids, version)
+        yield _row(minute.post_id, minute.window_start, minute.counts, minute.viewer_ids, version)
 
 
-def _row(post_id: int, start: datetime, views: int, impressions: int, viewer_ids, version: int) -> tuple:
+def _row(post_id: int, start: datetime, counts: Mapping[str, int], viewer_ids, version: int) -> tuple:
+    """A post_minute or post_hour row (post_rollup_columns)."""
     sketch = sketches.sketch_of(viewer_ids)
-    return (post_id, start, views, impressions, sketches.to_bytes(sketch), sketch.get_estimate(), version)
+    return (post_id, start, *(counts[name] for name in POST_MINUTE_COUNTS), sketches.to_bytes(sketch),
+            sketch.get_estimate(), version)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ class PostViewersBuilder:
             POST_HOUR: f"INSERT INTO {staging[POST_HOUR]} ({', '.join(POST_HOUR_COLUMNS)}) VALUES",
         }
         batches: dict[str, list[tuple]] = {POST_MINUTE: [], POST_HOUR: []}
-        totals = {"rows": 0, "views": 0, "impressions": 0, "post_hour_rows": 0}
+        totals = {"rows": 0, **dict.fromkeys(POST_MINUTE_COUNTS, 0), "post_hour_rows": 0}
         writer = sibling(client)  # the hour streams in on `client` while batches go out on this one
 
         def add(table: str, row: tuple) -> None:
@@ -170,10 +172,10 @@ class PostViewersBuilder:
                 writer.execute(inserts[table], batches[table])
                 batches[table] = []
 
-        post, hour_views, hour_impressions, hour_viewers = None, 0, 0, set()
+        post, hour_counts, hour_viewers = None, dict.fromkeys(POST_MINUTE_COUNTS, 0), set()
 
         def close_post() -> None:
-            add(POST_HOUR, _row(post, hour_start, hour_views, hour_impressions, hour_viewers, version))
+            add(POST_HOUR, _row(post, hour_start, hour_counts, hour_viewers, version))
             totals["post_hour_rows"] += 1
 
         try:
@@ -181,14 +183,12 @@ class PostViewersBuilder:
                 if minute.post_id != post:
                     if post is not None:
                         close_post()
-                    post, hour_views, hour_impressions, hour_viewers = minute.post_id, 0, 0, set()
-                add(POST_MINUTE, _row(minute.post_id, minute.window_start, minute.views, minute.impressions,
-                                      minute.viewer_ids, version))
+                    post, hour_counts, hour_viewers = minute.post_id, dict.fromkeys(POST_MINUTE_COUNTS, 0), set()
+                add(POST_MINUTE, _row(minute.post_id, minute.window_start, minute.counts, minute.viewer_ids, version))
                 totals["rows"] += 1
-                totals["views"] += minute.views
-                totals["impressions"] += minute.impressions
-                hour_views += minute.views
-                hour_impressions += minute.impressions
+                for name, count in minute.counts.items():  # an hour's counts are the sums of its minutes'
+                    totals[name] += count
+                    hour_counts[name] += count
                 hour_viewers.update(minute.viewer_ids)
             if post is not None:
                 close_post()

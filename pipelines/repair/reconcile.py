@@ -22,6 +22,7 @@ from pipelines.repair.backfill import (
 )
 from pipelines.rollups import sketches
 from pipelines.store.clickhouse import sibling
+from pipelines.store.tables import POST_MINUTE_COLUMNS, POST_MINUTE_COUNTS
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Drift:
     archive_rows: int = 0
     missing: int = 0            # windows the archive has and the stream lacks
     extra: int = 0              # windows the stream has and the archive lacks
-    count_differences: int = 0  # windows in both whose views or impressions differ
+    count_differences: int = 0  # windows in both whose counts (POST_MINUTE_COUNTS) differ
     views_difference: int = 0   # archive views - stream views, over the hour
     impressions_difference: int = 0
     estimates_outside: int = 0  # windows whose unique estimate lies outside the other's bounds
@@ -51,8 +52,7 @@ class MinuteRollup(NamedTuple):
 
     post_id: int
     window_start: datetime
-    views: int
-    impressions: int
+    counts: dict[str, int]  # by name, in the order of POST_MINUTE_COUNTS
     sketch: bytes  # compact HLL of the distinct viewers
 
     @property
@@ -62,17 +62,19 @@ class MinuteRollup(NamedTuple):
 
 def stream_rollups(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[MinuteRollup]:
     """post_minute FINAL rows of one chunk of posts (as `backfill.grouped_minutes`), in key order."""
-    for post_id, window_start, views, impressions, sketch in client.execute_iter(
+    for values in client.execute_iter(
         backfill_sql("hour_rollups"), {**hour_window(hour_start), "chunks": chunks, "chunk": chunk},
         settings={"strings_as_bytes": True, "max_block_size": READ_BLOCK_ROWS},
     ):
-        yield MinuteRollup(post_id, as_utc(window_start), views, impressions, sketch)
+        row = dict(zip(POST_MINUTE_COLUMNS, values, strict=True))
+        yield MinuteRollup(row["post_id"], as_utc(row["window_start"]),
+                           {name: row[name] for name in POST_MINUTE_COUNTS}, row["unique_viewers_sketch"])
 
 
 def archive_rollups(client, hour_start: datetime, chunks: int, chunk: int) -> Iterator[MinuteRollup]:
     """The same chunk rebuilt from events_raw, as `backfill.minute_rows` would write it."""
     for minute in grouped_minutes(client, hour_start, chunks, chunk):
-        yield MinuteRollup(minute.post_id, minute.window_start, minute.views, minute.impressions,
+        yield MinuteRollup(minute.post_id, minute.window_start, minute.counts,
                            sketches.to_bytes(sketches.sketch_of(minute.viewer_ids)))
 
 
@@ -99,8 +101,7 @@ def count_differences(stream: Iterator[MinuteRollup], archive: Iterator[MinuteRo
         take_stream = archive_row is None or (stream_row is not None and stream_row.key <= archive_row.key)
         take_archive = stream_row is None or (archive_row is not None and archive_row.key <= stream_row.key)
         if take_stream and take_archive:
-            drift.count_differences += ((stream_row.views, stream_row.impressions)
-                                         != (archive_row.views, archive_row.impressions))
+            drift.count_differences += stream_row.counts != archive_row.counts
             drift.sketches_differ += stream_row.sketch != archive_row.sketch
             drift.estimates_outside += estimates_disagree(stream_row.sketch, archive_row.sketch)
         elif take_stream:
@@ -109,13 +110,13 @@ def count_differences(stream: Iterator[MinuteRollup], archive: Iterator[MinuteRo
             drift.missing += 1
         if take_stream:
             drift.stream_rows += 1
-            drift.views_difference -= stream_row.views
-            drift.impressions_difference -= stream_row.impressions
+            drift.views_difference -= stream_row.counts["views"]
+            drift.impressions_difference -= stream_row.counts["impressions"]
             stream_row = next(stream, None)
         if take_archive:
             drift.archive_rows += 1
-            drift.views_difference += archive_row.views
-            drift.impressions_difference += archive_row.impressions
+            drift.views_difference += archive_row.counts["views"]
+            drift.impressions_difference += archive_row.counts["impressions"]
             archive_row = next(archive, None)
 
 

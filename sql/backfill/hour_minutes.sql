@@ -1,7 +1,8 @@
--- Per post and minute of one UTC hour, from the archive: the deduplicated views and impressions
--- (FINAL collapses duplicate deliveries, same event_id) and the distinct viewer ids of the views,
--- in (post, minute) order. The viewer ids become the minute's HLL sketch in Python
--- (pipelines/rollups/sketches.py), exactly as the stream's loader does.
+-- Per post and minute of one UTC hour, from the archive: the deduplicated counts (FINAL collapses
+-- duplicate deliveries, same event_id), views and impressions in the order of the registry's
+-- POST_MINUTE_COUNTS (pipelines/store/tables.py, which the code reads them by), and the distinct
+-- viewer ids of the views, in (post, minute) order. The viewer ids become the minute's HLL sketch
+-- in Python (pipelines/rollups/sketches.py), exactly as the stream's loader does.
 -- One chunk of posts per query (post_id modulo chunks): a grouped result reaches the client as
 -- one block, so the chunk, not the hour, bounds the client's memory.
 SELECT post_id, toStartOfMinute(event_time) AS window_start,
