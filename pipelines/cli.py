@@ -80,8 +80,8 @@ def cmd_query_post(args, settings: Settings) -> int:
     from pipelines.serve import query
 
     figures = query.post_figures(_connect(settings), args.post_id)
-    print(f"post {figures.post_id}: {figures.views:,} views · {figures.impressions:,} impressions · "
-          f"{figures.unique_viewers:,.0f} unique viewers "
+    counts = " · ".join(f"{count:,} {name}" for name, count in figures.counts.items())
+    print(f"post {figures.post_id}: {counts} · {figures.unique_viewers:,.0f} unique viewers "
           f"({figures.unique_viewers_lower:,.0f} – {figures.unique_viewers_upper:,.0f})")
     return 0
 
@@ -178,8 +178,8 @@ def cmd_demo(args, settings: Settings) -> int:
     totals = query.all_posts_totals(client)
     print()
     print(f"From ClickHouse ({settings.clickhouse.describe()}):")
-    print(f"  the Space's post: {subject.views:,} views, {subject.impressions:,} impressions, "
-          f"{subject.unique_viewers:,.0f} unique viewers "
+    counts = ", ".join(f"{count:,} {name}" for name, count in subject.counts.items())
+    print(f"  the Space's post: {counts}, {subject.unique_viewers:,.0f} unique viewers "
           f"(95 % bounds {subject.unique_viewers_lower:,.0f} – {subject.unique_viewers_upper:,.0f})")
     print(f"  all posts: {totals['views']:,} views, {totals['impressions']:,} impressions "
           f"across {totals['posts']:,} posts")

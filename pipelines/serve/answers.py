@@ -190,7 +190,7 @@ def post_answer(client, post_id: int, start: datetime, end: datetime) -> dict:
     f = query.post_figures(client, post_id, start, end)
     if not f.minutes:
         raise ApiError(404, "post_id", f"no views of post {post_id} in the range")
-    return {"post_id": post_id, "views": f.views, "impressions": f.impressions, "minutes": f.minutes,
+    return {"post_id": post_id, **f.counts, "minutes": f.minutes,
             "unique_viewers": {"estimate": round(f.unique_viewers), "lower": round(f.unique_viewers_lower),
                                "upper": round(f.unique_viewers_upper)}}
 

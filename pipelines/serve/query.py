@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from pipelines.rollups import sketches
 from pipelines.store.queries import query_text
+from pipelines.store.tables import POST_MINUTE_COUNTS
 
 # Wide enough for any event; 18.16 cannot compare DateTime with dates past 2105.
 ALL_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -17,8 +18,7 @@ HOUR = timedelta(hours=1)
 @dataclass(frozen=True)
 class PostFigures:
     post_id: int
-    views: int
-    impressions: int
+    counts: dict[str, int]  # views, impressions, ...: POST_MINUTE_COUNTS, each summed over the minutes
     minutes: int
     unique_viewers: float
     unique_viewers_lower: float
@@ -26,19 +26,20 @@ class PostFigures:
 
 
 def post_figures(client, post_id: int, start: datetime = ALL_TIME[0], end: datetime = ALL_TIME[1]) -> PostFigures:
-    """Exact views and impressions of a post in [start, end), and its unique viewers (sketch union)."""
+    """Exact counts (views, impressions, ...) of a post in [start, end), and its unique viewers (sketch union)."""
     rows = client.execute(
         query_text("post_minutes"),
         {"post_id": post_id, "from": start, "to": end},
         settings={"strings_as_bytes": True},
     )
-    merged = sketches.union(row[3] for row in rows)
+    minutes = [dict(zip(("window_start", *POST_MINUTE_COUNTS, "unique_viewers_sketch"), row, strict=True))
+               for row in rows]
+    merged = sketches.union(minute["unique_viewers_sketch"] for minute in minutes)
     estimate, lower, upper = sketches.estimate_with_bounds(merged)
     return PostFigures(
         post_id=post_id,
-        views=sum(row[1] for row in rows),
-        impressions=sum(row[2] for row in rows),
-        minutes=len(rows),
+        counts={name: sum(minute[name] for minute in minutes) for name in POST_MINUTE_COUNTS},
+        minutes=len(minutes),
         unique_viewers=estimate,
         unique_viewers_lower=lower,
         unique_viewers_upper=upper,

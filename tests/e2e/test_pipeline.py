@@ -122,7 +122,7 @@ def test_malformed_records_are_dead_lettered_with_reasons_and_change_no_count(ni
     assert stats.dead_letters == len(expected)
     subject = query.post_figures(clickhouse, truth.subject_post_id)
     late_subject = sum(r.late_views for r in truth.post_minutes if r.post_id == truth.subject_post_id)
-    assert truth.subject_views - late_subject <= subject.views <= truth.subject_views
+    assert truth.subject_views - late_subject <= subject.counts["views"] <= truth.subject_views
 
 
 NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
@@ -316,5 +316,5 @@ def test_views_by_surface_and_impressions_by_action_add_up(night, backfilled, cl
     (minutes,), = clickhouse.execute("SELECT sum(views) FROM post_minute FINAL")
     assert total == minutes
     by_action = query.breakdown(clickhouse, truth.subject_post_id, "action")
-    assert by_action.impressions.sum() == query.post_figures(clickhouse, truth.subject_post_id).impressions
+    assert by_action.impressions.sum() == query.post_figures(clickhouse, truth.subject_post_id).counts["impressions"]
 

@@ -182,7 +182,7 @@ def test_the_dashboard_reads_rollups_and_nothing_per_viewer(seeded, clickhouse):
     views = dashboard.execute("SELECT views, impressions FROM post_minute FINAL WHERE post_id = %(post)s",
                               {"post": POST})
     assert views == [(7, 2)]  # the replacing row, through the read-through view
-    assert query.post_figures(dashboard, POST).views == 7
+    assert query.post_figures(dashboard, POST).counts["views"] == 7
     for table in PER_VIEWER_TABLES:
         assert _refused(dashboard, f"SELECT count() FROM {database}.{table}") == ACCESS_DENIED
         assert _refused(dashboard, f"SELECT count() FROM {table}") == UNKNOWN_TABLE
