@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from pipelines.config import Settings
-from pipelines.stream import flink_rest
+from pipelines.stream import class_archive, flink_rest
 from pipelines.stream.restore_points import latest_checkpoint, prune_restore_points
 
 # The job's logger: what it logs here belongs to the job's run.
@@ -57,6 +57,7 @@ def table_environment(settings: Settings, restore: bool = True):
 
     # Read by TableEnvironment's constructor (TableEnvironment._open): it must be set before.
     os.environ[PYTHON_WORKER_MODE[0]] = PYTHON_WORKER_MODE[1]
+    class_archive.use_for_the_next_jvm(settings.state_dir)  # read when PyFlink launches its JVM
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = t_env.get_config()
     checkpoint_dir = settings.checkpoint_dir

@@ -1,0 +1,41 @@
+"""The job JVM's class archive: written by a first run, promoted once settled, then used."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pipelines.stream import class_archive
+
+
+def _written(path, age_s: float) -> None:
+    path.write_bytes(b"archive")
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_a_first_run_writes_an_archive_under_its_own_name(tmp_path):
+    (option,) = class_archive.jvm_options(tmp_path)
+    assert option.startswith("-XX:ArchiveClassesAtExit=") and option.endswith(f".jsa.{os.getpid()}")
+    assert not list((tmp_path / "jvm").glob("*.jsa"))
+
+
+def test_the_newest_settled_archive_is_promoted_and_used_and_a_fresh_one_waits(tmp_path):
+    first = class_archive.jvm_options(tmp_path)[0].split("=", 1)[1]
+    archive = first.rsplit(".", 1)[0]
+    _written(tmp_path / "jvm" / f"{os.path.basename(archive)}.101", age_s=300)
+    _written(tmp_path / "jvm" / f"{os.path.basename(archive)}.102", age_s=200)
+    _written(tmp_path / "jvm" / f"{os.path.basename(archive)}.103", age_s=1)  # still being written
+    options = class_archive.jvm_options(tmp_path)
+    assert options == ["-Xshare:auto", f"-XX:SharedArchiveFile={archive}"]
+    left = sorted(path.name.rsplit(".", 1)[1] for path in (tmp_path / "jvm").iterdir())
+    assert left == ["103", "jsa"], "the newest settled one promoted, the older dropped, the fresh one kept"
+
+
+def test_an_archive_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("JVM_ARGS", "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa")
+    class_archive.use_for_the_next_jvm(tmp_path)
+    assert os.environ["JVM_ARGS"] == "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa"
+    monkeypatch.setenv("JVM_ARGS", "-Xmx1g")
+    class_archive.use_for_the_next_jvm(tmp_path)
+    assert os.environ["JVM_ARGS"].startswith("-Xmx1g -XX:ArchiveClassesAtExit=")
