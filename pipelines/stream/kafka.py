@@ -131,6 +131,23 @@ class CommittedOffsets:
         self._consumer.close()
 
 
+def partition_bounds(bootstrap: str, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (first offset, end) as a read_committed consumer sees them, for all the
+    partitions in one ListOffsets round. Asked of a consumer one partition at a time, each answer
+    waited behind that consumer's pending fetch (up to fetch.wait.max.ms, 500 ms): 3.5 s for the
+    job's eight output partitions at the end of every bounded run."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    asked = {spec: admin.list_offsets({TopicPartition(t, p): getattr(OffsetSpec, spec)() for t, p in partitions},
+                                      isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
+             for spec in ("earliest", "latest")}
+    answers = {spec: {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+               for spec, futures in asked.items()}
+    return {key: (answers["earliest"][key], answers["latest"][key]) for key in partitions}
+
+
 def caught_up(consumer, bootstrap: str) -> bool:
     """True when every partition assigned to a subscribed consumer has been read to its end (ask
     after an empty poll).
@@ -150,9 +167,9 @@ def caught_up(consumer, bootstrap: str) -> bool:
     unread = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
     committed = {(c.topic, c.partition): c.offset
                  for c in (committed_offsets(consumer, unread, timeout_s=10) if unread else [])}
+    bounds = partition_bounds(bootstrap, [(p.topic, p.partition) for p in positions])
     for position in positions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(position.topic, position.partition), timeout=5,
-                                                   cached=False)
+        low, high = bounds[(position.topic, position.partition)]
         current = position.offset
         if current < 0:
             current = committed.get((position.topic, position.partition), -1)
