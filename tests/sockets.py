@@ -94,3 +94,34 @@ def assert_loopback_only(what: str, pids: set[int], expected_ports: set[int]) ->
     exposed = [f"{address}:{port}" for address, port in sockets if not loopback(address)]
     assert exposed == [], f"{what} listens beyond loopback: {exposed}"
     assert expected_ports <= {port for _, port in sockets}, f"{what}: expected {expected_ports}, found {sockets}"
+
+
+def listeners_until_steady(pid: int, steady, timeout_s: float = 300.0, alive=None) -> dict[tuple[int, int], tuple]:
+    """Every socket the process tree of `pid` (`viewcount run`: the viewcount process and its JVM:
+    py4j, blob server, REST endpoint, PyFlink) listens on, sampled every 0.1 s from its start until
+    `steady()` (e.g. a checkpoint completed: every task runs) and 5 s after: (pid, port) -> (process
+    name, address). `alive()` false fails it at once."""
+    import time
+
+    seen: dict[tuple[int, int], tuple] = {}
+    gateway_up: set[int] = set()
+    deadline, steady_until = time.monotonic() + timeout_s, None
+    while steady_until is None or time.monotonic() < steady_until:
+        assert alive is None or alive(), "the process ended while its sockets were sampled"
+        assert time.monotonic() < deadline, f"not steady within {timeout_s:.0f} s"
+        for child, sockets in listeners_by_pid(process_tree(pid)).items():
+            name = process_name(child)
+            if name == "java" and child not in gateway_up:
+                if not any(loopback(address) for address, _ in sockets):
+                    # Flink's py4j gateway picks a callback port before it starts (NetUtils
+                    # .getAvailablePort: a ServerSocket on every address, closed within
+                    # milliseconds, nothing accepts on it; docs/access.md): before the JVM's
+                    # first loopback listener, that is all it can hold.
+                    continue
+                gateway_up.add(child)
+            for address, port in sockets:
+                seen[(child, port)] = (name, address)
+        if steady_until is None and steady():
+            steady_until = time.monotonic() + 5  # watch a little longer
+        time.sleep(0.1)
+    return seen

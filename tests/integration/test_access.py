@@ -4,17 +4,14 @@ listener the project starts binds loopback (read from the sockets the processes 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,10 +39,8 @@ from pipelines.store.clickhouse import (
 )
 from tests.sockets import (
     assert_loopback_only,
-    listeners_by_pid,
     listening_sockets,
     loopback,
-    process_name,
     process_tree,
 )
 from tests.support import answers, poll
@@ -324,53 +319,3 @@ def test_the_dagster_ui_listens_on_loopback_only(tmp_path, stack_settings):
             process.wait(timeout=30)
 
 
-@pytest.mark.e2e  # it starts the Flink job: not in make test-fast
-def test_the_flink_job_listens_on_loopback_only(own_stack, tmp_path):
-    """`viewcount run` on the local mini-cluster, its whole process tree (the viewcount process and
-    its JVM: py4j, blob server, REST endpoint, PyFlink), sampled from its start until every task
-    runs (a checkpoint completed) and a while after: every socket it listens on is on loopback."""
-    settings = own_stack
-    env = {**os.environ, "VIEWCOUNT_TOPIC_PREFIX": settings.topics.prefix,
-           "VIEWCOUNT_STATE_DIR": str(settings.state_dir), "VIEWCOUNT_CLICKHOUSE_URL": settings.clickhouse_url,
-           "VIEWCOUNT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:  # a file: a pipe nobody reads would fill up and block the run
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    seen: dict[tuple[int, int], tuple[str, object]] = {}  # (pid, port) -> (process name, address)
-    gateway_up: set[int] = set()
-    try:
-        deadline, steady_until = time.monotonic() + 300, None
-        while steady_until is None or time.monotonic() < steady_until:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the job completed no checkpoint within 300 s"
-            for pid, sockets in listeners_by_pid(process_tree(process.pid)).items():
-                name = process_name(pid)
-                if name == "java" and pid not in gateway_up:
-                    if not any(loopback(address) for address, _ in sockets):
-                        # Flink's py4j gateway picks a callback port before it starts (NetUtils
-                        # .getAvailablePort: a ServerSocket on every address, closed within
-                        # milliseconds, nothing accepts on it; docs/access.md): before the JVM's
-                        # first loopback listener, that is all it can hold.
-                        continue
-                    gateway_up.add(pid)
-                for address, port in sockets:
-                    seen[(pid, port)] = (name, address)
-            if steady_until is None and any(settings.checkpoint_dir.glob("*/chk-*/_metadata")):
-                steady_until = time.monotonic() + 5  # every task is running: watch a little longer
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)  # the runner cancels the job and exits
-        try:
-            process.wait(timeout=120)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # whatever outlived it
-            shutil.rmtree(settings.checkpoint_dir.parent, ignore_errors=True)  # this test's topic prefix
-    exposed = [f"{name} (pid {pid}) {address}:{port}" for (pid, port), (name, address) in seen.items()
-               if not loopback(address)]
-    assert exposed == [], f"the Flink job listens beyond loopback: {exposed}"
-    java = [port for (_, port), (name, _) in seen.items() if name == "java"]
-    python = [port for (_, port), (name, _) in seen.items() if name.startswith("python")]
-    # Not vacuous: the JVM's py4j gateway, blob server and REST endpoint, the py4j callback server.
-    assert len(java) >= 3 and len(python) >= 1, seen
