@@ -8,10 +8,12 @@ the Flink job, ClickHouse's Kafka consumers, the loader) and the minimal Flink j
 bench.ceiling (rung 0; other rungs of its ladder with --rungs). Once a second it reads user +
 system CPU (fields 14 and 15 of /proc/PID/stat, plus 16 and 17, the CPU of reaped children) of
 the job's process tree (its Python process, its JVM), the Kafka broker, clickhouse-server and
-this process, and the job's committed offsets (its consumer group, committed on every
-checkpoint). Reported: microseconds of CPU per record for the steady part (from the first sample
-at which the committed offsets are past 10 % of the backlog to the first past 80 %) and for the
-whole run (child start to exit, ClickHouse's load included for ours), and the steady rate.
+this process, and how far the job has read: its Kafka sources' `currentOffset` gauges from the
+job's REST API (the child's Flink log names its port), or its committed offsets where those are
+further (they move only at checkpoints, every 10 s: too coarse to cut a run of a minute by).
+Reported: microseconds of CPU per record for the steady part (from the first sample at which the
+job has read past 10 % of the backlog to the first past 80 %) and for the whole run (child start
+to exit, ClickHouse's load included for ours), and the steady rate.
 Writes bench/results/<name>.{md,json}; the last line printed is the headline.
 """
 
@@ -21,11 +23,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,16 +87,54 @@ def stack_ticks(services: dict[str, int], child: int | None) -> dict[str, int]:
     return ticks
 
 
+class JobReads:
+    """How far a child's job has read each source partition, from its REST API: the sources'
+    `currentOffset` gauges (pipelines.stream.flink_rest). The child picks its REST port; its Flink
+    log names it. {} until the job runs (and after a restart): committed offsets stand then."""
+
+    REST = re.compile(r"Rest endpoint listening at ([0-9.]+:\d+)")
+
+    def __init__(self, settings: Settings, flink_logs: Path, topics: list[str]):
+        self.settings, self.flink_logs, self.topics = settings, flink_logs, topics
+        self.positions = None
+
+    def _find(self):
+        from pipelines.stream.flink_rest import SourcePositions
+
+        for log in self.flink_logs.glob("*.log"):
+            found = self.REST.search(log.read_text(errors="replace"))
+            if found:
+                rest = f"http://{found[1]}"
+                with urllib.request.urlopen(f"{rest}/jobs", timeout=2) as response:
+                    running = [j["id"] for j in json.load(response)["jobs"] if j["status"] == "RUNNING"]
+                if running:
+                    return SourcePositions(self.settings, running[0], self.topics, rest=rest)
+        return None
+
+    def __call__(self) -> dict[tuple[str, int], int]:
+        if self.positions is None:
+            try:
+                self.positions = self._find()
+            except (OSError, ValueError, KeyError):
+                return {}
+        return self.positions.read() if self.positions is not None else {}
+
+
 def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], log_path: Path) -> dict:
     """Run `argv` (a bounded job) as a child with settings' prefix, database and job name in its
-    environment; sample CPU and the job's committed offsets every second until it exits."""
+    environment; sample CPU and how far the job has read every second until it exits."""
     from pipelines.stream.job_tables import job_group_id
     from pipelines.stream.kafka import TopicEnds
 
     env = child_env(settings)
+    flink_logs = log_path.parent / f"{log_path.stem}-flink"
+    shutil.rmtree(flink_logs, ignore_errors=True)
+    env["FLINK_LOG_DIR"] = str(flink_logs)
     services = service_pids(settings)
-    ends = TopicEnds(settings, job_group_id(settings), [settings.topics.source(t) for t in event_types])
+    topics = [settings.topics.source(t) for t in event_types]
+    ends = TopicEnds(settings, job_group_id(settings), topics)
     total = sum(ends.ends.values())
+    read_so_far = JobReads(settings, flink_logs, topics)
     load = os.getloadavg()
 
     peak_rss = 0
@@ -100,7 +142,8 @@ def measure(argv: list[str], settings: Settings, event_types: tuple[str, ...], l
     def sample(child: int | None, began: float) -> Sample:
         nonlocal peak_rss
         peak_rss = max(peak_rss, tree_rss_bytes(read_procs(), [child, *services.values()]))
-        return Sample(time.monotonic() - began, total - ends.remaining(), stack_ticks(services, child))
+        read = read_so_far() if child is not None else {}
+        return Sample(time.monotonic() - began, total - ends.remaining(read), stack_ticks(services, child))
 
     samples: list[Sample] = []
     done, status, rusage = 0, 0, None
@@ -276,7 +319,8 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [f"# CPU per record in catch-up, 1:{report['scale']} night", "",
              f"`{report['command']}` ({report['when']}, {report['cpus']} CPUs, load average at start "
              f"{' / '.join(f'{x:.2f}' for x in report['load_average_at_start'])}).", "",
-             f"Steady part: from the first 1 s sample at which the job's committed offsets are past "
+             f"Steady part: from the first 1 s sample at which the job has read (its sources' gauges, or "
+             f"its committed offsets) past "
              f"{STEADY[0]:.0%} of its backlog to the first at {STEADY[1]:.0%} or more. Whole run: child start "
              "to exit (start-up, drain and, for ours, ClickHouse's load included).", "",
              "| run | records | steady records/s | steady stack us/rec | steady job us/rec | whole-run s "

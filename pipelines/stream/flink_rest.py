@@ -48,8 +48,8 @@ class SourcePositions:
     """Per (topic, partition) of `topics`, the offset after the last record the job's Kafka sources
     handed on. (A metric's name has a topic's dots as underscores.)"""
 
-    def __init__(self, settings: Settings, job_id: str, topics: Iterable[str]):
-        self.base = f"{rest_url(settings)}/jobs/{job_id}"
+    def __init__(self, settings: Settings, job_id: str, topics: Iterable[str], rest: str | None = None):
+        self.base = f"{rest or rest_url(settings)}/jobs/{job_id}"  # rest: another process's job
         self._topics = {topic.replace(".", "_"): topic for topic in topics}
 
     def _get(self, path: str):
