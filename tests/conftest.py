@@ -10,12 +10,14 @@ import contextlib
 import os
 import random
 import secrets
+import sys
 import time
 from dataclasses import replace
 
 import pytest
 
 from pipelines.config import Settings, Topics
+from tests.support import REMOVALS
 
 # Every test runs in UTC, whatever the machine's zone: setting TZ alone changes nothing for
 # this already running process until tzset() reads it again.
@@ -74,7 +76,18 @@ def clickhouse(stack_settings, kafka_topics):
     allow_readers(stack_settings)  # the local stack's dashboard and analyst may read their companion databases
     client = connect(stack_settings)
     yield client
+    REMOVALS.wait()
     drop_database(admin, stack_settings.clickhouse.database)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every namespace removed before the session ends (also when no test used `clickhouse`); one
+    that could not be is a failed session."""
+    try:
+        REMOVALS.wait()
+    except RuntimeError as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from pipelines.config import REPO_ROOT, Settings, queues_database
+from pipelines.store.migrate import KAFKA_TABLE_DROPS
 from pipelines.store.tables import FILLED_BY_CLICKHOUSE, LOAD_EXPRESSIONS, OUTPUTS, TABLE_COLUMNS, Output
 from pipelines.stream.kafka import TopicEnds
 
@@ -88,8 +89,9 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         if _create_query(client, database, queue) is not None:
             log.info("moving ClickHouse's consumer %s from %s to %s, out of the readers' reach", queue, database,
                      queues)
-            client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
-            client.execute(f"DROP TABLE IF EXISTS {database}.{queue}")
+            with KAFKA_TABLE_DROPS:
+                client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
+                client.execute(f"DROP TABLE IF EXISTS {database}.{queue}")
         existing = _create_query(client, queues, queue)
         stale = None
         if existing is not None and f"'{topic}'" not in existing:
@@ -99,8 +101,9 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
             stale = "has other columns than the job's output"
         if stale:
             log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
-            client.execute(f"DROP TABLE IF EXISTS {queues}.{loader_view(output)}")
-            client.execute(f"DROP TABLE IF EXISTS {queues}.{queue}")
+            with KAFKA_TABLE_DROPS:
+                client.execute(f"DROP TABLE IF EXISTS {queues}.{loader_view(output)}")
+                client.execute(f"DROP TABLE IF EXISTS {queues}.{queue}")
             existing = None
         if existing is None:
             client.execute(_queue_sql(output, queues), {"broker": settings.kafka_bootstrap, "topic": topic,

@@ -24,7 +24,6 @@ from harness import (
     archive_counts,
     assert_stream_within_truth,
     compare_with_truth,
-    fresh_namespace,
     rebuild_night,
     start_pipeline,
 )
@@ -32,7 +31,7 @@ from harness import (
 from pipelines.config import EVENT_TYPES
 from pipelines.ingest import schemas
 from pipelines.reference.generator import NIGHT_END_MS, NIGHT_START_MS, generate_night
-from pipelines.store.migrate import drop_database
+from tests.support import namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SCALE = 50_000
@@ -242,15 +241,14 @@ def poisoned(own_stack_module, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def own_stack_module():
-    """Topics and a migrated database of this module's own (harness.fresh_namespace)."""
+    """Topics without time retention (harness.fresh_namespace says why) and a migrated database of
+    this module's own; all removed at the end."""
     import secrets
 
     from pipelines.config import Settings
-    from pipelines.store.clickhouse import connect
 
-    settings = fresh_namespace(Settings.from_env(), f"poison_{secrets.token_hex(4)}")
-    yield settings
-    drop_database(connect(settings, database="default"), settings.clickhouse.database)
+    with namespace(Settings.from_env(), f"poison_{secrets.token_hex(4)}", topic_retention_ms=-1) as settings:
+        yield settings
 
 
 def test_the_poisoned_run_finishes_and_the_job_never_restarts(poisoned):
@@ -268,9 +266,8 @@ def test_a_payload_at_the_topic_limit_is_dead_lettered_without_a_restart(tmp_pat
     from pipelines.config import Settings
     from pipelines.store.clickhouse import connect
 
-    settings = fresh_namespace(Settings.from_env(), f"limit_{secrets.token_hex(4)}")
-    clickhouse = connect(settings)
-    try:
+    with namespace(Settings.from_env(), f"limit_{secrets.token_hex(4)}", topic_retention_ms=-1) as settings:
+        clickhouse = connect(settings)
         records = poison_records(SEED, 1, topic_max_message_bytes(settings), settings.event_max_future_s,
                                  settings.event_max_age_s, oversize_fractions=AT_THE_LIMIT)
         delivered = Delivered()
@@ -285,8 +282,6 @@ def test_a_payload_at_the_topic_limit_is_dead_lettered_without_a_restart(tmp_pat
             "SELECT source_topic, source_partition, source_offset, reason FROM dead_letters FINAL")}
         assert set(rows) == set(delivered.by_origin) and all(rows.values()), rows
         assert archive_counts(clickhouse) == {"view": truth.views, "impression": truth.impressions}
-    finally:
-        drop_database(clickhouse, settings.clickhouse.database)
 
 
 def test_every_poison_record_is_dead_lettered_with_a_reason(poisoned):
