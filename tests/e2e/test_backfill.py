@@ -11,14 +11,11 @@ produces its own night into the session's topics, and two nights in one topic wo
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.config import Topics
-from pipelines.store.migrate import drop_database
+from tests.support import namespace
 
 pytestmark = pytest.mark.e2e
 SCALE = 20_000
@@ -29,26 +26,9 @@ LATE_EVENT_ID = "archived-after-the-stream-closed-its-window"
 
 @pytest.fixture(scope="module")
 def settings(stack_settings, session_tag):
-    """This module's topics and database on the session's services."""
-    from confluent_kafka.admin import AdminClient
-
-    from pipelines.stack.kafka_broker import create_topics
-    from pipelines.store.clickhouse import connect
-    from pipelines.store.migrate import apply_migrations
-
-    database = f"{stack_settings.clickhouse.database}_backfill"
-    target = stack_settings.clickhouse
-    own = replace(stack_settings, topics=Topics(prefix=f"test{session_tag}bf"),
-                  clickhouse_url=f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/{database}")
-    admin = connect(stack_settings, database="default")
-    apply_migrations(admin, database=database)
-    create_topics(own)
-    yield own
-    drop_database(admin, database)
-    for future in AdminClient({"bootstrap.servers": own.kafka_bootstrap}).delete_topics(
-            own.topics.all(), operation_timeout=30).values():
-        with contextlib.suppress(Exception):  # best effort clean-up
-            future.result()
+    """This module's topics and database on the session's services (tests.support.namespace)."""
+    with namespace(stack_settings, f"backfill{session_tag}") as own:
+        yield own
 
 
 @pytest.fixture(scope="module")
