@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rung = RUNGS[args.rung]
     settings = Settings.from_env()
     settings = replace(settings, checkpoint_interval_ms=rung.checkpoint_interval_ms)
-    from pipelines.stream.kafka import TopicEnds
-
-    end = TopicEnds(settings, job_tables.job_group_id(settings), [settings.topics.source(t) for t in rung.event_types])
+    end = bounded_run.EndOfInput(settings, rung.event_types)
     t_env = job_environment.table_environment(settings, restore=False)
     result = build(t_env, settings, rung).execute()
     log.info("rung %d (%s) submitted: %s", args.rung, rung.name, result.get_job_client().get_job_id())

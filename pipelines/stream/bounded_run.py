@@ -9,6 +9,7 @@ every open window fires and every sink commits. `run_to_end` is the job alone;
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from pipelines.config import EVENT_TYPES, Settings
 from pipelines.stream.job_tables import job_group_id
@@ -29,11 +30,11 @@ class EndOfInput:
     Clients write the source topics without transactions: a transaction's closing marker would
     sit past the last committed offset."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, event_types: Iterable[str] = EVENT_TYPES):
         from pipelines.stream.kafka import TopicEnds
 
         self.settings = settings
-        self.topics = [settings.topics.source(t) for t in EVENT_TYPES]
+        self.topics = [settings.topics.source(t) for t in event_types]  # the job's sources
         self._ends = TopicEnds(settings, job_group_id(settings), self.topics)
         self.ends = self._ends.ends
         self._positions = None
