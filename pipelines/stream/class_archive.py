@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("viewcount.rollup_job")
@@ -69,10 +70,21 @@ def jvm_options(state_dir: Path) -> list[str]:
     return [f"-XX:ArchiveClassesAtExit={archive}.{os.getpid()}"]
 
 
-def use_for_the_next_jvm(state_dir: Path) -> None:
-    """Put the options where PyFlink reads them when it launches its JVM (JVM_ARGS), beside any
-    the user set; call before the first table environment of this process."""
-    given = os.environ.get("JVM_ARGS", "")
-    if "ArchiveFile" in given or "ArchiveClassesAtExit" in given:  # the user chose an archive
+@contextlib.contextmanager
+def for_the_next_jvm(state_dir: Path) -> Iterator[None]:
+    """Inside it, the options are where PyFlink reads them when it launches its JVM (JVM_ARGS),
+    beside any the user set; wrap the first table environment of this process. After it JVM_ARGS
+    is as it was: a child process (another `viewcount run`) chooses for itself, and never inherits
+    this one's "write the archive" under this process's name."""
+    given = os.environ.get("JVM_ARGS")
+    if given is not None and ("ArchiveFile" in given or "ArchiveClassesAtExit" in given):  # the user's archive
+        yield
         return
-    os.environ["JVM_ARGS"] = " ".join([*given.split(), *jvm_options(state_dir)])
+    os.environ["JVM_ARGS"] = " ".join([*(given or "").split(), *jvm_options(state_dir)])
+    try:
+        yield
+    finally:
+        if given is None:
+            os.environ.pop("JVM_ARGS", None)
+        else:
+            os.environ["JVM_ARGS"] = given

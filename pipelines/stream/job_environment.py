@@ -57,8 +57,8 @@ def table_environment(settings: Settings, restore: bool = True):
 
     # Read by TableEnvironment's constructor (TableEnvironment._open): it must be set before.
     os.environ[PYTHON_WORKER_MODE[0]] = PYTHON_WORKER_MODE[1]
-    class_archive.use_for_the_next_jvm(settings.state_dir)  # read when PyFlink launches its JVM
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    with class_archive.for_the_next_jvm(settings.state_dir):  # PyFlink launches its JVM here, once a process
+        t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = t_env.get_config()
     checkpoint_dir = settings.checkpoint_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

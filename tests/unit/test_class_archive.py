@@ -32,10 +32,15 @@ def test_the_newest_settled_archive_is_promoted_and_used_and_a_fresh_one_waits(t
     assert left == ["103", "jsa"], "the newest settled one promoted, the older dropped, the fresh one kept"
 
 
-def test_an_archive_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+def test_an_archive_the_user_chose_is_left_alone_and_a_child_chooses_for_itself(tmp_path, monkeypatch):
     monkeypatch.setenv("JVM_ARGS", "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa")
-    class_archive.use_for_the_next_jvm(tmp_path)
-    assert os.environ["JVM_ARGS"] == "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa"
+    with class_archive.for_the_next_jvm(tmp_path):
+        assert os.environ["JVM_ARGS"] == "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa"
     monkeypatch.setenv("JVM_ARGS", "-Xmx1g")
-    class_archive.use_for_the_next_jvm(tmp_path)
-    assert os.environ["JVM_ARGS"].startswith("-Xmx1g -XX:ArchiveClassesAtExit=")
+    with class_archive.for_the_next_jvm(tmp_path):
+        assert os.environ["JVM_ARGS"].startswith("-Xmx1g -XX:ArchiveClassesAtExit=")
+    assert os.environ["JVM_ARGS"] == "-Xmx1g", "a child process must not inherit this process's choice"
+    monkeypatch.delenv("JVM_ARGS")
+    with class_archive.for_the_next_jvm(tmp_path):
+        assert "ArchiveClassesAtExit" in os.environ["JVM_ARGS"]
+    assert "JVM_ARGS" not in os.environ
