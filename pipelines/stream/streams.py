@@ -71,6 +71,14 @@ def _create_query(client, database: str, name: str) -> str | None:
     return found[0][0] if found else None
 
 
+def _drop_consumer(client, database: str, output: Output) -> None:
+    """Drop a consumer (its view, then its Kafka table) from `database`, one Kafka-table drop of
+    this process at a time (migrate.KAFKA_TABLE_DROPS)."""
+    with KAFKA_TABLE_DROPS:
+        client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
+        client.execute(f"DROP TABLE IF EXISTS {database}.{queue_table(output)}")
+
+
 def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
     """Create the Kafka tables and their views (idempotent) in the queues database of the client's
     database (ClickHouseTarget.queues_database: no reader may use it); a consumer left pointing at
@@ -89,9 +97,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         if _create_query(client, database, queue) is not None:
             log.info("moving ClickHouse's consumer %s from %s to %s, out of the readers' reach", queue, database,
                      queues)
-            with KAFKA_TABLE_DROPS:
-                client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
-                client.execute(f"DROP TABLE IF EXISTS {database}.{queue}")
+            _drop_consumer(client, database, output)
         existing = _create_query(client, queues, queue)
         stale = None
         if existing is not None and f"'{topic}'" not in existing:
@@ -101,9 +107,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
             stale = "has other columns than the job's output"
         if stale:
             log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
-            with KAFKA_TABLE_DROPS:
-                client.execute(f"DROP TABLE IF EXISTS {queues}.{loader_view(output)}")
-                client.execute(f"DROP TABLE IF EXISTS {queues}.{queue}")
+            _drop_consumer(client, queues, output)
             existing = None
         if existing is None:
             client.execute(_queue_sql(output, queues), {"broker": settings.kafka_bootstrap, "topic": topic,
