@@ -76,8 +76,7 @@ def clickhouse(stack_settings, kafka_topics):
     allow_readers(stack_settings)  # the local stack's dashboard and analyst may read their companion databases
     client = connect(stack_settings)
     yield client
-    REMOVALS.wait()
-    drop_database(admin, stack_settings.clickhouse.database)
+    drop_database(admin, stack_settings.clickhouse.database)  # one drop at a time with the namespaces' (the lock)
 
 
 def pytest_sessionfinish(session, exitstatus):

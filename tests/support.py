@@ -134,7 +134,8 @@ class Removals:
         self._queue.put(removal)
 
     def _run(self) -> None:
-        while (removal := self._queue.get()) is not None:
+        while True:
+            removal = self._queue.get()
             try:
                 removal()
             except BaseException as exc:  # noqa: BLE001 - raised again by wait()

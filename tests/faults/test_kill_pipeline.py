@@ -126,10 +126,9 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
     settings = own_stack
     clickhouse = connect(settings)
     truth = generate_night(settings, scale=scale, seed=seed)
-    moments, completed_runs = [], 0
+    moments = []
     progress = _Progress(settings, clickhouse)
     before = progress.now()
-    runs = 0
     for kind, delay_s in _kill_schedule(seed, kills):
         # A run may end before its moment comes (twice in full suites on 6 Dec, never alone:
         # "closed: run had already ended"): the same kind then waits for it in the next run, up to
@@ -143,15 +142,13 @@ def _kill_repeatedly(own_stack, tmp_path, kills: int, scale: int, seed: int):
                 progress.close()
                 progress = _Progress(settings, clickhouse)  # the topics' new ends
                 before = progress.now()
-            run = start_pipeline(settings, tmp_path, f"run{runs}")
-            runs += 1
+            run = start_pipeline(settings, tmp_path, f"run{len(moments)}")
             moment = _kill_at(run, settings, progress, kind, delay_s, before)
             moments.append(moment)
             before = progress.now()
             if "already ended" not in moment:
                 break
             assert run.process.returncode == 0, run.tail()
-            completed_runs += 1
     progress.close()
     last = start_pipeline(settings, tmp_path, "final")
     assert last.wait(timeout_s=600) == 0, last.tail()
