@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from clickhouse_driver.errors import ServerException
 
 from pipelines import cluster
 from pipelines.store import migrate, shapes
@@ -164,8 +165,13 @@ def test_rows_written_through_distributed_land_on_their_post_s_shard_and_read_ba
     members = list(range(1, POSTS + 1, 2))
     writer.execute(f"INSERT INTO {database}.subject_posts (subject_id, post_id, created_at, version) VALUES",
                    [("space-1", post, NIGHT, 1) for post in members], settings=SYNC)
+    assert writer.execute("SELECT uniqExact(modulo(cityHash64(toUInt64(arrayJoin(%(members)s))), 2))",
+                          {"members": members}) == [(2,)], "the subject's posts are on both shards"
     subject = (f"SELECT sum(views) FROM {database}.post_minute FINAL WHERE post_id IN "
                f"(SELECT post_id FROM {database}.subject_posts WHERE subject_id = 'space-1')")
+    with pytest.raises(ServerException) as denied:  # 18.16's default: a Distributed table inside another's query
+        reader.execute(subject)
+    assert denied.value.code == 288, denied.value  # DISTRIBUTED_IN_JOIN_SUBQUERY_DENIED
     want = [(sum(views for post, _, views, _ in expected if post in members),)]
     assert poll(lambda: reader.execute(subject, settings={"distributed_product_mode": "local"}) == want, 30,
                 "a subject's posts on both shards summed through Distributed")
