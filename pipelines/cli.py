@@ -31,10 +31,12 @@ def cmd_stack(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
+    from pipelines.store import shapes
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 
-    applied = apply_migrations(connect(settings, database="default"), database=settings.clickhouse.database)
+    applied = apply_migrations(connect(settings, database="default"), database=settings.clickhouse.database,
+                               shape=shapes.configured(settings))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ", none pending"))
     return 0
 

@@ -256,6 +256,12 @@ class Settings:
     # (role, password) pairs from VIEWCOUNT_CLICKHOUSE_<ROLE>_PASSWORD.
     clickhouse_passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     clickhouse_http_port: int = 18123
+    # The ClickHouse cluster (the servers' remote_servers) the migrations make their tables on:
+    # replicated shards and Distributed tables under the same names (pipelines/store/shapes.py).
+    # Empty: one server, the tables as sql/migrations/ writes them. The second cluster, every server
+    # its own shard, is for ALTERs of the Distributed tables (empty: "<cluster>_servers").
+    clickhouse_cluster: str = ""
+    clickhouse_servers_cluster: str = ""
     topics: Topics = field(default_factory=Topics)
     # The Flink job: its name keys its consumer group and its checkpoints (one job per name and prefix).
     job_name: str = "rollup-job"
@@ -322,6 +328,8 @@ class Settings:
             clickhouse_passwords=tuple(
                 (role, p) for role in ROLES if (p := _env(f"CLICKHOUSE_{role.upper()}_PASSWORD", ""))),
             clickhouse_http_port=int(_env("CLICKHOUSE_HTTP_PORT", str(base.clickhouse_http_port))),
+            clickhouse_cluster=_env("CLICKHOUSE_CLUSTER", base.clickhouse_cluster),
+            clickhouse_servers_cluster=_env("CLICKHOUSE_SERVERS_CLUSTER", base.clickhouse_servers_cluster),
             topics=Topics(prefix=_env("TOPIC_PREFIX", base.topics.prefix)),
             job_name=_env("JOB_NAME", base.job_name),
             parallelism=int(_env("PARALLELISM", str(base.parallelism))),

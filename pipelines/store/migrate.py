@@ -6,6 +6,10 @@ line holding only `;`. Statements run with the target database as the session de
 SQL never names the database; the two others, the dashboard's companion (see
 ClickHouseTarget.dashboard_database) and the writer's private one (ClickHouseTarget.private_database),
 are written `${dashboard_database}` and `${private_database}` and filled in here.
+
+The same files make a cluster's schema when given a ClusterShape (VIEWCOUNT_CLICKHOUSE_CLUSTER):
+pipelines/store/shapes.py renders each statement into its replicated and distributed form. Without
+one, every statement runs exactly as written.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import REPO_ROOT, ClickHouseTarget, analysis_database, private_database, queues_database
-from pipelines.store import analysis
+from pipelines.store import analysis, shapes
+from pipelines.store.shapes import ClusterShape
 
 MIGRATIONS_DIR = REPO_ROOT / "sql" / "migrations"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-RECORD_TABLE = "schema_migrations"
+RECORD_TABLE = shapes.RECORD_TABLE
 DASHBOARD_DATABASE = "${dashboard_database}"
 PRIVATE_DATABASE = "${private_database}"
 
@@ -44,13 +49,22 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
-    def statements(self, database: str = "viewcount") -> list[str]:
-        """The statements to run with `database` as the session default."""
+    def statements(self, database: str = "viewcount", shape: ClusterShape | None = None) -> list[str]:
+        """The statements to run with `database` as the session default: as written, or for a cluster."""
         database = _validate_database_name(database)
         text = (self.text.replace(DASHBOARD_DATABASE, dashboard_database(database))
                 .replace(PRIVATE_DATABASE, private_database(database)))
         parts = re.split(r"^\s*;\s*$", text, flags=re.MULTILINE)
-        return [p.strip() for p in parts if _without_comments(p).strip()]
+        written = [p.strip() for p in parts if _without_comments(p).strip()]
+        if shape is None:
+            return written
+        rendered = []
+        for number, statement in enumerate(written, 1):
+            try:
+                rendered += shape.render(statement, database)
+            except shapes.ShapeError as error:
+                raise MigrationError(f"{self.path.name}, statement {number}: {error}") from None
+        return rendered
 
 
 def dashboard_database(database: str) -> str:
@@ -80,15 +94,21 @@ def _validate_database_name(database: str) -> str:
     return database
 
 
-def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Create the database if needed, apply pending migrations in order; names of those applied."""
+def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR,
+                     shape: ClusterShape | None = None) -> list[str]:
+    """Create the database if needed, apply pending migrations in order; names of those applied.
+    With a shape, on every server of its cluster (the record of what was applied is replicated to
+    all of them, so any server may run the next migration)."""
     database = _validate_database_name(database)
-    client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
-    client.execute(
+    settings = shapes.SETTINGS if shape else None
+    for statement in shapes.render(f"CREATE DATABASE IF NOT EXISTS {database}", database, shape):
+        client.execute(statement)
+    for statement in shapes.render(
         f"CREATE TABLE IF NOT EXISTS {database}.{RECORD_TABLE} "
         "(version UInt32, name String, checksum String, applied_at DateTime) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
+        "ENGINE = MergeTree ORDER BY version", database, shape
+    ):
+        client.execute(statement)
     recorded = {
         version: (name, checksum)
         for version, name, checksum in client.execute(
@@ -105,16 +125,17 @@ def apply_migrations(client, database: str, directory: Path = MIGRATIONS_DIR) ->
                     "migrations are frozen; put the change in a new numbered file"
                 )
             continue
-        for statement in migration.statements(database):
-            _execute_in(client, database, statement)
+        for statement in migration.statements(database, shape):
+            _execute_in(client, database, statement, settings)
         client.execute(
             f"INSERT INTO {database}.{RECORD_TABLE} (version, name, checksum, applied_at) VALUES",
             [(migration.version, migration.name, migration.checksum, _now())],
         )
         applied.append(migration.path.name)
     _ensure_pseudonym_key(client, database)
-    # After the key: the analyst's pseudonymous views read it (an empty key would hash without one).
-    analysis.ensure(client, database)
+    if shape is None:  # the analyst's database on a cluster: not done yet (docs/scale-out.md)
+        # After the key: the analyst's pseudonymous views read it (an empty key would hash without one).
+        analysis.ensure(client, database)
     return applied
 
 
@@ -134,7 +155,7 @@ def _ensure_pseudonym_key(client, database: str) -> None:
 KAFKA_TABLE_DROPS = threading.Lock()
 
 
-def drop_database(client, database: str) -> None:
+def drop_database(client, database: str, shape: ClusterShape | None = None) -> None:
     """Drop a database the migrations made, with its dashboard and analysis companions (views first), the
     database of its Kafka consumers (before the tables their views write to) and its private
     database (after the Merge table that reads it). One table at a time: 18.16 takes 3.0 s to
@@ -142,20 +163,25 @@ def drop_database(client, database: str) -> None:
     server a few seconds later. The 3 s are a wait for every librdkafka handle of the server to be
     gone (`rd_kafka_wait_destroyed`, 3,000 ms, in StorageKafka's shutdown), which never succeeds
     while another database's consumers run: measured 3.03 s a table with or without its view dropped
-    first, and with librdkafka's heartbeat at 200 ms instead of 3 s."""
+    first, and with librdkafka's heartbeat at 200 ms instead of 3 s.
+    With a shape, on every server of its cluster."""
     database = _validate_database_name(database)
+    on = f" ON CLUSTER {shape.cluster}" if shape else ""
     with KAFKA_TABLE_DROPS:
-        client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}")
-        client.execute(f"DROP DATABASE IF EXISTS {analysis_database(database)}")
-        client.execute(f"DROP DATABASE IF EXISTS {queues_database(database)}")
-        client.execute(f"DROP DATABASE IF EXISTS {database}")
-        client.execute(f"DROP DATABASE IF EXISTS {private_database(database)}")
+        client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}{on}")
+        client.execute(f"DROP DATABASE IF EXISTS {analysis_database(database)}{on}")
+        client.execute(f"DROP DATABASE IF EXISTS {queues_database(database)}{on}")
+        client.execute(f"DROP DATABASE IF EXISTS {database}{on}")
+        client.execute(f"DROP DATABASE IF EXISTS {private_database(database)}{on}")
 
 
-def _execute_in(client, database: str, statement: str) -> None:
+def _execute_in(client, database: str, statement: str, settings: dict | None = None) -> None:
     # clickhouse-driver has no per-query database; USE sets it for this connection's session.
     client.execute(f"USE {database}")
-    client.execute(statement)
+    if settings:
+        client.execute(statement, settings=settings)
+    else:
+        client.execute(statement)
 
 
 def _now():

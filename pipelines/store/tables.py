@@ -80,6 +80,32 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     ERASURE_SWEEPS: ("swept_at",),
     DEAD_LETTERS: ("source_topic", "source_partition", "source_offset", "reason", "payload", "loaded_at"),
 }
+# On a ClickHouse cluster (pipelines/store/shapes.py; docs/scale-out.md, "One schema, two shapes")
+# each table is either sharded, its rows spread over the shards by this key (a `_local` replicated
+# table on every server and a Distributed table under the public name), or ON_EVERY_SERVER. A key is
+# a hash (cityHash64 spreads any id pattern evenly, on 18.16 and current releases alike) of columns
+# of the table's ORDER BY, so the copies a ReplacingMergeTree collapses always meet on one shard.
+# Post-keyed tables share one key, so a post's archive, rollups, metadata, subject memberships and
+# change notes are on the same shard: a per-shard query may join them (distributed_product_mode
+# 'local') and a per-shard rebuild reads only its own archive. Presence is by Space: a minute's
+# listeners are the sessions of one Space. Everything written by a subject's refresh is by subject.
+_BY_POST = "cityHash64(post_id)"
+SHARDING_KEYS: dict[str, str] = {
+    EVENTS_RAW: _BY_POST, POST_MINUTE: _BY_POST, POST_HOUR: _BY_POST, POST_SURFACE_MINUTE: _BY_POST,
+    POSTS: _BY_POST, SUBJECT_POSTS: _BY_POST,
+    # key: a post id for post_minute's and posts' notes, a Space id for presence's: as their source.
+    ROLLUP_CHANGES: "cityHash64(key)",
+    SPACE_PRESENCE: "cityHash64(space_id)",
+    SUBJECT_ROLLUP: "cityHash64(subject_id)", SUBJECT_REFRESH_STATE: "cityHash64(subject_id)",
+    DEAD_LETTERS: "cityHash64(source_topic, source_partition, source_offset)",
+    CHANGED_HOURS: "cityHash64(hour_start)", HOUR_REPAIRS: "cityHash64(hour_start)",
+    LEDGER_SCANS: "cityHash64(scanned_at)", ERASURE_SWEEPS: "cityHash64(swept_at)",
+    ERASURE_REQUESTS: "cityHash64(request_id)",
+}
+# Whole on every server (one replicated table, all servers its replicas, no Distributed table): read
+# inside the subqueries of per-shard queries (`NOT IN (SELECT viewer_key FROM erased_viewers)`, the
+# key's scalar subquery), where each shard must see all of them. Small: a key, the erased viewers.
+ON_EVERY_SERVER = frozenset({PSEUDONYM_KEY, ERASED_VIEWERS})
 # Tables the pipeline may write; identifiers in SQL text come only from here.
 WRITABLE_TABLES = frozenset(TABLE_COLUMNS)
 EVENTS_RAW_COLUMNS = TABLE_COLUMNS[EVENTS_RAW]

@@ -3,8 +3,8 @@ writes with one broker killed and the broker rejoins; ClickHouse's replicated ta
 CLUSTER, answer through Distributed with one replica killed, and the replica catches up.
 
 Not part of `make test`: `make test-cluster` runs it (docs/scale-out.md). It brings the cluster up
-itself, or uses the one running, and stops only what it started. Timings and the cluster's resident
-memory are printed at the end of the module."""
+itself, or uses the one running, and stops only what it started (tests/cluster/conftest.py). Timings
+and the cluster's resident memory are printed at the end of the module."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from string import Template
 import pytest
 
 from pipelines import cluster
-from pipelines.config import Settings
 from tests.support import poll
 
 pytestmark = pytest.mark.cluster
@@ -43,37 +42,6 @@ DROP = Template("DROP DATABASE IF EXISTS $database ON CLUSTER $cluster")
 # for a Distributed table (code 371).
 ADD_LOCAL = Template("ALTER TABLE $database.views_local ON CLUSTER $cluster ADD COLUMN impressions UInt64 DEFAULT 0")
 ADD_DISTRIBUTED = Template("ALTER TABLE $database.views ON CLUSTER $servers ADD COLUMN impressions UInt64 DEFAULT 0")
-
-
-@pytest.fixture(scope="module")
-def timings(request):
-    """Lines for the end of the module: what each step took, and the cluster's memory."""
-    lines: list[str] = []
-    yield lines
-    plugins = request.config.pluginmanager
-    with plugins.getplugin("capturemanager").global_and_fixture_disabled():  # else captured, never shown
-        for line in lines:
-            plugins.getplugin("terminalreporter").write_line(f"cluster smoke: {line}")
-
-
-@pytest.fixture(scope="module")
-def cluster_stack(timings):
-    settings = Settings.from_env()
-    was_running = _all_running(settings)
-    started = time.monotonic()
-    cluster.up(settings)
-    how = "already running" if was_running else "cold"
-    timings.append(f"cluster up in {time.monotonic() - started:.1f} s ({how}); {cluster.status(settings)[-1]}")
-    yield settings
-    timings.append("at the end: " + "; ".join(line.split(" (ports")[0] for line in cluster.status(settings)))
-    if not was_running:
-        cluster.down(settings)
-
-
-def _all_running(settings: Settings) -> bool:
-    services = [cluster.zookeeper_service(settings), *cluster.kafka_services(settings).values(),
-                *cluster.clickhouse_services(settings).values()]
-    return all(service.running_pid() for service in services)
 
 
 def _meanwhile_false(condition):
