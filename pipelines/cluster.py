@@ -1,7 +1,8 @@
 """The cluster stack on loopback: ZooKeeper, Kafka nodes, ClickHouse shards x replicas and the Flink session cluster.
 
 `make cluster-up` / `make cluster-down` / `make cluster-status` call `python -m pipelines.cluster
-up|down|status`. Each node is a plain process with its folder (configuration, data, pid, log) under
+up|down|status`; `python -m pipelines.cluster env` prints the settings that point viewcount at it.
+Each node is a plain process with its folder (configuration, data, pid, log) under
 the state folder's cluster/; the pieces are the single-node stack's (pipelines/stack/: start and
 stop by pid, readiness waits, Kafka's and ClickHouse's templates, the generated credentials), and
 every port and size is Settings.cluster's. Starting is idempotent: what runs is left alone, what
@@ -11,6 +12,7 @@ is missing is started, so `up` also brings back a node that was killed. docs/sca
 from __future__ import annotations
 
 import base64
+import shlex
 import socket
 import subprocess
 import sys
@@ -82,10 +84,37 @@ def server_settings(settings: Settings, node: ClickHouseNode) -> Settings:
 
 
 def cluster_settings(settings: Settings) -> Settings:
-    """settings pointed at the cluster stack: its Kafka nodes, its first ClickHouse server, its Flink."""
+    """settings pointed at the cluster stack: its Kafka nodes, its first ClickHouse server with the
+    cluster's shape (replicated tables behind Distributed ones, pipelines/store/shapes.py), its
+    Flink session cluster at one task per TaskManager slot."""
     layout = settings.cluster
     return replace(server_settings(settings, layout.clickhouse_nodes[0]), kafka_bootstrap=layout.kafka_bootstrap,
-                   flink_cluster=flink_cluster.address(settings))
+                   clickhouse_cluster=layout.clickhouse_cluster,
+                   clickhouse_servers_cluster=layout.clickhouse_servers_cluster,
+                   flink_cluster=flink_cluster.address(settings), parallelism=layout.taskmanagers)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The VIEWCOUNT_* variables that point any `viewcount` command at the cluster stack (those of
+    cluster_settings). The ClickHouse URL carries no password: the stack's generated ones are read
+    from the state folder's credentials file, as on the single-node stack."""
+    on = cluster_settings(settings)
+    url = urlparse(on.clickhouse_url)
+    user = url.username or on.clickhouse.user
+    return {
+        "VIEWCOUNT_KAFKA_BOOTSTRAP": on.kafka_bootstrap,
+        "VIEWCOUNT_CLICKHOUSE_URL": url._replace(netloc=f"{user}@{url.hostname}:{url.port}").geturl(),
+        "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": str(on.clickhouse_http_port),
+        "VIEWCOUNT_CLICKHOUSE_CLUSTER": on.clickhouse_cluster,
+        "VIEWCOUNT_CLICKHOUSE_SERVERS_CLUSTER": on.clickhouse_servers_cluster,
+        "VIEWCOUNT_FLINK_CLUSTER": on.flink_cluster,
+        "VIEWCOUNT_PARALLELISM": str(on.parallelism),
+    }
+
+
+def env(settings: Settings) -> list[str]:
+    """`eval "$(python -m pipelines.cluster env)"`: this shell's viewcount commands use the cluster."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in environment(settings).items()]
 
 
 # ---------------------------------------------------------------- before anything starts
@@ -288,7 +317,7 @@ def status(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    actions = {"up": up, "down": down, "status": status}
+    actions = {"up": up, "down": down, "status": status, "env": env}
     return run_action("pipelines.cluster", __doc__.splitlines()[0], actions, argv)
 
 

@@ -119,3 +119,21 @@ def test_each_clickhouse_server_of_the_cluster_inserts_through_distributed_synch
     assert not (single / "users.d").exists()
     assert ET.parse(single / "users.xml").getroot().findtext("profiles/default/load_balancing") == "random"
 
+
+def test_the_cluster_s_settings_point_every_viewcount_command_at_it_without_a_password(settings, monkeypatch):
+    environment = cluster.environment(settings)
+    assert environment == {
+        "VIEWCOUNT_KAFKA_BOOTSTRAP": "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093",
+        "VIEWCOUNT_CLICKHOUSE_URL": "clickhouse://viewcount_writer@127.0.0.1:29001/viewcount",
+        "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": "29121",
+        "VIEWCOUNT_CLICKHOUSE_CLUSTER": "viewcount",
+        "VIEWCOUNT_CLICKHOUSE_SERVERS_CLUSTER": "viewcount_servers",
+        "VIEWCOUNT_FLINK_CLUSTER": "127.0.0.1:29081",
+        "VIEWCOUNT_PARALLELISM": "2",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    read = Settings.from_env(state_dir=settings.state_dir, clickhouse_passwords=settings.clickhouse_passwords)
+    assert read == cluster.cluster_settings(replace(settings, clickhouse_url=read.clickhouse_url))
+    assert read.clickhouse.password == "w-secret"  # the stack's generated one, as on one server
+    assert all("secret" not in line for line in cluster.env(settings))
