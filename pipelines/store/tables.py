@@ -136,13 +136,16 @@ def _fields(*specs: str) -> tuple[Field, ...]:
 class Output:
     """One output of the job: a Kafka topic (`Topics.<topic>`) and the fields of its records.
     `table` is the ClickHouse table it ends in: loaded by ClickHouse's own Kafka engine when
-    `clickhouse_loads`, else by pipelines.stream.loader."""
+    `clickhouse_loads`, else by pipelines.stream.loader. `wire` is how its records are written, by
+    ClickHouse's name of the format: JSON, or RowBinary (no text to write or parse; jvm/:
+    `clickhouse-rowbinary`) for an output only ClickHouse reads."""
 
     name: str
     topic: str
     fields: tuple[Field, ...]
     table: str
     clickhouse_loads: bool
+    wire: str = "JSONEachRow"
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -156,17 +159,17 @@ class Output:
 EVENTS_VALID = Output("events_valid", "events_valid", _fields(
     "event_type STRING String", "event_id STRING String", "event_time_ms BIGINT UInt64",
     "post_id BIGINT UInt64", "author_id BIGINT UInt64", "viewer_id BIGINT UInt64",
-    "surface STRING String", "client STRING String", "action STRING String", "late INT UInt8",
-), EVENTS_RAW, clickhouse_loads=True)
+    "surface STRING String", "client STRING String", "action STRING String", "late TINYINT UInt8",
+), EVENTS_RAW, clickhouse_loads=True, wire="RowBinary")
 POST_MINUTE_ROWS = Output("post_minute", "post_minute", _fields(
     "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String",
     *(f"{count} BIGINT UInt64" for count in POST_MINUTE_COUNTS), "deliveries BIGINT UInt64",
     "unique_viewers_sketch STRING String", "unique_viewers DOUBLE Float64", "version BIGINT UInt64",
 ), POST_MINUTE, clickhouse_loads=True)
 POST_SURFACE_MINUTE_ROWS = Output("post_surface_minute", "post_surface_minute", _fields(
-    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) String", "surface STRING String",
+    "post_id BIGINT UInt64", "window_start TIMESTAMP(3) DateTime", "surface STRING String",
     "action STRING String", "views BIGINT UInt64", "impressions BIGINT UInt64", "version BIGINT UInt64",
-), POST_SURFACE_MINUTE, clickhouse_loads=True)
+), POST_SURFACE_MINUTE, clickhouse_loads=True, wire="RowBinary")
 POSTS_VALID = Output("posts_valid", "posts_valid", _fields(
     "post_id BIGINT UInt64", "author_id BIGINT UInt64", "created_ms BIGINT UInt64", "reply_to BIGINT UInt64",
     "quote_of BIGINT UInt64", "links STRING String", "tags STRING String",
@@ -190,6 +193,5 @@ LOAD_EXPRESSIONS: dict[str, dict[str, str]] = {
     EVENTS_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))", "loaded_at": "now()"},
     POST_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')",
                             "unique_viewers_sketch": "unhex(unique_viewers_sketch)"},
-    POST_SURFACE_MINUTE_ROWS.name: {"window_start": "toDateTime(substring(window_start, 1, 19), 'UTC')"},
     PRESENCE_VALID.name: {"event_time": "toDateTime(intDiv(event_time_ms, 1000))", "loaded_at": "now()"},
 }

@@ -102,7 +102,7 @@ def archive_sql(valid_events_view: str, watermark_floor: int | None = None) -> s
     """The archive's records: every valid counted event, with `late` (1: the stream had already
     closed its window, so only a repair of its hour counts it; pipelines.repair.ledger)."""
     columns = ", ".join(quoted(c) for c in VALID_EVENT_FIELDS)
-    return f"SELECT {columns}, CAST({late_sql(watermark_floor)} AS INT) AS late FROM {quoted(valid_events_view)}"
+    return f"SELECT {columns}, CAST({late_sql(watermark_floor)} AS TINYINT) AS late FROM {quoted(valid_events_view)}"
 
 
 def windowed_events_sql(valid_events_view: str, watermark_floor: int | None) -> str:

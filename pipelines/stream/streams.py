@@ -19,6 +19,7 @@ it wrote but had not committed are written again: ReplacingMergeTree keeps one).
 from __future__ import annotations
 
 import logging
+import time
 
 from pipelines.config import REPO_ROOT, Settings, queues_database
 from pipelines.store import shapes
@@ -29,6 +30,7 @@ from pipelines.stream.kafka import TopicEnds
 log = logging.getLogger("viewcount.streams")
 SQL_DIR = REPO_ROOT / "sql" / "streams"
 LOADED_BY_CLICKHOUSE = tuple(o for o in OUTPUTS if o.clickhouse_loads)
+DRAIN_TIMEOUT_S = 300.0  # a replaced consumer's last records: ClickHouse loads ~50,000 a second
 
 
 def queue_table(output: Output) -> str:
@@ -51,7 +53,7 @@ def _queue_sql(output: Output, queues: str, shape: shapes.ClusterShape | None = 
     columns = ", ".join(f"{f.name} {f.clickhouse}" for f in output.fields)
     return ((SQL_DIR / "queue.sql").read_text()
             .replace("{queue}", f"{queues}.{queue_table(output)}{_on_cluster(shape)}")
-            .replace("{columns}", columns))
+            .replace("{columns}", columns).replace("{format}", output.wire))
 
 
 def view_sql(output: Output, queues: str, database: str, shape: shapes.ClusterShape | None = None) -> str:
@@ -122,8 +124,14 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         elif existing is not None and _columns(client, queues, queue) != [(f.name, f.clickhouse)
                                                                            for f in output.fields]:
             stale = "has other columns than the job's output"
+        elif existing is not None and f"'{output.wire}'" not in existing:
+            stale = f"reads another format than {output.wire}"
         if stale:
             log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
+            if f"'{topic}'" in existing:
+                # Its topic holds what the earlier job wrote, in its columns and format: that
+                # consumer loads it all before the new one takes its group's offsets on.
+                _wait_loaded(settings, output, consumer, queue)
             _drop_consumer(client, queues, output, shape)
             existing = None
         if existing is None:
@@ -134,6 +142,22 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         # table was dropped (docs/design.md); other readers follow the topic (pipelines.stream.change_feed).
         client.execute(view_sql(output, queues, database, shape))
     return created
+
+
+def _wait_loaded(settings: Settings, output: Output, consumer: str, queue: str) -> None:
+    """Until ClickHouse's consumer of `output` has committed up to where its topic ends now."""
+    ends = TopicEnds(settings, group_id(settings, output, consumer), [getattr(settings.topics, output.topic)])
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while (left := ends.remaining()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        ends.close()
+    if left:
+        raise RuntimeError(
+            f"ClickHouse's consumer {queue} has {left} records the earlier job wrote still to load after "
+            f"{DRAIN_TIMEOUT_S:.0f} s, and replacing it now would leave them unread: see why in ClickHouse's log "
+            "(.state/clickhouse/), then start the run again")
 
 
 class Progress:

@@ -3,6 +3,8 @@
 -- materialized view that writes it into its table, then commits the group's offsets. A crash
 -- between the write and the commit repeats the block; the target tables are ReplacingMergeTree
 -- keyed by the row's identity, so a repeat changes nothing once merged (reads use FINAL).
--- {queue} and {columns} come from pipelines/store/tables.py (an allowlist); values are parameters.
+-- The records are in the output's wire format (JSONEachRow, or RowBinary for the archive: one row
+-- a record, no delimiter between them).
+-- {queue}, {columns} and {format} come from pipelines/store/tables.py (an allowlist); values are parameters.
 CREATE TABLE IF NOT EXISTS {queue} ({columns})
-ENGINE = Kafka(%(broker)s, %(topic)s, %(group)s, 'JSONEachRow')
+ENGINE = Kafka(%(broker)s, %(topic)s, %(group)s, '{format}')

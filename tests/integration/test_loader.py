@@ -19,9 +19,13 @@ def _post(n: int) -> bytes:
 
 
 def _valid_event(n: int) -> bytes:
-    return orjson.dumps({"event_type": "view", "event_id": f"loader-{n}", "event_time_ms": 1723506420000 + n,
-                         "post_id": 1 + n % 7, "author_id": 7, "viewer_id": n, "surface": "home", "client": "ios",
-                         "action": ""})
+    """An archive record as the job writes it (EVENTS_VALID.wire: RowBinary)."""
+    from pipelines.store import row_binary
+    from pipelines.store.tables import EVENTS_VALID
+
+    return row_binary.encode(EVENTS_VALID.fields, {
+        "event_type": "view", "event_id": f"loader-{n}", "event_time_ms": 1723506420000 + n, "post_id": 1 + n % 7,
+        "author_id": 7, "viewer_id": n, "surface": "home", "client": "ios", "action": "", "late": 0})
 
 
 def _produce(settings, topic: str, records: list[bytes], keys=None) -> None:
