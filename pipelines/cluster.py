@@ -260,8 +260,21 @@ def start_clickhouse_nodes(settings: Settings) -> list[str]:
         own = server_settings(settings, node)
         ensure_credentials(own)
         render_cluster_config(own, node, service.home)
+        if service.running_pid() is None:
+            _restore_from_replicas(service.home)
         messages.append(start_clickhouse(own, service=service, port_remedy=MOVE_PORTS))
     return messages
+
+
+def _restore_from_replicas(home: Path) -> None:
+    """Let a server that stops start again whatever its parts look like. Killed -9 while it took
+    inserts, a replica keeps parts ZooKeeper never recorded (never acknowledged to any writer), and
+    18.16 then refuses to load the table ("The local set of parts ... doesn't look like the set of
+    parts in ZooKeeper") and exits. This flag, read and removed by the server at its start, makes it
+    detach those parts and fetch what it misses from the shard's other replica."""
+    flags = home / "data" / "flags"
+    flags.mkdir(parents=True, exist_ok=True)
+    (flags / "force_restore_data").touch()
 
 
 # ---------------------------------------------------------------- the whole
