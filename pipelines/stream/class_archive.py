@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("viewcount.rollup_job")
@@ -71,16 +71,16 @@ def jvm_options(state_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def for_the_next_jvm(state_dir: Path) -> Iterator[None]:
+def for_the_next_jvm(state_dir: Path, also: Iterable[str] = ()) -> Iterator[None]:
     """Inside it, the options are where PyFlink reads them when it launches its JVM (JVM_ARGS),
-    beside any the user set; wrap the first table environment of this process. After it JVM_ARGS
-    is as it was: a child process (another `viewcount run`) chooses for itself, and never inherits
-    this one's "write the archive" under this process's name."""
+    after any the user set and `also` (the job's other options: pipelines.stream.job_environment);
+    wrap the first table environment of this process. After it JVM_ARGS is as it was: a child
+    process (another `viewcount run`) chooses for itself, and never inherits this one's "write the
+    archive" under this process's name."""
     given = os.environ.get("JVM_ARGS")
-    if given is not None and ("ArchiveFile" in given or "ArchiveClassesAtExit" in given):  # the user's archive
-        yield
-        return
-    os.environ["JVM_ARGS"] = " ".join([*(given or "").split(), *jvm_options(state_dir)])
+    users_archive = given is not None and ("ArchiveFile" in given or "ArchiveClassesAtExit" in given)
+    archive = [] if users_archive else jvm_options(state_dir)
+    os.environ["JVM_ARGS"] = " ".join([*(given or "").split(), *also, *archive])
     try:
         yield
     finally:

@@ -44,3 +44,17 @@ def test_an_archive_the_user_chose_is_left_alone_and_a_child_chooses_for_itself(
     with class_archive.for_the_next_jvm(tmp_path):
         assert "ArchiveClassesAtExit" in os.environ["JVM_ARGS"]
     assert "JVM_ARGS" not in os.environ
+
+
+def test_the_jobs_other_options_come_after_the_users_and_the_users_collector_wins(tmp_path, monkeypatch):
+    from pipelines.stream.job_environment import THROUGHPUT_COLLECTOR, garbage_collector
+
+    assert garbage_collector(None) == garbage_collector("-Xmx2g") == [THROUGHPUT_COLLECTOR]
+    assert garbage_collector("-Xmx2g -XX:+UseG1GC") == garbage_collector("-XX:+UseZGC") == []
+    monkeypatch.setenv("JVM_ARGS", "-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa")
+    with class_archive.for_the_next_jvm(tmp_path, also=[THROUGHPUT_COLLECTOR]):
+        assert os.environ["JVM_ARGS"] == f"-Xmx1g -XX:SharedArchiveFile=/elsewhere.jsa {THROUGHPUT_COLLECTOR}"
+    monkeypatch.delenv("JVM_ARGS")
+    with class_archive.for_the_next_jvm(tmp_path, also=[THROUGHPUT_COLLECTOR]):
+        assert os.environ["JVM_ARGS"].startswith(f"{THROUGHPUT_COLLECTOR} -XX:ArchiveClassesAtExit=")
+    assert "JVM_ARGS" not in os.environ
