@@ -1,7 +1,8 @@
 """The cluster stack on loopback: ZooKeeper, Kafka nodes, ClickHouse shards x replicas and the Flink session cluster.
 
 `make cluster-up` / `make cluster-down` / `make cluster-status` call `python -m pipelines.cluster
-up|down|status`. Each node is a plain process with its folder (configuration, data, pid, log) under
+up|down|status`; `python -m pipelines.cluster env` prints the settings that point viewcount at it.
+Each node is a plain process with its folder (configuration, data, pid, log) under
 the state folder's cluster/; the pieces are the single-node stack's (pipelines/stack/: start and
 stop by pid, readiness waits, Kafka's and ClickHouse's templates, the generated credentials), and
 every port and size is Settings.cluster's. Starting is idempotent: what runs is left alone, what
@@ -11,6 +12,7 @@ is missing is started, so `up` also brings back a node that was killed. docs/sca
 from __future__ import annotations
 
 import base64
+import shlex
 import socket
 import subprocess
 import sys
@@ -82,10 +84,37 @@ def server_settings(settings: Settings, node: ClickHouseNode) -> Settings:
 
 
 def cluster_settings(settings: Settings) -> Settings:
-    """settings pointed at the cluster stack: its Kafka nodes, its first ClickHouse server, its Flink."""
+    """settings pointed at the cluster stack: its Kafka nodes, its first ClickHouse server with the
+    cluster's shape (replicated tables behind Distributed ones, pipelines/store/shapes.py), its
+    Flink session cluster at one task per TaskManager slot."""
     layout = settings.cluster
     return replace(server_settings(settings, layout.clickhouse_nodes[0]), kafka_bootstrap=layout.kafka_bootstrap,
-                   flink_cluster=flink_cluster.address(settings))
+                   clickhouse_cluster=layout.clickhouse_cluster,
+                   clickhouse_servers_cluster=layout.clickhouse_servers_cluster,
+                   flink_cluster=flink_cluster.address(settings), parallelism=layout.taskmanagers)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The VIEWCOUNT_* variables that point any `viewcount` command at the cluster stack (those of
+    cluster_settings). The ClickHouse URL carries no password: the stack's generated ones are read
+    from the state folder's credentials file, as on the single-node stack."""
+    on = cluster_settings(settings)
+    url = urlparse(on.clickhouse_url)
+    user = url.username or on.clickhouse.user
+    return {
+        "VIEWCOUNT_KAFKA_BOOTSTRAP": on.kafka_bootstrap,
+        "VIEWCOUNT_CLICKHOUSE_URL": url._replace(netloc=f"{user}@{url.hostname}:{url.port}").geturl(),
+        "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": str(on.clickhouse_http_port),
+        "VIEWCOUNT_CLICKHOUSE_CLUSTER": on.clickhouse_cluster,
+        "VIEWCOUNT_CLICKHOUSE_SERVERS_CLUSTER": on.clickhouse_servers_cluster,
+        "VIEWCOUNT_FLINK_CLUSTER": on.flink_cluster,
+        "VIEWCOUNT_PARALLELISM": str(on.parallelism),
+    }
+
+
+def env(settings: Settings) -> list[str]:
+    """`eval "$(python -m pipelines.cluster env)"`: this shell's viewcount commands use the cluster."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in environment(settings).items()]
 
 
 # ---------------------------------------------------------------- before anything starts
@@ -151,11 +180,16 @@ def _zookeeper_jvm_flags() -> list[str]:
 
 
 def _zookeeper_ok(port: int) -> bool:
-    """ZooKeeper's own health word: `ruok` answered `imok` once it serves."""
+    """ZooKeeper serves: `srvr` answers with its mode. `ruok` answers `imok` as soon as the port
+    listens, while the server may still be loading its snapshot and refuses sessions ("ZooKeeperServer
+    not running"): a root created then failed with ConnectionLoss (seen with 19,000 transactions to load)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"ruok")
-            return sock.recv(16) == b"imok"
+            sock.sendall(b"srvr")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            return b"Mode: " in answer
     except OSError:
         return False
 
@@ -226,8 +260,21 @@ def start_clickhouse_nodes(settings: Settings) -> list[str]:
         own = server_settings(settings, node)
         ensure_credentials(own)
         render_cluster_config(own, node, service.home)
+        if service.running_pid() is None:
+            _restore_from_replicas(service.home)
         messages.append(start_clickhouse(own, service=service, port_remedy=MOVE_PORTS))
     return messages
+
+
+def _restore_from_replicas(home: Path) -> None:
+    """Let a server that stops start again whatever its parts look like. Killed -9 while it took
+    inserts, a replica keeps parts ZooKeeper never recorded (never acknowledged to any writer), and
+    18.16 then refuses to load the table ("The local set of parts ... doesn't look like the set of
+    parts in ZooKeeper") and exits. This flag, read and removed by the server at its start, makes it
+    detach those parts and fetch what it misses from the shard's other replica."""
+    flags = home / "data" / "flags"
+    flags.mkdir(parents=True, exist_ok=True)
+    (flags / "force_restore_data").touch()
 
 
 # ---------------------------------------------------------------- the whole
@@ -283,7 +330,7 @@ def status(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    actions = {"up": up, "down": down, "status": status}
+    actions = {"up": up, "down": down, "status": status, "env": env}
     return run_action("pipelines.cluster", __doc__.splitlines()[0], actions, argv)
 
 

@@ -39,7 +39,8 @@ from pipelines.rollups.subject_rows import (
 )
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store.clickhouse import SUBJECT_REFRESH_STATE, insert_rows
-from pipelines.store.tables import TABLE_COLUMNS
+from pipelines.store.shapes import LOCAL_SUFFIX, ClusterShape
+from pipelines.store.tables import ROLLUP_CHANGES, TABLE_COLUMNS
 
 log = logging.getLogger("viewcount.subject_rollups")
 
@@ -119,17 +120,21 @@ def refresh(client, settings=None, subjects: dict[str, Subject] | None = None) -
     return [refresh_subject(client, subject) for subject in (subjects or load_subjects()).values()]
 
 
-def prune_changes(client, reports: Iterable[RefreshReport]) -> list[str]:
+def prune_changes(client, reports: Iterable[RefreshReport], shape: ClusterShape | None = None) -> list[str]:
     """Drop the day partitions of rollup_changes every tracked subject has read past, keeping
-    CHANGES_KEPT before the oldest read position (18.16 has no TTL). Returns the dropped days."""
+    CHANGES_KEPT before the oldest read position (18.16 has no TTL). Returns the dropped days.
+    On a cluster: the days the client's server holds, dropped from every shard's `_local` table
+    (ON CLUSTER; a day only the other shard holds goes at a later prune)."""
     read_to = [r.read_to for r in reports if r.read_to is not None]
     if not read_to:
         return []
     keep_from = int((min(read_to) - CHANGES_KEPT).strftime("%Y%m%d"))
-    days = [int(p) for (p,) in client.execute(sql("change_partitions"))]
+    table = f"{ROLLUP_CHANGES}{LOCAL_SUFFIX}" if shape else ROLLUP_CHANGES
+    days = [int(p) for (p,) in client.execute(sql("change_partitions"), {"table": table})]
     old = sorted(d for d in days if d < keep_from)
+    on_cluster = f" ON CLUSTER {shape.cluster}" if shape else ""
     for day in old:
-        client.execute(f"ALTER TABLE rollup_changes DROP PARTITION {day:d}")
+        client.execute(f"ALTER TABLE {table}{on_cluster} DROP PARTITION {day:d}")
     return [str(d) for d in old]
 
 
@@ -144,8 +149,9 @@ class RefreshTimer:
     runner's CPU in refreshes every second)."""
 
     def __init__(self, client, interval_s: float = REFRESH_INTERVAL_S, share: float = REFRESH_SHARE,
-                 clock=time.monotonic):
+                 clock=time.monotonic, shape: ClusterShape | None = None):
         self.client, self.interval_s, self.share, self.clock = client, interval_s, share, clock
+        self.shape = shape  # the ClickHouse cluster's, if any: where the change log's days are dropped
         self.last = self.took = 0.0
         self.last_pruned = clock()
         self.reports: list[RefreshReport] = []
@@ -164,7 +170,7 @@ class RefreshTimer:
         self.took = self.last - started
         if self.clock() - self.last_pruned >= PRUNE_INTERVAL_S:
             self.last_pruned = self.clock()
-            if dropped := prune_changes(self.client, self.reports):
+            if dropped := prune_changes(self.client, self.reports, self.shape):
                 log.info("dropped the change log's days %s: every subject has read past them", ", ".join(dropped))
         return True
 

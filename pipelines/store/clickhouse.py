@@ -64,6 +64,17 @@ def is_transient(exc: BaseException) -> bool:
                             OSError))
 
 
+# The writer's session settings on a ClickHouse cluster (VIEWCOUNT_CLICKHOUSE_CLUSTER; docs/scale-out.md,
+# "The writers"). An insert through a Distributed table returns once its rows are on their shards, so
+# what is read next (the change feed's check, the subject refresh, a test) sees them. A Distributed
+# table in an IN subquery of a query over another is read shard by shard, each shard's own rows:
+# right because every such subquery the pipeline runs is keyed like its outer table (post_minute,
+# subject_posts, posts and rollup_changes' post notes all by cityHash64 of the post id), and 18.16's
+# default refuses the query (code 288). The readers (analyst, dashboard) are read-only and take no
+# settings: theirs are their profiles'.
+CLUSTER_WRITER_SETTINGS = {"insert_distributed_sync": 1, "distributed_product_mode": "local"}
+
+
 def connect(settings: Settings, user: str | None = None, password: str | None = None,
             database: str | None = None, check: bool = True, role: str = "writer"):
     """A clickhouse-driver Client for the configured server, checked with a round trip.
@@ -81,7 +92,8 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
         database=database or target.database,
         connect_timeout=5,
         send_receive_timeout=300,
-        settings={"strings_as_bytes": False},
+        settings={"strings_as_bytes": False,
+                  **(CLUSTER_WRITER_SETTINGS if settings.clickhouse_cluster and role == "writer" else {})},
     )
     if check:
         try:
@@ -133,7 +145,7 @@ def sibling(client):
 
     c = client.connection
     return Client(host=c.host, port=c.port, user=c.user, password=c.password, database=c.database,
-                  connect_timeout=5, send_receive_timeout=300)
+                  connect_timeout=5, send_receive_timeout=300, settings=dict(client.settings))
 
 
 def wait_ready(settings: Settings, timeout_s: float = 60.0) -> None:
@@ -217,7 +229,8 @@ def _replica_xml(port: int, writer, default_database: str | None = None) -> str:
 
 def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) -> Path:
     """Write a cluster server's config.d/cluster.xml (merged over its config.xml at start): its
-    macros, interserver port, ZooKeeper with its root, the two clusters and distributed DDL."""
+    macros, interserver port, ZooKeeper with its root, the two clusters and distributed DDL; and
+    its users.d/cluster.xml (merged over users.xml): the writers' settings on a cluster."""
     layout = settings.cluster
     writer = settings.clickhouse_as("writer")
 
@@ -239,6 +252,10 @@ def render_cluster_config(settings: Settings, node: ClickHouseNode, home: Path) 
     (home / "config.d").mkdir(parents=True, exist_ok=True)
     path = home / "config.d" / "cluster.xml"
     _write_private(path, Template((TEMPLATES / "cluster.xml.template").read_text()).substitute(values))
+    # The writers' settings on a cluster (the default profile's, which the Kafka engine inserts
+    # with), merged over users.xml: 18.16 reads users.d/ beside it.
+    (home / "users.d").mkdir(parents=True, exist_ok=True)
+    _write_private(home / "users.d" / "cluster.xml", (TEMPLATES / "cluster-users.xml.template").read_text())
     return path
 
 

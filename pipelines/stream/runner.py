@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import RefreshTimer
+from pipelines.store import shapes
 from pipelines.store.clickhouse import is_transient
 from pipelines.stream import bounded_run, restore_points, rollup_job, streams
 from pipelines.stream.change_feed import ChangeFeed
@@ -155,7 +156,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     # The subject rollups (dashboards) follow what the loaders wrote, every second; the change feed
     # tells them what ClickHouse's own consumers loaded.
     changes = ChangeFeed(settings, connect(settings))
-    subject_refresh = RefreshTimer(connect(settings))
+    subject_refresh = RefreshTimer(connect(settings), shape=shapes.configured(settings))
     follow_changes = _WhileClickHouseAway("the change feed", changes.client, changes.step)
     refresh_subjects = _WhileClickHouseAway("the subject rollups' refresh", subject_refresh.client,
                                             subject_refresh.maybe)

@@ -6,6 +6,14 @@ view writes its blocks into the target table. No Python touches those records. T
 in ClickHouse (in a database of their own, `<database>_queues`, that no reader may use: a SELECT of
 a Kafka table consumes), so they keep loading whether or not a runner is up; `ensure` creates them for a
 topic prefix (again, if they point at another prefix) and `Progress` says how far they are.
+
+On a ClickHouse cluster (VIEWCOUNT_CLICKHOUSE_CLUSTER, pipelines/store/shapes.py) every server has
+the same consumers, ON CLUSTER, in the one consumer group of each output: Kafka spreads the topic's
+partitions over them, and each view writes into the output's Distributed table, which sends every
+row to its shard, synchronously (insert_distributed_sync in the servers' default profile, which the
+Kafka engine inserts with: stack/clickhouse/cluster-users.xml.template). A server that dies leaves
+its group; Kafka gives its partitions to the others, which go on from its last commit (the rows
+it wrote but had not committed are written again: ReplacingMergeTree keeps one).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 import time
 
 from pipelines.config import REPO_ROOT, Settings, queues_database
+from pipelines.store import shapes
 from pipelines.store.migrate import KAFKA_TABLE_DROPS
 from pipelines.store.tables import FILLED_BY_CLICKHOUSE, LOAD_EXPRESSIONS, OUTPUTS, TABLE_COLUMNS, Output
 from pipelines.stream.kafka import TopicEnds
@@ -36,16 +45,21 @@ def group_id(settings: Settings, output: Output, consumer: str = "clickhouse") -
     return f"{settings.topics.prefix}.{consumer}.{output.name}"
 
 
-def _queue_sql(output: Output, queues: str) -> str:
+def _on_cluster(shape: shapes.ClusterShape | None) -> str:
+    return f" ON CLUSTER {shape.cluster}" if shape else ""
+
+
+def _queue_sql(output: Output, queues: str, shape: shapes.ClusterShape | None = None) -> str:
     columns = ", ".join(f"{f.name} {f.clickhouse}" for f in output.fields)
-    return ((SQL_DIR / "queue.sql").read_text().replace("{queue}", f"{queues}.{queue_table(output)}")
+    return ((SQL_DIR / "queue.sql").read_text()
+            .replace("{queue}", f"{queues}.{queue_table(output)}{_on_cluster(shape)}")
             .replace("{columns}", columns).replace("{format}", output.wire))
 
 
-def view_sql(output: Output, queues: str, database: str) -> str:
+def view_sql(output: Output, queues: str, database: str, shape: shapes.ClusterShape | None = None) -> str:
     """The materialized view (in `queues`) that writes the Kafka table's blocks into the output's
     table (in `database`): every column of the table (pipelines.store.tables), from the field of
-    its name or its expression."""
+    its name or its expression. On a cluster: on every server, into the Distributed table."""
     expressions = LOAD_EXPRESSIONS.get(output.name, {})
     fields = set(output.field_names)
     select = []
@@ -56,7 +70,8 @@ def view_sql(output: Output, queues: str, database: str) -> str:
             select.append(column)
         else:  # 18.16 fills no default for a column the view leaves out: it refuses the block
             raise ValueError(f"{output.table}.{column} has neither a field of {output.name} nor a load expression")
-    return ((SQL_DIR / "loader_view.sql").read_text().replace("{view}", f"{queues}.{loader_view(output)}")
+    return ((SQL_DIR / "loader_view.sql").read_text()
+            .replace("{view}", f"{queues}.{loader_view(output)}{_on_cluster(shape)}")
             .replace("{table}", f"{database}.{output.table}").replace("{select}", ", ".join(select))
             .replace("{queue}", f"{queues}.{queue_table(output)}"))
 
@@ -73,12 +88,12 @@ def _create_query(client, database: str, name: str) -> str | None:
     return found[0][0] if found else None
 
 
-def _drop_consumer(client, database: str, output: Output) -> None:
-    """Drop a consumer (its view, then its Kafka table) from `database`, one Kafka-table drop of
-    this process at a time (migrate.KAFKA_TABLE_DROPS)."""
+def _drop_consumer(client, database: str, output: Output, shape: shapes.ClusterShape | None = None) -> None:
+    """Drop a consumer (its view, then its Kafka table) from `database` (on every server of a
+    cluster), one Kafka-table drop of this process at a time (migrate.KAFKA_TABLE_DROPS)."""
     with KAFKA_TABLE_DROPS:
-        client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}")
-        client.execute(f"DROP TABLE IF EXISTS {database}.{queue_table(output)}")
+        client.execute(f"DROP TABLE IF EXISTS {database}.{loader_view(output)}{_on_cluster(shape)}")
+        client.execute(f"DROP TABLE IF EXISTS {database}.{queue_table(output)}{_on_cluster(shape)}")
 
 
 def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
@@ -88,10 +103,12 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
     deployment of a new version), is replaced, and one left in the client's database itself (where
     they lived before) is moved. Returns what it created. `consumer` names the consumer groups
     (another name reads the topics again from the start). A replaced consumer's group stays: the
-    new consumer goes on from the old one's committed offsets."""
+    new consumer goes on from the old one's committed offsets. With a cluster configured, all of
+    it ON CLUSTER (see the module's docstring); what exists is read on the client's server."""
     ((database,),) = client.execute("SELECT currentDatabase()")
+    shape = shapes.configured(settings)
     queues = queues_database(database)
-    client.execute(f"CREATE DATABASE IF NOT EXISTS {queues}")
+    client.execute(f"CREATE DATABASE IF NOT EXISTS {queues}{_on_cluster(shape)}")
     created = []
     for output in LOADED_BY_CLICKHOUSE:
         topic = getattr(settings.topics, output.topic)
@@ -99,7 +116,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
         if _create_query(client, database, queue) is not None:
             log.info("moving ClickHouse's consumer %s from %s to %s, out of the readers' reach", queue, database,
                      queues)
-            _drop_consumer(client, database, output)
+            _drop_consumer(client, database, output, shape)
         existing = _create_query(client, queues, queue)
         stale = None
         if existing is not None and f"'{topic}'" not in existing:
@@ -115,15 +132,15 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
                 # Its topic holds what the earlier job wrote, in its columns and format: that
                 # consumer loads it all before the new one takes its group's offsets on.
                 _wait_loaded(settings, output, consumer, queue)
-            _drop_consumer(client, queues, output)
+            _drop_consumer(client, queues, output, shape)
             existing = None
         if existing is None:
-            client.execute(_queue_sql(output, queues), {"broker": settings.kafka_bootstrap, "topic": topic,
+            client.execute(_queue_sql(output, queues, shape), {"broker": settings.kafka_bootstrap, "topic": topic,
                                                         "group": group_id(settings, output, consumer)})
             created.append(queue)
         # The one materialized view over the Kafka table: a second one made 18.16 abort when the
         # table was dropped (docs/design.md); other readers follow the topic (pipelines.stream.change_feed).
-        client.execute(view_sql(output, queues, database))
+        client.execute(view_sql(output, queues, database, shape))
     return created
 
 

@@ -101,3 +101,39 @@ def test_a_taken_port_is_named_with_what_to_do():
         expected = rf"port {port} \(ZooKeeper\) is taken .* VIEWCOUNT_CLUSTER_PORT_BASE"
         with pytest.raises(StackError, match=expected):
             ensure_port_free(port, "ZooKeeper", cluster.MOVE_PORTS)
+
+
+def test_each_clickhouse_server_of_the_cluster_inserts_through_distributed_synchronously_to_the_first_replica(
+        settings, tmp_path):
+    """The default profile (the writer's, and the one 18.16's Kafka engine inserts with) of a cluster
+    server: a Distributed insert returns once its shards have the rows, and writes and reads go to
+    each shard's first live replica; the single-node server's users.xml is left as it is."""
+    node = settings.cluster.clickhouse_nodes[2]
+    home = tmp_path / node.name
+    render_cluster_config(cluster.server_settings(settings, node), node, home)
+    override = home / "users.d" / "cluster.xml"
+    profile = ET.parse(override).getroot().find("profiles/default")
+    assert {child.tag: child.text for child in profile} == {
+        "insert_distributed_sync": "1", "load_balancing": "in_order", "prefer_localhost_replica": "0"}
+    single = render_clickhouse_config(settings).parent
+    assert not (single / "users.d").exists()
+    assert ET.parse(single / "users.xml").getroot().findtext("profiles/default/load_balancing") == "random"
+
+
+def test_the_cluster_s_settings_point_every_viewcount_command_at_it_without_a_password(settings, monkeypatch):
+    environment = cluster.environment(settings)
+    assert environment == {
+        "VIEWCOUNT_KAFKA_BOOTSTRAP": "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093",
+        "VIEWCOUNT_CLICKHOUSE_URL": "clickhouse://viewcount_writer@127.0.0.1:29001/viewcount",
+        "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": "29121",
+        "VIEWCOUNT_CLICKHOUSE_CLUSTER": "viewcount",
+        "VIEWCOUNT_CLICKHOUSE_SERVERS_CLUSTER": "viewcount_servers",
+        "VIEWCOUNT_FLINK_CLUSTER": "127.0.0.1:29081",
+        "VIEWCOUNT_PARALLELISM": "2",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    read = Settings.from_env(state_dir=settings.state_dir, clickhouse_passwords=settings.clickhouse_passwords)
+    assert read == cluster.cluster_settings(replace(settings, clickhouse_url=read.clickhouse_url))
+    assert read.clickhouse.password == "w-secret"  # the stack's generated one, as on one server
+    assert all("secret" not in line for line in cluster.env(settings))

@@ -95,12 +95,14 @@ def test_a_longer_window_adds_counts_unions_sketches_and_keeps_the_listener_peak
 
 
 class _ChdbClient:
-    """Enough of clickhouse-driver's client for statements without parameters, on chdb."""
+    """Enough of clickhouse-driver's client for statements with string parameters, on chdb."""
 
     def __init__(self, session):
         self.session = session
 
-    def execute(self, statement: str) -> list[tuple]:
+    def execute(self, statement: str, params: dict[str, str] | None = None) -> list[tuple]:
+        for name, value in (params or {}).items():
+            statement = statement.replace(f"%({name})s", "'" + value.replace("'", "''") + "'")
         text = str(self.session.query(statement, "TabSeparated")).strip()
         return [tuple(line.split("\t")) for line in text.splitlines()] if text else []
 
