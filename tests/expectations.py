@@ -36,6 +36,11 @@ def assert_headline_matches_truth(figures, truth) -> None:
     assert figures.views_of_posts_about == truth.related_views == night.PUBLISHED_RELATED_VIEWS // truth.scale
     assert figures.combined_views == truth.combined_views == (
         (night.PUBLISHED_SUBJECT_VIEWS + night.PUBLISHED_RELATED_VIEWS) // truth.scale)
+    assert_viewers_and_listeners_match_truth(figures, truth)
+
+
+def assert_viewers_and_listeners_match_truth(figures, truth) -> None:
+    """Unique viewers and listeners within their sketch bounds; the listener curve and its peak exact."""
     assert figures.unique_viewers_lower <= truth.conversation_unique_viewers <= figures.unique_viewers_upper
     listeners = figures.listeners
     assert listeners.peak_listeners == truth.peak_listeners
