@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 
 from pipelines.config import Settings
 
@@ -30,10 +32,36 @@ CURRENT_OFFSET = re.compile(r"KafkaSourceReader\.topic\.(?P<topic>.+)\.partition
 TIMEOUT_S = 2.0
 
 
+# Where the mini-cluster's REST port is chosen from: below the kernel's ephemeral range (the local
+# ports of outgoing connections, net.ipv4.ip_local_port_range, 32768-60999 by default) and below the
+# cluster stack's ports (29000 on). A free port probed inside the ephemeral range can be taken by a
+# Kafka or ClickHouse client's connection before Flink binds it: seen once in CI, the job failing
+# with "Could not start rest endpoint on any port in port range 42741".
+REST_PORTS = range(20000, 29000)
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _outside_ephemeral(ports: range) -> range:
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return ports
+    return range(ports.start, max(ports.start, min(ports.stop, low)))
+
+
 @cache
 def mini_cluster_rest_port() -> int:
-    """A free loopback port for this process's mini-cluster's REST endpoint (one per process)."""
-    with socket.socket() as probe:
+    """A free loopback port for this process's mini-cluster's REST endpoint (one per process),
+    outside the ports outgoing connections take (REST_PORTS)."""
+    ports = _outside_ephemeral(REST_PORTS)
+    for port in random.sample(ports, min(len(ports), 200)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # another listener's
+            return port
+    with socket.socket() as probe:  # all taken (or the ephemeral range moved below them): any free one
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

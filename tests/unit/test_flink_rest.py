@@ -72,3 +72,12 @@ def test_after_a_restart_the_gauges_are_not_trusted(flink):
 def test_no_answer_means_no_positions():
     settings = replace(Settings.from_env(), flink_cluster="127.0.0.1:9")  # discard port: refused
     assert SourcePositions(settings, "j1", ["viewcount.views"]).read() == {}
+
+
+def test_the_mini_clusters_rest_port_is_free_and_outside_the_ports_outgoing_connections_take():
+    from pipelines.stream import flink_rest
+
+    port = flink_rest.mini_cluster_rest_port()
+    assert port in flink_rest._outside_ephemeral(flink_rest.REST_PORTS)
+    low = int(flink_rest.EPHEMERAL_RANGE.read_text().split()[0])
+    assert port < low
