@@ -99,11 +99,12 @@ def _drop_consumer(client, database: str, output: Output, shape: shapes.ClusterS
 def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str]:
     """Create the Kafka tables and their views (idempotent) in the queues database of the client's
     database (ClickHouseTarget.queues_database: no reader may use it); a consumer left pointing at
-    another topic (another prefix), or with other columns than the job's output now has (a
-    deployment of a new version), is replaced, and one left in the client's database itself (where
-    they lived before) is moved. Returns what it created. `consumer` names the consumer groups
-    (another name reads the topics again from the start). A replaced consumer's group stays: the
-    new consumer goes on from the old one's committed offsets. With a cluster configured, all of
+    another topic (another prefix), or with other columns or another wire format than the job's
+    output now has (a deployment of a new version), is replaced, and one left in the client's
+    database itself (where they lived before) is moved. Returns what it created. `consumer` names
+    the consumer groups (another name reads the topics again from the start). A replaced consumer's
+    group stays: the new consumer goes on from the old one's committed offsets, once the old one has
+    loaded what its topic holds (written by the earlier job, in its shape). With a cluster configured, all of
     it ON CLUSTER (see the module's docstring); what exists is read on the client's server."""
     ((database,),) = client.execute("SELECT currentDatabase()")
     shape = shapes.configured(settings)
