@@ -120,7 +120,8 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
             _drop_consumer(client, database, output, shape)
         existing = _create_query(client, queues, queue)
         stale = None
-        if existing is not None and f"'{topic}'" not in existing:
+        same_topic = existing is not None and f"'{topic}'" in existing
+        if existing is not None and not same_topic:
             stale = f"reads another topic than {topic}"
         elif existing is not None and _columns(client, queues, queue) != [(f.name, f.clickhouse)
                                                                            for f in output.fields]:
@@ -129,7 +130,7 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
             stale = f"reads another format than {output.wire}"
         if stale:
             log.info("replacing ClickHouse's consumer %s: it %s", queue, stale)
-            if f"'{topic}'" in existing:
+            if same_topic:
                 # Its topic holds what the earlier job wrote, in its columns and format: that
                 # consumer loads it all before the new one takes its group's offsets on.
                 _wait_loaded(settings, output, consumer, queue)
@@ -147,13 +148,13 @@ def ensure(client, settings: Settings, consumer: str = "clickhouse") -> list[str
 
 def _wait_loaded(settings: Settings, output: Output, consumer: str, queue: str) -> None:
     """Until ClickHouse's consumer of `output` has committed up to where its topic ends now."""
-    ends = TopicEnds(settings, group_id(settings, output, consumer), [getattr(settings.topics, output.topic)])
+    progress = Progress(settings, consumer, (output,))
     try:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while (left := ends.remaining()) and time.monotonic() < deadline:
+        while (left := progress.remaining()) and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
-        ends.close()
+        progress.close()
     if left:
         raise RuntimeError(
             f"ClickHouse's consumer {queue} has {left} records the earlier job wrote still to load after "
