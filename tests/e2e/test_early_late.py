@@ -111,22 +111,24 @@ def test_early_events_do_not_blank_the_on_time_views_and_late_ones_are_counted_b
                          key=str(ON_TIME_POST).encode())
     assert producer.flush(30) == 0
     ticks = iter(range(1_000_000))
+    # Time goes on without waiting for the clock: a client whose clock reads just past the on-time
+    # views' minute (plus the watermark delay) sends an event on every partition, its record's Kafka
+    # time that same instant (the producer sets it). Watermarks follow those times, as they would
+    # follow the wall clock a minute later; the early events' Kafka time still says "now".
+    later_ms = (_now_ms() // 60_000 + 1) * 60_000 + (settings.watermark_delay_s + 1) * 1000
 
     def counted_views() -> int:
-        # Time goes on: an on-time event on every partition, dated now, moves the watermark
-        # past the on-time views' minute once that minute has ended (plus the watermark delay).
         tick = next(ticks)
         for event_type in counted:
             for partition in range(settings.topic_partitions):
                 producer.produce(settings.topics.source(event_type),
-                                 _event(event_type, f"tick-{event_type}-{partition}-{tick}", TICK_POST,
-                                        _now_ms()), partition=partition)
+                                 _event(event_type, f"tick-{event_type}-{partition}-{tick}", TICK_POST, later_ms),
+                                 partition=partition, timestamp=later_ms)
         producer.flush(30)
         (views,), = client.execute("SELECT sum(views) FROM post_minute FINAL WHERE post_id = %(p)s",
                                    {"p": ON_TIME_POST})
         return views
 
-    # A minute ends at most 60 s from now; its window closes watermark_delay_s later.
     poll(lambda: counted_views() >= ON_TIME_VIEWS, 240, "the on-time views counted by the stream",
          interval_s=1.0, alive=live)
     (views,), = client.execute("SELECT sum(views) FROM post_minute FINAL WHERE post_id = %(p)s",
