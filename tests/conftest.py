@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 import secrets
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -23,6 +24,13 @@ from tests.support import REMOVALS
 # this already running process until tzset() reads it again.
 os.environ["TZ"] = "UTC"
 time.tzset()
+
+# A suite started in the background without job control (`make test &` in a script, some CI
+# runners) inherits SIGINT and SIGQUIT ignored, and so would every process it starts: dagster dev
+# stops its webserver and daemon with SIGINT, so each stop then waited out its 60 s timeout (found
+# when test_access took 67 s instead of 9). The suite's children get the default dispositions.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 # VIEWCOUNT_TEST_ORDER_SEED=N runs the modules, and the tests inside each module, in an order
 # shuffled with seed N (CI does, .ci/run): no test may depend on another's data or order. Tests
