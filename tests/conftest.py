@@ -32,6 +32,14 @@ time.tzset()
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
+# The JVMs the tests start (the job's, in this process or as `viewcount run`, and the session
+# cluster's) compile with C1 alone. The tests' nights are small, so a job's life is mostly its
+# start, and on two cores C2's compiler threads slowed that start more than C2's code sped up
+# the rest: a 1:20,000 night's bounded run took 22 s with C2 and 15 s without, and the 1:1000 night's
+# 47 s and 44 s (docs/testing.md). Same job, same results: only how its bytecode is compiled changes.
+# A JVM_ARGS of the caller's own is left as it is.
+os.environ.setdefault("JVM_ARGS", "-XX:TieredStopAtLevel=1")
+
 # VIEWCOUNT_TEST_ORDER_SEED=N runs the modules, and the tests inside each module, in an order
 # shuffled with seed N (CI does, .ci/run): no test may depend on another's data or order. Tests
 # stay grouped by module, so a module's fixtures are still set up once.
