@@ -150,6 +150,10 @@ class Removals:
             finally:
                 self._queue.task_done()
 
+    def join(self) -> None:
+        """Wait until every namespace submitted so far is removed (or failed to be: wait() says)."""
+        self._queue.join()
+
     def wait(self) -> None:
         self._queue.join()
         failures, self._failures = self._failures, []

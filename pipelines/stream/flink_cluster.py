@@ -78,9 +78,13 @@ def overview(settings: Settings, timeout_s: float = 2.0) -> dict | None:
         return None
 
 
-def pids(settings: Settings) -> list[int]:
-    """The running JobManager's and TaskManagers' process ids (the start scripts' pid files)."""
-    found = []
+TASKMANAGER_CLASS = b"org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
+
+
+def _processes(settings: Settings) -> dict[int, bytes]:
+    """The running JobManager's and TaskManagers' process ids (the start scripts' pid files), with
+    their command lines."""
+    found = {}
     for pid_file in sorted((_home(settings) / "pid").glob("*.pid")):
         for word in pid_file.read_text().split():
             try:
@@ -88,8 +92,54 @@ def pids(settings: Settings) -> list[int]:
             except (OSError, ValueError):
                 continue  # gone, or not a pid
             if b"org.apache.flink" in command:
-                found.append(int(word))
+                found[int(word)] = command
     return found
+
+
+def pids(settings: Settings) -> list[int]:
+    """The running JobManager's and TaskManagers' process ids."""
+    return list(_processes(settings))
+
+
+def taskmanager_pids(settings: Settings) -> list[int]:
+    """The running TaskManagers' process ids: processes, not what the JobManager has registered
+    (after a kill -9 it lists the dead one until its heartbeats are missed, tens of seconds)."""
+    return [pid for pid, command in _processes(settings).items() if TASKMANAGER_CLASS in command]
+
+
+def registered_taskmanagers(settings: Settings, timeout_s: float = 2.0) -> list[dict]:
+    """The TaskManagers the JobManager lists (REST /taskmanagers), dead ones it has not noticed yet included."""
+    try:
+        with urllib.request.urlopen(f"http://{address(settings)}/taskmanagers", timeout=timeout_s) as answer:
+            return json.loads(answer.read()).get("taskmanagers", [])
+    except (OSError, ValueError):
+        return []
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports a process listens on (its sockets' inodes, found in /proc/net/tcp*)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def unregistered_taskmanagers(settings: Settings) -> list[int]:
+    """The running TaskManager processes the JobManager has not registered (yet): matched by the
+    data port each registered TaskManager reports, which its process listens on."""
+    data_ports = {tm.get("dataPort") for tm in registered_taskmanagers(settings)}
+    return [pid for pid in taskmanager_pids(settings) if not _listening_ports(pid) & data_ports]
 
 
 def _script(settings: Settings, name: str, *args: str) -> None:
@@ -100,24 +150,25 @@ def _script(settings: Settings, name: str, *args: str) -> None:
 
 def up(settings: Settings, taskmanagers: int | None = None, timeout_s: float = 120.0) -> list[str]:
     """Start the JobManager and `taskmanagers` TaskManagers (default: the layout's; idempotent);
-    wait until they registered."""
+    wait until every TaskManager running is registered. What is missing is counted in processes:
+    after a TaskManager's kill -9 the JobManager lists it for tens of seconds more (until it misses
+    its heartbeats), and counted by that list the killed one was never started again."""
     taskmanagers = settings.cluster.taskmanagers if taskmanagers is None else taskmanagers
-    running = overview(settings)
-    if running is None:
+    if overview(settings) is None:
         for what, port in ports(settings).items():
             ensure_port_free(port, f"the Flink JobManager's {what}",
                              "move the cluster stack's ports with VIEWCOUNT_CLUSTER_PORT_BASE")
         _script(settings, "jobmanager.sh", "start")
-        running = {"taskmanagers": 0}
-    for _ in range(taskmanagers - running.get("taskmanagers", 0)):
+    for _ in range(taskmanagers - len(taskmanager_pids(settings))):
         _script(settings, "taskmanager.sh", "start")
     deadline = time.monotonic() + timeout_s
-    while (now := overview(settings)) is None or now.get("taskmanagers", 0) < taskmanagers:
+    while (now := overview(settings)) is None or len(taskmanager_pids(settings)) < taskmanagers \
+            or unregistered_taskmanagers(settings):
         if time.monotonic() > deadline:
             raise ClusterError(f"the Flink cluster did not come up with {taskmanagers} TaskManagers in "
                                f"{timeout_s:.0f} s: see {_home(settings) / 'log'}")
         time.sleep(0.5)
-    return [f"flink cluster up at http://{address(settings)}: {now['taskmanagers']} TaskManagers, "
+    return [f"flink cluster up at http://{address(settings)}: {len(taskmanager_pids(settings))} TaskManagers, "
             f"{now['slots-total']} slots; submit with `viewcount run --cluster {address(settings)} --parallelism 2`"]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines import cluster
 from pipelines.config import Settings
+from tests.support import REMOVALS
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def cluster_session():
     how = "already running" if was_running else "cold"
     yield settings, f"cluster up in {time.monotonic() - started:.1f} s ({how}); {cluster.status(settings)[-1]}"
     if not was_running:
+        REMOVALS.join()  # the modules' namespaces are dropped ON CLUSTER, behind the tests: before the cluster stops
         cluster.down(settings)
 
 
