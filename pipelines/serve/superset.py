@@ -17,7 +17,7 @@ from pipelines.rollups.subjects import load_subjects
 from pipelines.serve.superset_check import SCREENSHOT, check
 from pipelines.serve.superset_dashboards import CHECKED, dashboard_url, provision
 from pipelines.serve.superset_server import ADMIN, SECRETS_FILE, ensure_secrets, home, initialise, start, stop
-from pipelines.stack.services import StackError
+from pipelines.stack.services import print_lines
 
 
 def up(settings: Settings, with_check: bool = True) -> list[str]:
@@ -43,20 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="up: skip the check in chromium")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    try:
-        if args.action == "up":
-            lines = up(settings, with_check=not args.no_check)
-        elif args.action == "down":
-            lines = [stop(settings)]
-        elif args.action == "provision":
-            lines = [f"dashboard {i} for {s}" for s, i in provision(settings).items()]
-        else:
-            lines = [f"{s.id}: {check(settings, s):,}" for s in load_subjects().values()]
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    actions = {
+        "up": lambda: up(settings, with_check=not args.no_check),
+        "down": lambda: [stop(settings)],
+        "provision": lambda: [f"dashboard {i} for {s}" for s, i in provision(settings).items()],
+        "check": lambda: [f"{s.id}: {check(settings, s):,}" for s in load_subjects().values()],
+    }
+    return print_lines(actions[args.action])
 
 
 if __name__ == "__main__":

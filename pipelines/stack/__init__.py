@@ -9,12 +9,11 @@ credentials.env, mode 0600).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pipelines.config import Settings
 from pipelines.stack.clickhouse_server import clickhouse_service, start_clickhouse
 from pipelines.stack.kafka_broker import create_topics, kafka_service, start_kafka
-from pipelines.stack.services import Service, StackError, stop_services
+from pipelines.stack.services import Service, print_lines, stop_services
 
 
 def up(settings: Settings) -> list[str]:
@@ -46,13 +45,7 @@ def run_action(module: str, description: str, actions: dict, argv: list[str] | N
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("action", choices=list(actions))
     args = parser.parse_args(argv)
-    try:
-        for line in actions[args.action](Settings.from_env()) or []:
-            print(line)
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return print_lines(lambda: actions[args.action](Settings.from_env()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,18 @@ STACK_DIR = REPO_ROOT / "stack"
 
 class StackError(RuntimeError):
     """A service could not be started or reached; the message says which, and where its log is."""
+
+
+def print_lines(action: Callable[[], Iterable[str] | None]) -> int:
+    """A command's action run: its lines on stdout, a StackError as one line on stderr, the exit code
+    (1 for the error)."""
+    try:
+        lines = list(action() or [])
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 @dataclass(frozen=True)

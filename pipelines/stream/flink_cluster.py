@@ -22,7 +22,7 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.stack.services import StackError, ensure_port_free
+from pipelines.stack.services import StackError, ensure_port_free, print_lines
 
 TEMPLATE = REPO_ROOT / "stack" / "flink" / "config.yaml.template"
 
@@ -223,14 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--taskmanagers", type=int, help="default: the cluster stack's (pipelines/config.py)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    try:
-        lines = up(settings, args.taskmanagers) if args.command == "up" else (
-            down(settings) if args.command == "down" else status(settings))
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return print_lines(lambda: up(settings, args.taskmanagers) if args.command == "up" else (
+        down(settings) if args.command == "down" else status(settings)))
 
 
 if __name__ == "__main__":
