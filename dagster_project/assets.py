@@ -14,6 +14,15 @@ def _hours(context: dg.AssetExecutionContext):
     return backfill.hours_between(window.start.astimezone(UTC), window.end.astimezone(UTC))
 
 
+def _reconciled(totals: dict, drifting: list[str], check_name: str, mended_by: str) -> dg.MaterializeResult:
+    """A reconciliation's result: its totals and drifting hours, and its check, passed when no hour
+    drifts, saying which asset mends the ones that do."""
+    metadata = {**totals, "drifting_hours": ", ".join(drifting) or "none"}
+    fix = f"materialize {mended_by} for the drifting hours" if drifting else "nothing to do"
+    return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
+        check_name=check_name, passed=not drifting, metadata={**metadata, "fix": fix})])
+
+
 @dg.asset(
     partitions_def=hourly,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -37,15 +46,7 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
         "archive_rows": sum(d.archive_rows for d in drifts),
     }
     drifting = [f"{d.hour_start:%Y-%m-%d %H:00}" for d in drifts if not d.clean]
-    return dg.MaterializeResult(
-        metadata={**totals, "drifting_hours": ", ".join(drifting) or "none"},
-        check_results=[dg.AssetCheckResult(
-            check_name="stream_agrees_with_archive",
-            passed=not drifting,
-            metadata={**totals, "drifting_hours": ", ".join(drifting) or "none",
-                      "fix": "materialize post_minute_rollups for the drifting hours" if drifting else "nothing to do"},
-        )],
-    )
+    return _reconciled(totals, drifting, "stream_agrees_with_archive", mended_by="post_minute_rollups")
 
 
 @dg.asset(
@@ -118,14 +119,7 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
     for drift in drifts:
         for line in drift.details[:20]:
             context.log.info(f"{drift.subject_id} {line}")
-    return dg.MaterializeResult(
-        metadata={**totals, "drifting_hours": ", ".join(drifting) or "none"},
-        check_results=[dg.AssetCheckResult(
-            check_name="subject_rollups_agree_with_sources", passed=not drifting,
-            metadata={**totals, "drifting_hours": ", ".join(drifting) or "none",
-                      "fix": "materialize subject_rollups for the drifting hours" if drifting else "nothing to do"},
-        )],
-    )
+    return _reconciled(totals, drifting, "subject_rollups_agree_with_sources", mended_by="subject_rollups")
 
 
 @dg.asset(

@@ -82,6 +82,18 @@ def pipeline_env(settings: Settings, flink_log_dir: Path | None = None, **extra:
 
 
 @contextlib.contextmanager
+def connected(settings: Settings):
+    """A writer's connection to the settings' database, closed at the end."""
+    from pipelines.store.clickhouse import connect
+
+    client = connect(settings)
+    try:
+        yield client
+    finally:
+        client.disconnect()
+
+
+@contextlib.contextmanager
 def namespace(base: Settings, name: str, replication_factor: int = 1, **overrides) -> Iterator[Settings]:
     """Topics and a migrated database of their own (and the database's dashboard companion, which
     the local stack's dashboard user may read), on the same services; all removed at the end, the

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support import namespace
+from tests.support import connected, namespace
 
 pytestmark = pytest.mark.e2e
 SCALE = 20_000
@@ -33,11 +33,8 @@ def settings(stack_settings, session_tag):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    from pipelines.store.clickhouse import connect
-
-    c = connect(settings)
-    yield c
-    c.disconnect()
+    with connected(settings) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from tests.expectations import (
     assert_post_minutes_match_truth,
     assert_same_figures,
 )
-from tests.support import namespace, poll
+from tests.support import connected, namespace, poll
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -45,11 +45,8 @@ def kafka_topics(stack_settings):
 
 @pytest.fixture(scope="module")
 def clickhouse(stack_settings):
-    from pipelines.store.clickhouse import connect
-
-    client = connect(stack_settings)
-    yield client
-    client.disconnect()
+    with connected(stack_settings) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
