@@ -326,6 +326,16 @@ def _hold_down(kill: Kill, run: Run, progress: Progress, before: tuple[float, in
     kill.restart_began = run.since()
 
 
+def _kill_and_hold_down(service, what: str, run: Run, progress: Progress) -> Kill:
+    """kill -9 a service of the cluster stack while the run goes on, and keep it down (_hold_down)."""
+    before = progress.now()
+    assert run.alive(), f"the run ended before {what}'s kill: the night is too small (SCALE)"
+    kill = Kill(service.name, before[0], run.since())
+    _kill_9(service.running_pid(), service.name)
+    _hold_down(kill, run, progress, before)
+    return kill
+
+
 def _kill_a_taskmanager(base, settings, run: Run, progress: Progress) -> Kill:
     poll(_meanwhile_false(lambda: _all_tasks_running(_job(settings))), 300, "the job running on the session cluster",
          alive=run)
@@ -360,11 +370,7 @@ def _kill_a_broker(base, settings, run: Run, progress: Progress) -> Kill:
     leader = poll(_meanwhile_false(lambda: admin.list_topics(views, timeout=5).topics[views].partitions[0].leader),
                   30, "the views topic's partition 0 leader")
     service = cluster.kafka_services(base)[leader]  # the busiest partition's leader
-    before = progress.now()
-    assert run.alive(), "the run ended before the Kafka node's kill: the night is too small (SCALE)"
-    kill = Kill(service.name, before[0], run.since())
-    _kill_9(service.running_pid(), service.name)
-    _hold_down(kill, run, progress, before)
+    kill = _kill_and_hold_down(service, "the Kafka node", run, progress)
     cluster.start_kafka_nodes(base)
     kill.restarted = run.since()
     poll(_meanwhile_false(lambda: _in_every_isr(settings, leader)), 180,
@@ -376,11 +382,7 @@ def _kill_a_broker(base, settings, run: Run, progress: Progress) -> Kill:
 def _kill_a_replica(base, settings, run: Run, progress: Progress) -> Kill:
     node = next(n for n in base.cluster.clickhouse_nodes if n.name == REPLICA)
     service = cluster.clickhouse_services(base)[node]
-    before = progress.now()
-    assert run.alive(), "the run ended before the ClickHouse replica's kill: the night is too small (SCALE)"
-    kill = Kill(service.name, before[0], run.since())
-    _kill_9(service.running_pid(), service.name)
-    _hold_down(kill, run, progress, before)
+    kill = _kill_and_hold_down(service, "the ClickHouse replica", run, progress)
     cluster.start_clickhouse_nodes(base)
     kill.restarted = kill.back = run.since()  # up; caught up: waited for once the run has ended
     return kill
