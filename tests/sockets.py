@@ -4,11 +4,9 @@ which address, read from the kernel (each process's `/proc/<pid>/fd` gives its s
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from pathlib import Path
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from pipelines.stack.services import Address, listeners_by_pid
 
 
 def process_tree(root: int) -> set[int]:
@@ -36,47 +34,6 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return set()
-    inodes = set()
-    for fd in fds:
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(int(link[8:-1]))
-    return inodes
-
-
-def _decode(address: str) -> tuple[Address, int]:
-    host, port = address.split(":")
-    raw = bytes.fromhex(host)
-    # /proc/net/tcp* print each 32-bit word of the address in host (little-endian) order.
-    ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return ipaddress.ip_address(ordered), int(port, 16)
-
-
-def listeners_by_pid(pids: set[int]) -> dict[int, list[tuple[Address, int]]]:
-    """(address, port) of every TCP socket in LISTEN state each of pids holds open (a socket two
-    processes share, as after a fork, counts for each)."""
-    holders: dict[int, list[int]] = {}
-    for pid in pids:
-        for inode in _socket_inodes(pid):
-            holders.setdefault(inode, []).append(pid)
-    found: dict[int, list[tuple[Address, int]]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[9]) in holders:  # 0A: TCP_LISTEN
-                for pid in holders[int(fields[9])]:
-                    found.setdefault(pid, []).append(_decode(fields[1]))
-    return found
 
 
 def listening_sockets(pids: set[int]) -> list[tuple[Address, int]]:

@@ -167,7 +167,7 @@ class Removals:
         self._queue.join()
 
     def wait(self) -> None:
-        self._queue.join()
+        self.join()
         failures, self._failures = self._failures, []
         if failures:
             raise RuntimeError(f"{len(failures)} namespace(s) could not be removed: {failures[0]!r}") from failures[0]

@@ -8,6 +8,7 @@ when it fails. The local stack (Kafka, ClickHouse) and the cluster stack start t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -107,20 +108,24 @@ def stop_services(services: list[Service], timeout_s: float = 30.0) -> list[bool
     """SIGTERM to every running one at once, SIGKILL to those still there at the deadline; whether
     each was running. At once: the nodes of a cluster each wait for the others while shutting down."""
     pids = [service.running_pid() for service in services]
-    for pid in pids:
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for pid in pids:
-        while pid is not None and _alive(pid):
-            if time.monotonic() >= deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.2)
+    stop_processes([pid for pid in pids if pid is not None], timeout_s)
     for service in services:
         service.pid_file.unlink(missing_ok=True)
     return [pid is not None for pid in pids]
+
+
+def stop_processes(pids: list[int], timeout_s: float) -> list[int]:
+    """SIGTERM to every one at once, SIGKILL to those still there at the deadline; returns those."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while (left := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _alive(pid: int) -> bool:
@@ -133,6 +138,56 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+# Which TCP sockets in LISTEN state a process holds, read from the kernel: its `/proc/<pid>/fd`
+# gives its sockets' inodes, `/proc/net/tcp` and `/proc/net/tcp6` the LISTEN sockets by inode.
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def _decode(address: str) -> tuple[Address, int]:
+    host, port = address.split(":")
+    raw = bytes.fromhex(host)
+    # /proc/net/tcp* print each 32-bit word of the address in host (little-endian) order.
+    ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(ordered), int(port, 16)
+
+
+def listeners_by_pid(pids: set[int]) -> dict[int, list[tuple[Address, int]]]:
+    """(address, port) of every TCP socket in LISTEN state each of pids holds open (a socket two
+    processes share, as after a fork, counts for each)."""
+    holders: dict[int, list[int]] = {}
+    for pid in pids:
+        for inode in _socket_inodes(pid):
+            holders.setdefault(inode, []).append(pid)
+    found: dict[int, list[tuple[Address, int]]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 on this machine
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in holders:  # 0A: TCP_LISTEN
+                for pid in holders[int(fields[9])]:
+                    found.setdefault(pid, []).append(_decode(fields[1]))
+    return found
 
 
 def rss_mib(pid: int) -> float:

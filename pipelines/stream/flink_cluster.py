@@ -9,11 +9,9 @@ Its ports and sizes are the cluster stack's (Settings.cluster), which starts it 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 from string import Template
 
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.stack.services import StackError, ensure_port_free, print_lines
+from pipelines.stack.services import StackError, ensure_port_free, listeners_by_pid, print_lines, stop_processes
 
 TEMPLATE = REPO_ROOT / "stack" / "flink" / "config.yaml.template"
 
@@ -116,30 +114,13 @@ def registered_taskmanagers(settings: Settings, timeout_s: float = 2.0) -> list[
         return []
 
 
-def _listening_ports(pid: int) -> set[int]:
-    """The TCP ports a process listens on (its sockets' inodes, found in /proc/net/tcp*)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[len("socket:["):-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def unregistered_taskmanagers(settings: Settings) -> list[int]:
     """The running TaskManager processes the JobManager has not registered (yet): matched by the
     data port each registered TaskManager reports, which its process listens on."""
     data_ports = {tm.get("dataPort") for tm in registered_taskmanagers(settings)}
-    return [pid for pid in taskmanager_pids(settings) if not _listening_ports(pid) & data_ports]
+    running = taskmanager_pids(settings)
+    listening = listeners_by_pid(set(running))
+    return [pid for pid in running if not {port for _, port in listening.get(pid, [])} & data_ports]
 
 
 def _script(settings: Settings, name: str, *args: str) -> None:
@@ -182,31 +163,11 @@ def down(settings: Settings) -> list[str]:
     for each: 16 s for a JobManager and two TaskManagers.)"""
     if not (_home(settings) / "conf").exists():
         return ["flink cluster: not set up"]
-    running = pids(settings)
-    for pid in running:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while (left := [pid for pid in running if _alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in left:
-        _signal(pid, signal.SIGKILL)
+    left = stop_processes(pids(settings), STOP_TIMEOUT_S)
     for pid_file in (_home(settings) / "pid").glob("*.pid"):
         pid_file.unlink(missing_ok=True)
     killed = f" ({len(left)} killed after {STOP_TIMEOUT_S:.0f} s)" if left else ""
     return [f"flink cluster stopped{killed}"]
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process still runs (a zombie of ours has stopped running)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def status(settings: Settings) -> list[str]:

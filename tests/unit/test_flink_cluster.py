@@ -8,6 +8,7 @@ import os
 import socket
 
 from pipelines.config import Settings
+from pipelines.stack.services import listeners_by_pid
 from pipelines.stream import flink_cluster
 
 
@@ -42,9 +43,12 @@ def test_up_waits_until_every_running_taskmanager_is_registered(monkeypatch):
 
 
 def test_a_process_s_listening_ports_are_read_from_proc():
+    def ports() -> set[int]:
+        return {port for _, port in listeners_by_pid({os.getpid()}).get(os.getpid(), [])}
+
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert port in flink_cluster._listening_ports(os.getpid())
-    assert port not in flink_cluster._listening_ports(os.getpid())
+        assert port in ports()
+    assert port not in ports()
