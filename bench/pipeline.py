@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.config import Settings, Topics
+from pipelines.stack.services import stop_group
 from pipelines.store.migrate import drop_database
 
 RESULTS = Path(__file__).parent / "results"
@@ -295,11 +295,7 @@ def freshness_at_load(settings: Settings, rates: tuple[int, ...], period_s: floa
             results[str(rate)] = {k: spread([r[k] for r in runs]) for k in ("p50_s", "p99_s", "sent_per_s")}
         producer.flush(30)
     finally:
-        os.killpg(pipeline.pid, signal.SIGTERM)
-        try:
-            pipeline.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(pipeline.pid, signal.SIGKILL)
+        stop_group(pipeline)
     delays = sorted(seen - (start + 60) for start, seen in windows_seen.items())
     # A minute of the dashboards' subject rollup: when it first shows views, after its minute ends.
     subject_delays = sorted(seen - (start + 60) for start, seen in subject_minutes_seen.items())

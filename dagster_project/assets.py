@@ -9,6 +9,12 @@ from dagster_project.resources import ClickHouseResource
 from pipelines.repair import backfill, reconcile
 
 
+def _hourly_asset(**kwargs):
+    """An asset of the hourly partitions. A range of them runs as one run (`dagster asset
+    materialize --partition-range a...b`), hour by hour."""
+    return dg.asset(partitions_def=hourly, backfill_policy=dg.BackfillPolicy.single_run(), **kwargs)
+
+
 def _hours(context: dg.AssetExecutionContext):
     window = context.partition_time_window
     return backfill.hours_between(window.start.astimezone(UTC), window.end.astimezone(UTC))
@@ -23,9 +29,7 @@ def _reconciled(totals: dict, drifting: list[str], check_name: str, mended_by: s
         check_name=check_name, passed=not drifting, metadata={**metadata, "fix": fix})])
 
 
-@dg.asset(
-    partitions_def=hourly,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+@_hourly_asset(
     group_name="rollups",
     description="The stream's post_minute rows of a closed hour compared with a rebuild from events_raw.",
     check_specs=[dg.AssetCheckSpec("stream_agrees_with_archive", asset="post_minute_reconciliation",
@@ -49,10 +53,7 @@ def post_minute_reconciliation(context: dg.AssetExecutionContext, clickhouse: Cl
     return _reconciled(totals, drifting, "stream_agrees_with_archive", mended_by="post_minute_rollups")
 
 
-@dg.asset(
-    partitions_def=hourly,
-    # A range runs as one run (`dagster asset materialize --partition-range a...b`), hour by hour.
-    backfill_policy=dg.BackfillPolicy.single_run(),
+@_hourly_asset(
     group_name="rollups",
     description="Every rollup table of the hour(s) (pipelines.repair.backfill.ROLLUP_BUILDERS: post_minute, post_hour, "
     "post_surface_minute), rebuilt from events_raw and swapped in with REPLACE PARTITION.",
@@ -83,9 +84,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
 
 # --- subject rollups (pipelines/repair/subject_repair.py) ---------------------------------------------
 
-@dg.asset(
-    partitions_def=hourly,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+@_hourly_asset(
     group_name="subjects",
     description="Each tracked subject's stored minute rows of the hour compared with a recomputation from "
     "post_minute, posts and space_presence (after the hour was rebuilt from the archive).",
@@ -122,9 +121,7 @@ def subject_rollup_reconciliation(context: dg.AssetExecutionContext, clickhouse:
     return _reconciled(totals, drifting, "subject_rollups_agree_with_sources", mended_by="subject_rollups")
 
 
-@dg.asset(
-    partitions_def=hourly,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+@_hourly_asset(
     group_name="subjects",
     description="Each tracked subject's minute, hour and day rows of the hour(s), recomputed from post_minute, posts "
     "and space_presence (pipelines.repair.subject_repair.rebuild_hour); posts the stream's attribution missed are "

@@ -128,6 +128,23 @@ def stop_processes(pids: list[int], timeout_s: float) -> list[int]:
     return left
 
 
+def stop_group(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM to a child started with `start_new_session=True` and every process of its group
+    (a job's JVM, dagster dev's three); SIGKILL to the group if the child is still there at the
+    deadline. The group is signalled only while its leader is not yet reaped, so its id cannot
+    have been taken by someone else's group."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def _alive(pid: int) -> bool:
     """Whether pid still runs. A child of this process (a test that started the stack in-process)
     is reaped here once it exits: as a zombie it would look alive until the deadline."""
