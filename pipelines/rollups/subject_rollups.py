@@ -56,6 +56,11 @@ CHANGES_OVERLAP = timedelta(seconds=30)
 REFRESH_INTERVAL_S = 1.0
 # The most of the runner's time the refreshes may take (RefreshTimer): beyond, they come less often.
 REFRESH_SHARE = 0.2
+# The same while the job is catching up on a backlog (a bounded run before the job has read to its
+# end): its minutes are already late, and the refreshes' Python (they run in the runner's one
+# thread) and ClickHouse reads compete with the job for the box's cores. The last refresh still
+# writes every minute. (docs/performance.md, "Cut 6".)
+CATCH_UP_REFRESH_SHARE = 0.05
 
 
 # The change log keeps this much before the oldest subject's read position; pruned this often.
@@ -149,15 +154,19 @@ class RefreshTimer:
     runner's CPU in refreshes every second)."""
 
     def __init__(self, client, interval_s: float = REFRESH_INTERVAL_S, share: float = REFRESH_SHARE,
-                 clock=time.monotonic, shape: ClusterShape | None = None):
+                 clock=time.monotonic, shape: ClusterShape | None = None,
+                 catch_up_share: float = CATCH_UP_REFRESH_SHARE):
         self.client, self.interval_s, self.share, self.clock = client, interval_s, share, clock
+        self.catch_up_share = catch_up_share
+        self.catching_up = False  # set by the runner while the job reads a backlog
         self.shape = shape  # the ClickHouse cluster's, if any: where the change log's days are dropped
         self.last = self.took = 0.0
         self.last_pruned = clock()
         self.reports: list[RefreshReport] = []
 
     def due(self) -> bool:
-        wait = max(self.interval_s, self.took * (1 / self.share - 1))
+        share = self.catch_up_share if self.catching_up else self.share
+        wait = max(self.interval_s, self.took * (1 / share - 1))
         return self.clock() - self.last >= wait
 
     def maybe(self, final: bool = False) -> bool:

@@ -175,6 +175,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             refresh_subjects()
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
+            subject_refresh.catching_up = left > 0
             if end is not None and drained is None and left == 0:
                 log.info("the job has consumed the topics up to their end at start; draining it")
                 drained = bounded_run.drain(job, settings)

@@ -140,3 +140,27 @@ def test_a_long_refresh_makes_the_next_one_wait_longer_and_a_quick_one_keeps_the
     assert not timer.maybe(), "a quick refresh keeps the 1 s interval"
     now[0] += 0.2
     assert timer.maybe()
+
+
+def test_while_the_job_catches_up_the_refreshes_take_a_twentieth_of_the_runner_and_after_it_a_fifth(monkeypatch):
+    """A refresh of 1 s during a catch-up is followed by 19 s without one; the same after the
+    job has read its backlog, by 4 s."""
+    now = [100.0]
+
+    def fake_refresh(client):
+        now[0] += 1.0
+        return []
+
+    monkeypatch.setattr(subject_rollups, "refresh", fake_refresh)
+    timer = subject_rollups.RefreshTimer(client=None, clock=lambda: now[0])
+    timer.catching_up = True
+    assert timer.maybe()
+    now[0] += 18.9
+    assert not timer.maybe(), "due only 19 s (1 / 0.05 - 1 times 1 s) after a refresh of 1 s"
+    now[0] += 0.2
+    assert timer.maybe()
+    timer.catching_up = False
+    now[0] += 3.9
+    assert not timer.maybe()
+    now[0] += 0.2
+    assert timer.maybe(), "the backlog read: 4 s (1 / 0.2 - 1 times 1 s) after a refresh of 1 s"
