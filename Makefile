@@ -12,7 +12,7 @@ PYFLINK_LIB = $(shell $(BIN)/python -c 'import pyflink, os; print(os.path.join(o
 UDF_SOURCES := $(shell find jvm/src jvm/resources -type f)
 PYTEST_ARGS ?=
 
-.PHONY: bench-cpu test-fast soak cluster-up cluster-down cluster-status test-cluster zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
+.PHONY: bench-cpu bench-live test-fast soak cluster-up cluster-down cluster-status test-cluster zookeeper superset superset-down help setup venv jars clickhouse up down status migrate demo test test-unit test-integration lint bench profile dagster clean web browser serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages
 
 bench-cpu: up ## whole-stack CPU per record in catch-up at 1:400, ours beside the engine's ceiling: bench/results/cpu.*
 	$(BIN)/python -m bench.cpu --scale 400
+
+bench-live: up ## the live pipeline under the night's shape at 40k, 60k, 80k events/s, 5 min each (~20 min): bench/results/live.*
+	$(BIN)/python -m bench.live --rates 40000 60000 80000
 
 profile: up $(JARS)/profiler/libasyncProfiler.so ## flame graphs of one bounded run (async-profiler on the job's JVM, py-spy on Python): bench/results/profile*
 	$(BIN)/python -m bench.profile --scale 2000

@@ -233,81 +233,6 @@ def run_rung(settings: Settings, rung: int, gauges: bool = False) -> dict:
             "event_types": list(RUNGS[rung].event_types), **result}
 
 
-LIVE_START = (5_000, 60.0)  # views/s and seconds while the live job starts (planning, JIT)
-
-
-def run_live(base: Settings, rates: list[int], warmup_s: float, period_s: float) -> list[dict]:
-    """The live pipeline (`pipelines.cli run`) at fixed offered loads of views: per rate, after a
-    warm-up, CPU per record consumed (the job's committed offsets) over one period."""
-    import signal
-
-    from confluent_kafka import Producer
-
-    from bench.pipeline import drop, isolated, live_view, prepare
-    from pipelines.stream.job_tables import job_group_id
-    from pipelines.stream.kafka import CommittedOffsets
-
-    settings = replace(isolated(base, secrets.token_hex(3)), job_name="cpu-live")
-    prepare(settings)
-    services = service_pids(settings)
-    topic = settings.topics.source("view")
-    offsets = CommittedOffsets(settings, job_group_id(settings))
-    partitions = range(settings.topic_partitions)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 1_000_000})
-    log = (RESULTS / "cpu-live.log").open("w")
-    child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run"], env=child_env(settings),
-                             cwd=child_env(settings)["PYTHONPATH"], stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    sent = 0
-
-    def consumed() -> int:
-        return sum(max(o, 0) for o in offsets.committed(topic, partitions).values())
-
-    def offer(rate: int, seconds: float) -> tuple[Sample, Sample, float]:
-        nonlocal sent
-        began, first = time.monotonic(), sent
-        start = Sample(0.0, consumed(), stack_ticks(services, child.pid))
-        while (elapsed := time.monotonic() - began) < seconds:
-            if child.poll() is not None:
-                raise RuntimeError(f"the live pipeline stopped ({child.returncode}): see {log.name}")
-            now_ms = int(time.time() * 1000)
-            for _ in range(int(rate * elapsed) - (sent - first)):
-                sent += 1
-                producer.produce(topic, *live_view(sent, now_ms))
-            producer.poll(0)
-            time.sleep(0.002)
-        end = Sample(time.monotonic() - began, consumed(), stack_ticks(services, child.pid))
-        return start, end, (sent - first) / (time.monotonic() - began)
-
-    results = []
-    try:
-        print(f"live: starting under {LIVE_START[0]:,} views/s for {LIVE_START[1]:.0f} s", file=sys.stderr)
-        offer(*LIVE_START)
-        for rate in rates:
-            print(f"live: {rate:,} views/s", file=sys.stderr)
-            offer(rate, warmup_s)
-            load = os.getloadavg()
-            start, end, achieved = offer(rate, period_s)
-            results.append({"offered_per_s": rate, "sent_per_s": achieved,
-                            "consumed_per_s": (end.consumed - start.consumed) / end.seconds,
-                            "period_s": end.seconds, "load_average_at_start": load,
-                            "us_per_record": us_per_record(start, end) if end.consumed > start.consumed else None})
-    finally:
-        os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        producer.flush(30)
-        offsets.close()
-        log.close()
-        drop(settings)
-        shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
-    return results
-
-
 def headline(run: dict) -> tuple[float, float, float]:
     """(records/s, stack us/record, job us/record), steady if measured, else the whole run."""
     part = run["steady"] or run["whole_run"]
@@ -349,17 +274,6 @@ def write_markdown(report: dict, path: Path) -> None:
                           if "peak_rss_mib" in r)]
     for failure in report.get("failed", []):
         lines += ["", f"Rung {failure['rung']} failed: {failure['error']}"]
-    if report["live"]:
-        lines += ["", "Live pipeline (`pipelines.cli run`) at fixed offered loads of views; CPU over one period "
-                  "per records the job committed in it (the bench's producer is not in the stack):", "",
-                  "| offered views/s | sent/s | consumed/s | stack us/rec | job us/rec | JVM | broker | ClickHouse "
-                  "| load avg at start |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in report["live"]:
-            u = r["us_per_record"] or {}
-            groups = ("stack", "job", "job_jvm", "broker", "clickhouse")
-            cell = " | ".join(f"{u[g]:.1f}" if g in u else "-" for g in groups)
-            lines.append(f"| {r['offered_per_s']:,} | {r['sent_per_s']:,.0f} | {r['consumed_per_s']:,.0f} | {cell} | "
-                         f"{r['load_average_at_start'][0]:.2f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -375,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rereport", action="store_true",
                         help="no runs: recompute bench/results/<name>.{md,json} from the samples saved there")
     parser.add_argument("--live", type=int, nargs="*", default=[],
-                        help="also the live pipeline at these offered loads, views/s (e.g. 40000 60000 80000)")
-    parser.add_argument("--live-warmup", type=float, default=20.0, help="seconds at each load before measuring")
-    parser.add_argument("--live-period", type=float, default=40.0, help="seconds measured at each load")
+                        help="then the live pipeline under the night's shape at these offered loads, events/s "
+                             "(e.g. 40000 60000 80000): bench.live, into bench/results/<name>-live.{md,json}")
+    parser.add_argument("--live-warmup", type=float, default=60.0, help="seconds at each load before measuring")
+    parser.add_argument("--live-period", type=float, default=300.0, help="seconds measured at each load")
     args = parser.parse_args(argv)
     if args.rereport:
         return rereport(args.name)
@@ -401,18 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop(settings)
         shutil.rmtree(settings.state_dir / "flink" / settings.topics.prefix, ignore_errors=True)
-    live = run_live(base, args.live, args.live_warmup, args.live_period) if args.live else []
     report = {
         "command": (f".venv/bin/python -m bench.cpu --scale {args.scale} "
                     f"--rungs {' '.join(map(str, args.rungs))}{' --skip-ours' if args.skip_ours else ''} "
-                    f"--progress {args.progress} --name {args.name}"
-                    + (f" --live {' '.join(map(str, args.live))} --live-warmup {args.live_warmup:g} "
-                       f"--live-period {args.live_period:g}" if args.live else "")),
+                    f"--progress {args.progress} --name {args.name}"),
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "clk_tck": CLK_TCK, "scale": args.scale, "load_average_at_start": load,
-        "runs": runs, "failed": failed, "live": live,
+        "runs": runs, "failed": failed,
     }
-    return publish(report, args.name)
+    publish(report, args.name)
+    if args.live:
+        from bench import live
+
+        live.main(["--rates", *map(str, args.live), "--warmup", f"{args.live_warmup:g}",
+                   "--period", f"{args.live_period:g}", "--name", f"{args.name}-live"])
+    return 0
 
 
 def rereport(name: str) -> int:

@@ -14,6 +14,11 @@ from pipelines.reference.night_events import night_events
 PROGRESS_EVERY_RECORDS = 10_000
 
 
+def record_key(event_type: str, event: dict) -> bytes:
+    """An event's Kafka key: posts' events share a partition per post; a Space's presence spreads by listener."""
+    return str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
+
+
 def produce(settings: Settings, night: Night, rate: float | None = None,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Send the night to Kafka in arrival order, keyed by post_id; returns records delivered.
@@ -39,8 +44,7 @@ def produce(settings: Settings, night: Night, rate: float | None = None,
     started = time.monotonic()
     for sent, (_, event_type, event) in enumerate(night_events(night), start=1):
         value = orjson.dumps(event)
-        # Posts' events share a partition per post; a Space's presence spreads by listener.
-        key = str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
+        key = record_key(event_type, event)
         while True:
             try:
                 producer.produce(topics[event_type], value, key, on_delivery=delivered)

@@ -106,3 +106,38 @@ def test_resident_memory_adds_up_over_the_trees_given():
     procs = {p.pid: p for p in map(parse_stat, lines)}
     # The job's tree (python and its java) and the broker; not init, not a tree that is gone.
     assert tree_rss_bytes(procs, [10, 20, None]) == 3 * 789 * PAGE_BYTES
+
+
+def lag_samples(lags: list[int], every_s: float = 5.0):
+    from bench.live import LagSample
+
+    return [LagSample(i * every_s, sent=1_000_000 + lag, committed=1_000_000) for i, lag in enumerate(lags)]
+
+
+def test_a_lag_that_saws_with_the_checkpoints_is_flat_and_one_that_grows_is_not():
+    from bench.live import flat
+
+    # 300 s at 40,000/s, commits every 10 s: the lag saws between 0 and 400,000 records.
+    sawing = [0 if i % 2 else 400_000 for i in range(61)]
+    assert flat(lag_samples(sawing), 40_000, 10.0) == (True, 0)
+    # The job 5 % short of the offered rate: 2,000 records more behind every second.
+    growing = [lag + i * 5 * 2_000 for i, lag in enumerate(sawing)]
+    is_flat, growth = flat(lag_samples(growing), 40_000, 10.0)
+    assert not is_flat and growth == 480_000
+
+
+def test_the_night_load_dates_each_event_when_sent_and_its_second_lap_repeats_no_id_of_the_first():
+    from bench.live import NightLoad
+    from pipelines.config import Settings, Topics
+
+    load = NightLoad(Settings(topics=Topics(prefix="t")), scale=20_000)
+    total = len(load.night.kind)
+    records = [load.next_record(now_ms=1_800_000_000_000 + n) for n in range(total + 10)]
+    import orjson
+
+    events = [orjson.loads(value) for _, value, _ in records]
+    first, second = ({e["event_id"] for e in lap} for lap in (events[:total], events[total:]))
+    assert not first & second, "the second lap has ids of its own"
+    assert len(first) < total, "the night's own duplicates (client retries) are part of its shape"
+    assert [e["event_time"] for e in events] == [1_800_000_000_000 + n for n in range(total + 10)]
+    assert {topic for topic, _, _ in records} == {f"t.{t}" for t in ("views", "impressions", "posts", "presence")}
