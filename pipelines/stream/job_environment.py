@@ -103,6 +103,11 @@ def table_environment(settings: Settings, restore: bool = True):
     config.set("execution.checkpointing.num-retained", "2")
     # Window starts are UTC: the session time zone decides how TIMESTAMP_LTZ windows are cut.
     config.set("table.local-time-zone", "UTC")
+    # The job runs from a compiled plan (pipelines.stream.job_plans). By default Flink names the
+    # operators of such a plan after its node ids, which count up inside each JVM; a restarted job
+    # whose plan was planned anew (another watermark floor) could then miss its checkpoint's state.
+    # Without: operator ids come from the graph's shape, as for a job planned from SQL.
+    config.set("table.exec.uid.generation", "DISABLED")
     if restore and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
         # After a crash (kill -9) the new process continues from the last completed checkpoint:
         # window state, Kafka offsets and the open sink transactions all come back together.

@@ -37,7 +37,7 @@ from pipelines.store.tables import (
     PRESENCE_VALID,
     Output,
 )
-from pipelines.stream import restore_points
+from pipelines.stream import job_plans, restore_points
 from pipelines.stream.bounded_run import EndOfInput, run_to_end
 from pipelines.stream.job_environment import register_functions, table_environment
 from pipelines.stream.job_sql import (
@@ -57,32 +57,32 @@ from pipelines.stream.job_tables import WATERMARK_FLOOR, kafka_sink_ddl, source_
 log = logging.getLogger("viewcount.rollup_job")
 
 
-def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
-          outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False, floors: bool = True):
-    """Register sources, views and sinks; return the statement set of the job's outputs
+def job_statements(settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None,
+                   outputs: Iterable[Output] = OUTPUTS, exactly_once: bool = False,
+                   floors: bool = True) -> tuple[list[str], list[str]]:
+    """The job as SQL: the statements that register its sources, views and sinks, and its INSERTs
     (blackhole: every sink discards its rows, to measure the job without them; watermark_floor:
     `watermark_floor_ms`). `outputs`, `exactly_once` (every output transactional, as before
     issue 18) and `floors` (the watermark floor of each checkpoint) let a benchmark build the job
     of each rung (bench.ceiling)."""
-    register_functions(t_env)
+    ddl: list[str] = []
     decoded = {}
     for event_type in EVENT_TYPES:
         source = f"source_{event_type}"
-        t_env.execute_sql(source_ddl(settings, source, event_type, bounded, watermark_floor))
+        ddl.append(source_ddl(settings, source, event_type, bounded, watermark_floor))
         decoded[event_type] = f"decoded_{event_type}"
-        t_env.execute_sql(
-            f"CREATE TEMPORARY VIEW {quoted(decoded[event_type])} AS {decode_sql(event_type, source, settings)}")
+        ddl.append(f"CREATE TEMPORARY VIEW {quoted(decoded[event_type])} AS {decode_sql(event_type, source, settings)}")
     counted = {t: decoded[t] for t in COUNTED_TYPES}
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
+    ddl.append(f"CREATE TEMPORARY VIEW valid_events AS {valid_events_sql(counted)}")
     windowed = windowed_events_sql("valid_events", watermark_floor)
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW windowed_events AS {windowed}")
+    ddl.append(f"CREATE TEMPORARY VIEW windowed_events AS {windowed}")
     # One aggregation for both rollups (post_windows), and one view of the post-minute rows for their
     # sink and the watermark floor's: the planner builds the windows once for all three.
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_windows AS {post_windows_sql('windowed_events')}")
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('post_windows')}")
+    ddl.append(f"CREATE TEMPORARY VIEW post_windows AS {post_windows_sql('windowed_events')}")
+    ddl.append(f"CREATE TEMPORARY VIEW post_minute_rows AS {post_minute_sql('post_windows')}")
     # Posts pass straight through (no window): attribution to a subject happens where the
     # whole reply/quote tree is known, so a post arriving after its views is still counted.
-    inserts = {
+    selects = {
         DEAD_LETTER: dead_letter_sql(decoded.values()),
         EVENTS_VALID: archive_sql("valid_events", watermark_floor),
         POST_MINUTE_ROWS: "SELECT * FROM post_minute_rows",
@@ -92,30 +92,46 @@ def build(t_env, settings: Settings, bounded: bool, blackhole: bool = False, wat
         PRESENCE_VALID: f"SELECT event_id, event_time_ms, space_id, listener_id, action "
                         f"FROM {quoted(decoded['presence'])} WHERE reject_reason IS NULL",
     }
-    statements = t_env.create_statement_set()
+    inserts = []
     for output in OUTPUTS:
         if output in outputs:
-            t_env.execute_sql(kafka_sink_ddl(settings, output, blackhole, exactly_once))
-            statements.add_insert_sql(f"INSERT INTO {output.name} {inserts[output]}")
+            ddl.append(kafka_sink_ddl(settings, output, blackhole, exactly_once))
+            inserts.append(f"INSERT INTO {output.name} {selects[output]}")
     if floors and POST_MINUTE_ROWS in outputs:
         # Behind the windows' rows, it holds their watermark and writes it with every checkpoint:
         # where a job restored from that checkpoint starts its own (restore_points.watermark_floor_ms).
-        t_env.execute_sql(watermark_floor_ddl(settings))
-        statements.add_insert_sql(f"INSERT INTO {WATERMARK_FLOOR} SELECT * FROM post_minute_rows")
+        ddl.append(watermark_floor_ddl(settings))
+        inserts.append(f"INSERT INTO {WATERMARK_FLOOR} SELECT * FROM post_minute_rows")
+    return ddl, inserts
+
+
+def statement_set(t_env, ddl: list[str], inserts: list[str]):
+    """The job's functions and `ddl` registered in t_env; the statement set of `inserts`."""
+    register_functions(t_env)
+    for statement in ddl:
+        t_env.execute_sql(statement)
+    statements = t_env.create_statement_set()
+    for insert in inserts:
+        statements.add_insert_sql(insert)
     return statements
+
+
+def build(t_env, settings: Settings, bounded: bool, **options):
+    """Register the job (`job_statements`, its options) in t_env; return its statement set."""
+    return statement_set(t_env, *job_statements(settings, bounded, **options))
 
 
 def submit(settings: Settings, bounded: bool, blackhole: bool = False, watermark_floor: int | None = None):
     """Start the job on the local mini-cluster (or the configured cluster); returns its TableResult.
     A restore point of another version's job (`restore_points.set_aside_foreign`) is set aside
     when it is a drained run's savepoint, else refused with what to do."""
-    t_env = table_environment(settings)
+    options = {"blackhole": blackhole, "watermark_floor": watermark_floor}
     try:
-        return build(t_env, settings, bounded, blackhole, watermark_floor).execute()
+        return job_plans.compiled(table_environment(settings), settings, bounded, options).execute()
     except Exception as exc:
         if not restore_points.set_aside_foreign(settings.checkpoint_dir, str(exc)):
             raise
-    return build(table_environment(settings), settings, bounded, blackhole, watermark_floor).execute()
+    return job_plans.compiled(table_environment(settings), settings, bounded, options).execute()
 
 
 def main(argv: list[str] | None = None) -> int:

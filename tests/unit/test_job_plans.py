@@ -1,0 +1,38 @@
+"""pipelines.stream.job_plans without a JVM: the stand-ins, how a plan is filled, what keys it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from pipelines.config import Settings, Topics
+from pipelines.stream import job_plans
+from pipelines.stream.rollup_job import job_statements
+
+
+def test_the_jobs_sql_planned_with_the_stand_ins_names_no_deployment_of_its_own():
+    settings = replace(Settings(), topics=Topics(prefix="night_ab12"), job_name="rollup-job",
+                       kafka_bootstrap="127.0.0.1:19092")
+    ddl, inserts = job_statements(job_plans._template(settings), bounded=True)
+    sql = "\n".join(ddl + inserts)
+    assert "night_ab12" not in sql and "127.0.0.1:19092" not in sql and "rollup-job" not in sql
+    assert all(placeholder in sql for placeholder in job_plans.PLACEHOLDERS.values())
+
+
+def test_a_plan_is_filled_with_the_deployments_values_json_escaped():
+    stand_in = job_plans.PLACEHOLDERS
+    plan = json.dumps({"topic": f"{stand_in['prefix']}.views", "group": f"{stand_in['prefix']}.{stand_in['job_name']}",
+                       "servers": stand_in["bootstrap"]})
+    settings = replace(Settings(), topics=Topics(prefix='odd"prefix'), job_name="job", kafka_bootstrap="h:1,h:2")
+    assert json.loads(job_plans.fill(plan, settings)) == {
+        "topic": 'odd"prefix.views', "group": 'odd"prefix.job', "servers": "h:1,h:2"}
+
+
+def test_other_sql_or_other_jars_make_another_plan(tmp_path):
+    jar = tmp_path / "functions.jar"
+    jar.write_bytes(b"one build")
+    key = job_plans.plan_key(["CREATE TABLE t", "INSERT INTO t"], [jar])
+    assert key == job_plans.plan_key(["CREATE TABLE t", "INSERT INTO t"], [jar])
+    assert key != job_plans.plan_key(["CREATE TABLE t", "INSERT INTO u"], [jar])
+    jar.write_bytes(b"another build")
+    assert key != job_plans.plan_key(["CREATE TABLE t", "INSERT INTO t"], [jar])
