@@ -128,13 +128,17 @@ class LiveRun:
     def stop(self, timeout_s: float = 120.0) -> None:
         """SIGTERM to the runner alone (to its group it would also reach PyFlink's JVM, which then
         exits before the job is cancelled), as a service manager stops it."""
-        if self.child is None or self.child.poll() is not None:
+        if self.child is None:
+            return
+        if self.child.poll() is not None:
+            self.child = None
             return
         os.kill(self.child.pid, signal.SIGTERM)
         try:
             self.child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             stop_group(self.child, 0)
+        self.child = None  # an outage: offer() goes on without it
 
     def committed(self) -> int:
         partitions = range(self.settings.topic_partitions)
