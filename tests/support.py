@@ -81,6 +81,21 @@ def pipeline_env(settings: Settings, flink_log_dir: Path | None = None, **extra:
     return env
 
 
+def module_namespace(name: str):
+    """A module-scoped fixture: `namespace` on the session's services, named `name` and the session's
+    tag. `settings = module_namespace("backfill")` gives a module its own; `stack_settings = ...`
+    puts every fixture of the module that reads stack_settings in it."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def own_namespace(stack_settings, session_tag):
+        """The module's topics, database and dashboard companion (tests.support.module_namespace)."""
+        with namespace(stack_settings, f"{name}{session_tag}") as settings:
+            yield settings
+
+    return own_namespace
+
+
 @contextlib.contextmanager
 def connected(settings: Settings):
     """A writer's connection to the settings' database, closed at the end."""

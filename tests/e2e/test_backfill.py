@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support import connected, namespace
+from tests.support import connected, module_namespace
 
 pytestmark = pytest.mark.e2e
 SCALE = 20_000
@@ -24,11 +24,7 @@ LATE_VIEWER = 10**15  # a viewer no generated night has
 LATE_EVENT_ID = "archived-after-the-stream-closed-its-window"
 
 
-@pytest.fixture(scope="module")
-def settings(stack_settings, session_tag):
-    """This module's topics and database on the session's services (tests.support.namespace)."""
-    with namespace(stack_settings, f"backfill{session_tag}") as own:
-        yield own
+settings = module_namespace("backfill")  # this module's topics and database on the session's services
 
 
 @pytest.fixture(scope="module")

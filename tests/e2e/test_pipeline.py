@@ -24,7 +24,7 @@ from tests.expectations import (
     assert_post_minutes_match_truth,
     assert_same_figures,
 )
-from tests.support import connected, namespace, poll
+from tests.support import connected, module_namespace, poll
 
 pytestmark = pytest.mark.e2e
 SCALE = 1_000
@@ -32,10 +32,7 @@ SEED = 1208
 
 
 # The night has a namespace of its own: no other test's rows in its database, whatever the order.
-@pytest.fixture(scope="module")
-def stack_settings(stack_settings, session_tag):
-    with namespace(stack_settings, f"night{session_tag}") as settings:
-        yield settings
+stack_settings = module_namespace("night")
 
 
 @pytest.fixture(scope="module")
