@@ -164,10 +164,13 @@ class RefreshTimer:
         self.last_pruned = clock()
         self.reports: list[RefreshReport] = []
 
-    def due(self) -> bool:
+    def wait(self) -> float:
+        """Seconds from the end of a refresh to the next."""
         share = self.catch_up_share if self.catching_up else self.share
-        wait = max(self.interval_s, self.took * (1 / share - 1))
-        return self.clock() - self.last >= wait
+        return max(self.interval_s, self.took * (1 / share - 1))
+
+    def due(self) -> bool:
+        return self.clock() - self.last >= self.wait()
 
     def maybe(self, final: bool = False) -> bool:
         """Refresh if due (or `final`); True if it refreshed."""

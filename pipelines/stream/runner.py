@@ -79,7 +79,7 @@ class _Progress:
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every_s
 
-    def report(self, what: str, left: int | None, loader: LoaderStats) -> None:
+    def report(self, what: str, left: int | None, loader: LoaderStats, refresh: RefreshTimer | None = None) -> None:
         self.last = now = time.monotonic()
         if left is not None:
             if self.first_left is None:
@@ -88,7 +88,10 @@ class _Progress:
             rate = (self.first_left - left) / elapsed if elapsed > 0 else 0.0
             eta = f", about {left / rate:,.0f} s left" if rate > 0 and left else ""
             what = f"{what}: {left:,} source records left ({rate:,.0f}/s{eta})"
-        log.info("%s; loader: %s posts, %s dead letters", what, f"{loader.posts:,}", f"{loader.dead_letters:,}")
+        # What a dashboard's subject minute waits for after the watermark (docs/performance.md).
+        refreshing = f"; subject refresh: {refresh.took:.1f} s, next after {refresh.wait():.0f} s" if refresh else ""
+        log.info("%s; loader: %s posts, %s dead letters%s", what, f"{loader.posts:,}", f"{loader.dead_letters:,}",
+                 refreshing)
 
 
 class _WhileClickHouseAway:
@@ -203,9 +206,9 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             if progress.due():
                 if clickhouse is not None:
                     progress.report(f"ClickHouse loading the job's output: {clickhouse_left:,} records left",
-                                    None, loader.stats)
+                                    None, loader.stats, subject_refresh)
                 else:
-                    progress.report("job", left if end is not None else None, loader.stats)
+                    progress.report("job", left if end is not None else None, loader.stats, subject_refresh)
     finally:
         if not watch.ended.is_set():
             job.cancel().result()
