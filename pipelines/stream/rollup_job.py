@@ -12,7 +12,8 @@ whose windows have closed, where a restarted job's watermark starts (`restore_po
 ClickHouse's Kafka engine loads the archive and the rollups itself (`pipelines.stream.streams`);
 `pipelines.stream.loader` upserts the rest.
 
-This module builds the job from its parts (`build`) and submits it (`submit`, `main`). Kept apart:
+This module writes the job as SQL (`job_statements`), builds it (`build`) and submits it from a
+kept compiled plan (`submit`, `main`; `pipelines.stream.job_plans`). Kept apart:
 the transformation (`pipelines.stream.job_sql`: `decode_sql`, `post_minute_sql`, ..., testable on
 in-memory rows), the Kafka tables (`job_tables`), the table environment and its Java functions
 (`job_environment`), where a restarted job resumes (`restore_points`), the end of a bounded run
