@@ -34,12 +34,23 @@ log = logging.getLogger("viewcount.rollup_job")
 
 # Bumped when what a plan depends on changes in a way the key cannot see.
 PLAN_FORMAT = 1
+# The newest plans kept (by last use): a restart after a crash plans anew for its watermark floor,
+# and that plan is rarely used again.
+KEPT_PLANS = 16
 # Stand-ins for the values of a deployment: unlikely anywhere else in a plan, so replaced blindly.
 PLACEHOLDERS = {"prefix": "vcplanprefixz9", "job_name": "vcplanjobz9", "bootstrap": "vcplanbootstrapz9:1"}
 
 
 def plans_dir(settings: Settings) -> Path:
     return settings.state_dir / "flink" / "plans"
+
+
+def prune(folder: Path, keep: int = KEPT_PLANS) -> list[Path]:
+    """Remove all but the `keep` plans last used (their files' modification times); returns those removed."""
+    plans = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in plans[keep:]:
+        old.unlink(missing_ok=True)
+    return plans[keep:]
 
 
 def _template(settings: Settings) -> Settings:
@@ -86,8 +97,12 @@ def compiled(t_env, settings: Settings, bounded: bool, job_options: dict):
     ddl, inserts = job_statements(_template(settings), bounded, **job_options)
     options = {k: v for k, v in t_env.get_config().get_configuration().to_dict().items() if k.startswith("table.")}
     path = plans_dir(settings) / f"{plan_key(ddl + inserts, job_jars(settings), options)}.json"
-    if path.exists():
+    try:
         plan_json = path.read_text()
+        os.utime(path)  # last used now: `prune` keeps it (touch() would make a pruned one anew, empty)
+    except FileNotFoundError:  # never planned, or pruned by another start meanwhile
+        plan_json = None
+    if plan_json is not None:
         register_functions(t_env)
         log.info("the job's plan: %s (planned before)", path.name)
     else:
@@ -99,6 +114,7 @@ def compiled(t_env, settings: Settings, bounded: bool, job_options: dict):
         part = path.with_name(f".{path.name}.{os.getpid()}")
         part.write_text(plan_json)
         part.replace(path)  # whole or not at all, should two jobs plan it at once
+        prune(path.parent)
         log.info("the job's plan: %s (planned now, kept for the next start)", path.name)
     plan_json = fill(plan_json, settings)
     # PyFlink's own load_plan hands the Java table environment where CompiledPlan wants PyFlink's.

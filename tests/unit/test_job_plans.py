@@ -36,3 +36,15 @@ def test_other_sql_or_other_jars_make_another_plan(tmp_path):
     assert key != job_plans.plan_key(["CREATE TABLE t", "INSERT INTO u"], [jar])
     jar.write_bytes(b"another build")
     assert key != job_plans.plan_key(["CREATE TABLE t", "INSERT INTO t"], [jar])
+
+
+def test_only_the_plans_last_used_are_kept(tmp_path):
+    import os
+
+    for age in range(20):
+        plan = tmp_path / f"plan{age:02d}.json"
+        plan.write_text("{}")
+        os.utime(plan, (1_800_000_000 - age, 1_800_000_000 - age))
+    removed = job_plans.prune(tmp_path, keep=16)
+    assert sorted(p.name for p in removed) == ["plan16.json", "plan17.json", "plan18.json", "plan19.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"plan{age:02d}.json" for age in range(16)]
