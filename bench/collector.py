@@ -33,6 +33,7 @@ from pathlib import Path
 import orjson
 
 from pipelines.config import Settings, Topics
+from pipelines.reference.producer import send
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "bench-key-0123456789abcdef"
@@ -63,12 +64,7 @@ def kafka_limit(settings: Settings, records: int) -> float:
     topic = settings.topics.source("view")
     started = time.perf_counter()
     for key, value in ready:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        send(producer, topic, value, key)
     assert producer.flush(60) == 0, "Kafka did not take every record"
     return records / (time.perf_counter() - started)
 

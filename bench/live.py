@@ -44,6 +44,7 @@ from bench.cpu import RESULTS, child_env, service_pids, stack_ticks
 from bench.pipeline import drop, isolated, prepare
 from bench.proc_cpu import Sample, us_per_record
 from pipelines.config import EVENT_TYPES, Settings
+from pipelines.reference.producer import send
 from pipelines.stack.services import stop_group
 
 LAG_EVERY_S = 5.0
@@ -158,13 +159,7 @@ class LiveRun:
                 raise RuntimeError(f"the live pipeline stopped ({self.child.returncode}): see {self.log.name}")
             now_ms = int(time.time() * 1000)
             for _ in range(int(rate * (now - began)) - (self.sent - first)):
-                topic, value, key = self.load.next_record(now_ms)
-                while True:
-                    try:
-                        self.producer.produce(topic, value, key)
-                        break
-                    except BufferError:
-                        self.producer.poll(0.05)
+                send(self.producer, *self.load.next_record(now_ms))
                 self.sent += 1
             self.producer.poll(0)
             if now >= next_lag:

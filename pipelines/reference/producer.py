@@ -19,6 +19,16 @@ def record_key(event_type: str, event: dict) -> bytes:
     return str(event["listener_id"] if event_type == "presence" else event["post_id"]).encode()
 
 
+def send(producer, topic: str, value: bytes, key: bytes, **options) -> None:
+    """producer.produce(), waiting while the client's queue is full (`options`: on_delivery=, timestamp=)."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **options)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def produce(settings: Settings, night: Night, rate: float | None = None,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Send the night to Kafka in arrival order, keyed by post_id; returns records delivered.
@@ -44,13 +54,7 @@ def produce(settings: Settings, night: Night, rate: float | None = None,
     started = time.monotonic()
     for sent, (_, event_type, event) in enumerate(night_events(night), start=1):
         value = orjson.dumps(event)
-        key = record_key(event_type, event)
-        while True:
-            try:
-                producer.produce(topics[event_type], value, key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        send(producer, topics[event_type], value, record_key(event_type, event), on_delivery=delivered)
         if sent % PROGRESS_EVERY_RECORDS == 0:
             producer.poll(0)
             if progress:

@@ -31,6 +31,7 @@ from harness import (
 from pipelines.config import EVENT_TYPES
 from pipelines.ingest import schemas
 from pipelines.reference.generator import NIGHT_END_MS, NIGHT_START_MS, generate_night
+from pipelines.reference.producer import send
 from tests.support import namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -204,13 +205,8 @@ def produce_poison(settings, records: list[Poison], into: Delivered) -> None:
         return report
 
     for poison in records:
-        while True:
-            try:
-                producer.produce(settings.topics.source(poison.event_type), poison.payload, b"poison",
-                                 on_delivery=delivered(poison), timestamp=poison.timestamp_ms)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        send(producer, settings.topics.source(poison.event_type), poison.payload, b"poison",
+             on_delivery=delivered(poison), timestamp=poison.timestamp_ms)
         producer.poll(0)
     assert producer.flush(120) == 0
 
