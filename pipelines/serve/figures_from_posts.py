@@ -16,14 +16,14 @@ def space_listeners(client, space_id: int, start: datetime, end: datetime) -> Li
     and its minute, unique listeners (HLL). Sessions that began before start count from it."""
     import pandas as pd
 
-    from pipelines.rollups.listeners import concurrent_per_minute, sessions
+    from pipelines.rollups.listeners import concurrent_per_minute, presence_sessions
 
     # A session open at `start` began at most a Space's length earlier; read a day back.
     lookback = datetime.fromtimestamp(max(0.0, start.timestamp() - 86_400), UTC)
-    events = client.execute(query_text("space_presence"), {"space_id": space_id, "from": lookback, "to": end})
     start_ms = int(start.timestamp() * 1000)
     end_ms = int(end.timestamp() * 1000)
-    in_range = [(listener, b, e) for listener, b, e in sessions(events) if e > start_ms and b < end_ms]
+    in_range = [(listener, b, e) for listener, b, e in zip(*(a.tolist() for a in presence_sessions(
+        client, space_id, lookback, end)), strict=True) if e > start_ms and b < end_ms]
     spans = [(max(b, start_ms), min(e, end_ms)) for _, b, e in in_range]
     minutes = max(0, (end_ms - start_ms + 59_999) // 60_000)
     curve = concurrent_per_minute(spans, start_ms, minutes) if spans else [0] * minutes

@@ -1,5 +1,5 @@
--- Presence events of one Space in [from - heartbeat timeout, to), in session order.
-SELECT listener_id, event_time_ms, action
+-- Presence events of one Space in [from, to), in session order (pipelines.rollups.listeners).
+SELECT listener_id, event_time_ms, action = 'leave' AS leave
 FROM space_presence FINAL
 WHERE space_id = %(space_id)s
   AND event_time >= %(from)s
