@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
+from confluent_kafka import Message
 
 from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import server_now
@@ -49,11 +50,27 @@ def _minute(token: int | str) -> datetime:
 # The key a record of each followed output changes: (source, key, minute token). `source` is the
 # table's name, as the materialized views on direct inserts write it (migration 0010). Tokens are
 # turned into minutes once per distinct key (a Space's presence events share a few minutes).
+# Read from the record's Kafka key (job_sql.CHANGE_KEYS), without decoding the record; from the
+# record itself only when it has no such key (written by another producer, or before the job keyed them).
 KEY_OF: dict[str, Callable[[dict], tuple[str, int, int | str]]] = {
     POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], r["window_start"][:19]),
     PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], r["event_time_ms"] // 60_000),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
+
+
+def key_change(output: Output, key: bytes | None) -> tuple[str, int, int | str] | None:
+    """The change a record's Kafka key names (job_sql.CHANGE_KEYS), or None if it names none."""
+    try:
+        ident, token = key.decode().split(" ", 1)
+        if output.name == PRESENCE_VALID.name:
+            return output.table, int(ident), int(token) // 60_000
+        datetime.fromisoformat(token[:19])
+        return output.table, int(ident), token[:19]
+    except (AttributeError, UnicodeDecodeError, ValueError):
+        return None
+
+
 # The row each followed output's record becomes: (table's identity columns, the record's values of them).
 ROW_OF: dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] = {
     POST_MINUTE_ROWS.name: (("post_id", "window_start", "version"),
@@ -129,18 +146,37 @@ class ChangeFeed:
         return len(keys)
 
     def _read(self, wait_s: float):
+        """A batch of changes, and the last offset read of each partition. Per record this touches
+        only the Kafka key, through C-level maps: the records are decoded only per partition's
+        last one (for `_readable`) and for records without a change key."""
+        messages = self.consumer.consume(num_messages=self.max_records, timeout=wait_s)
+        if any(map(Message.error, messages)):
+            for message in messages:
+                if message.error():
+                    log.warning("kafka: %s", message.error())
+            messages = [m for m in messages if not m.error()]
+        if not messages:
+            return None
+        topics = list(map(Message.topic, messages))
         keys: set[tuple[str, int, int | str]] = set()
+        unkeyed = set()
+        for topic, key in set(zip(topics, map(Message.key, messages), strict=True)):
+            change = key_change(self.outputs[topic], key)
+            if change is None:
+                unkeyed.add((topic, key))
+            else:
+                keys.add(change)
+        for message in messages if unkeyed else ():
+            if (message.topic(), message.key()) in unkeyed:
+                output = self.outputs[message.topic()]
+                keys.add(KEY_OF[output.name](orjson.loads(message.value())))
         last_offsets: dict[tuple[str, int], int] = {}
-        for message in self.consumer.consume(num_messages=self.max_records, timeout=wait_s):
-            if message.error():
-                log.warning("kafka: %s", message.error())
-                continue
-            output = self.outputs[message.topic()]
-            record = orjson.loads(message.value())
-            keys.add(KEY_OF[output.name](record))
-            last_offsets[(message.topic(), message.partition())] = message.offset()
-            self._last_rows[(message.topic(), message.partition())] = (output, record)
-        return (keys, last_offsets) if last_offsets else None
+        partitions = zip(topics, map(Message.partition, messages), strict=True)
+        for (topic, partition), message in dict(zip(partitions, messages, strict=True)).items():
+            last_offsets[(topic, partition)] = message.offset()
+            output = self.outputs[topic]
+            self._last_rows[(topic, partition)] = (output, orjson.loads(message.value()))
+        return keys, last_offsets
 
     def _loaded(self, last_offsets: dict[tuple[str, int], int]) -> bool:
         by_topic: dict[str, dict[int, int]] = {}

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pipelines.config import Settings
 from pipelines.ingest import schemas
 from pipelines.rollups import sketches
-from pipelines.store.tables import POST_MINUTE_COUNTS, VALID_EVENT_FIELDS
+from pipelines.store.tables import POST_MINUTE_COUNTS, POST_MINUTE_ROWS, PRESENCE_VALID, VALID_EVENT_FIELDS
 
 # Event types whose events are counted per post and minute (posts are archived by a later job).
 COUNTED_TYPES = ("view", "impression")
@@ -145,6 +145,24 @@ def post_minute_sql(post_windows_view: str) -> str:
     return (f"SELECT post_id, window_start, {counts}, "
             f"viewers.sketch AS unique_viewers_sketch, viewers.estimate AS unique_viewers, version "
             f"FROM {quoted(post_windows_view)}")
+
+
+# The Kafka key of each record of the outputs the change feed follows (pipelines.stream.change_feed):
+# the key of what the record changes and its minute, as text, "<post id> <window start>" and
+# "<Space id> <minute start, ms since the epoch>". The feed reads these bytes, not the records: one
+# key a post-minute row, a few distinct keys a minute however many listeners come and go. Keyed, a
+# post-minute row's versions also land in one partition, in order.
+CHANGE_KEY = "change_key"
+CHANGE_KEYS = {
+    POST_MINUTE_ROWS.name: "CAST(post_id AS STRING) || ' ' || CAST(window_start AS STRING)",
+    PRESENCE_VALID.name: "CAST(space_id AS STRING) || ' ' || CAST(event_time_ms - MOD(event_time_ms, 60000) AS STRING)",
+}
+
+
+def keyed_sql(output_name: str, select: str) -> str:
+    """`select` with the change key of its output's records as a last column, if it has one."""
+    key = CHANGE_KEYS.get(output_name)
+    return select if key is None else f"SELECT *, {key} AS {CHANGE_KEY} FROM ({select})"
 
 
 def post_surface_minute_sql(post_windows_view: str) -> str:

@@ -14,7 +14,7 @@ import json
 from pipelines.config import Settings
 from pipelines.ingest import schemas
 from pipelines.store.tables import POST_MINUTE_ROWS, Output
-from pipelines.stream.job_sql import _literal, quoted, source_columns, watermark_sql
+from pipelines.stream.job_sql import CHANGE_KEY, CHANGE_KEYS, _literal, quoted, source_columns, watermark_sql
 from pipelines.stream.restore_points import floors_dir
 
 EVENT_FORMAT = "viewcount-event"  # jvm/: dev.viewcount.flink.EventFormatFactory
@@ -78,6 +78,9 @@ def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False, 
     """The sink of one output: at least once (the job's), or transactional, committed with the
     checkpoints (the job's before issue 18, kept for bench.ceiling's ladder, as is `blackhole`)."""
     columns = _columns(output)
+    keyed = output.name in CHANGE_KEYS
+    if keyed:
+        columns += f", {CHANGE_KEY} STRING"
     if blackhole:
         return f"CREATE TABLE {quoted(output.name)} ({columns}) WITH ('connector' = 'blackhole')"
     guarantee = {
@@ -90,6 +93,8 @@ def kafka_sink_ddl(settings: Settings, output: Output, blackhole: bool = False, 
         "topic": getattr(settings.topics, output.topic),
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         **_wire_format(output),
+        # The change key (job_sql.CHANGE_KEYS) is the record's Kafka key, not in its value.
+        **({"key.format": "raw", "key.fields": CHANGE_KEY, "value.fields-include": "EXCEPT_KEY"} if keyed else {}),
         **guarantee,
         "properties.max.request.size": "67108864",
         "properties.compression.type": "lz4",

@@ -46,6 +46,7 @@ from pipelines.stream.job_sql import (
     archive_sql,
     dead_letter_sql,
     decode_sql,
+    keyed_sql,
     post_minute_sql,
     post_surface_minute_sql,
     post_windows_sql,
@@ -97,7 +98,7 @@ def job_statements(settings: Settings, bounded: bool, blackhole: bool = False, w
     for output in OUTPUTS:
         if output in outputs:
             ddl.append(kafka_sink_ddl(settings, output, blackhole, exactly_once))
-            inserts.append(f"INSERT INTO {output.name} {selects[output]}")
+            inserts.append(f"INSERT INTO {output.name} {keyed_sql(output.name, selects[output])}")
     if floors and POST_MINUTE_ROWS in outputs:
         # Behind the windows' rows, it holds their watermark and writes it with every checkpoint:
         # where a job restored from that checkpoint starts its own (restore_points.watermark_floor_ms).

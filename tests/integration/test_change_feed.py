@@ -35,12 +35,14 @@ def _presence(n: int, space_id: int, action: str) -> bytes:
                          "space_id": space_id, "listener_id": n + 1, "action": action})
 
 
-def _produce(settings, topic: str, records: list[bytes]) -> None:
+def _produce(settings, topic: str, records: list[bytes], keys: list[bytes] | None = None) -> None:
+    """Keyed as the job keys them (job_sql.CHANGE_KEYS), or with keys that name no change (as another
+    producer's), which the feed reads from the records instead."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for i, record in enumerate(records):
-        producer.produce(topic, record, str(i).encode())
+        producer.produce(topic, record, keys[i] if keys else str(i).encode())
     assert producer.flush(30) == 0
 
 
@@ -62,7 +64,8 @@ def test_rows_loaded_by_clickhouse_reach_the_subject_rollups_and_never_before_th
     subject = load_subjects()["space-2024-08-12"]
     client = connect(settings)
     subject_rollups.refresh(client, settings, {subject.id: subject})  # built once, empty
-    _produce(settings, topics.post_minute, [_post_minute(subject.root_post_id, [1, 2, 3])])
+    _produce(settings, topics.post_minute, [_post_minute(subject.root_post_id, [1, 2, 3])],
+             [f"{subject.root_post_id} {MINUTE:%Y-%m-%d %H:%M:%S}.000".encode()])
     _produce(settings, topics.presence_valid,
              [_presence(n, subject.space_id, "join") for n in range(4)])
 

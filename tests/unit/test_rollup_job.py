@@ -159,6 +159,24 @@ def test_duplicate_events_are_counted_once_and_viewers_are_distinct(t_env, tmp_p
     ])
 
 
+def test_the_change_keys_the_job_writes_name_what_the_feed_reads_from_the_records(t_env):
+    """The Kafka key of a post-minute row and of a presence event (job_sql.CHANGE_KEYS), as Flink
+    computes it, is the change the feed finds in the record itself (change_feed.KEY_OF)."""
+    from pipelines.store.tables import POST_MINUTE_ROWS, PRESENCE_VALID
+    from pipelines.stream.change_feed import KEY_OF, key_change
+
+    post_minute = ("SELECT CAST(42 AS BIGINT) AS post_id, "
+                   "CAST(TIMESTAMP '2024-08-12 23:47:00.000' AS TIMESTAMP(3)) AS window_start")
+    presence = f"SELECT CAST(7 AS BIGINT) AS space_id, CAST({T0 + 59_999} AS BIGINT) AS event_time_ms"
+    for output, select, record in (
+        (POST_MINUTE_ROWS, post_minute, {"post_id": 42, "window_start": "2024-08-12 23:47:00.000"}),
+        (PRESENCE_VALID, presence, {"space_id": 7, "event_time_ms": T0 + 59_999}),
+    ):
+        ((key,),) = rows(t_env, f"SELECT {job_sql.CHANGE_KEY} FROM ({job_sql.keyed_sql(output.name, select)})")
+        assert key_change(output, key.encode()) == KEY_OF[output.name](record)
+    assert key_change(POST_MINUTE_ROWS, None) is None and key_change(POST_MINUTE_ROWS, b"17") is None
+
+
 @pytest.mark.parametrize("output", [o for o in OUTPUTS if o.wire == "RowBinary"], ids=lambda o: o.name)
 def test_the_jobs_rowbinary_records_are_the_bytes_clickhouse_reads(t_env, tmp_path, output):
     """jvm/'s `clickhouse-rowbinary` format, through the sink options the job uses (`job_tables`), writes
