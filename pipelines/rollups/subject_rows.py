@@ -219,13 +219,10 @@ def present_in(listener: np.ndarray, begin: np.ndarray, finish: np.ndarray, minu
     open_ = finish > begin
     first = (begin[open_] - start_ms) // 60_000
     count = (finish[open_] - 1 - start_ms) // 60_000 - first + 1
-    # One (minute index, listener) pair per minute a session touches.
+    # One (minute index, listener) pair per minute a session touches; a listener once a minute.
     at = np.repeat(first - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
     who = np.repeat(listener[open_], count)
-    pairs = np.unique(np.stack([at, who.astype(np.int64)]), axis=1) if at.size else np.zeros((2, 0), np.int64)
-    bounds = np.searchsorted(pairs[0], np.arange(span + 1))
-    offsets = [int((m - minutes[0]) / MINUTE) for m in minutes]
-    return [pairs[1, bounds[o]:bounds[o + 1]].astype(np.uint64).tolist() for o in offsets]
+    return [np.unique(who[at == int((m - minutes[0]) / MINUTE)]).tolist() for m in minutes]
 
 
 def existing_rows(client, subject: Subject, grain: str, start: datetime, end: datetime) -> list[dict]:

@@ -22,6 +22,7 @@ distinct minutes).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -39,34 +40,36 @@ from pipelines.stream import kafka, streams
 log = logging.getLogger("viewcount.change_feed")
 
 
-def _minute(token: int | str) -> datetime:
+@functools.lru_cache(maxsize=4096)
+def _minute(token: int | str | bytes) -> datetime:
     """The minute (naive UTC, as ClickHouse's DateTime) a key's token names: minutes since the
-    epoch, or a window start as the job writes it ('2024-08-13 01:02:00.000')."""
+    epoch, or a window start as the job writes it ('2024-08-13 01:02:00.000'). Many keys share a
+    minute: each token is read once."""
     if isinstance(token, int):
         return datetime.fromtimestamp(token * 60, UTC).replace(tzinfo=None)
+    if isinstance(token, bytes):
+        token = token.decode()
+    if token.isdigit():  # a presence key's minute start, in ms
+        return datetime.fromtimestamp(int(token) // 60_000 * 60, UTC).replace(tzinfo=None)
     return datetime.fromisoformat(token[:19])
 
 
-# The key a record of each followed output changes: (source, key, minute token). `source` is the
-# table's name, as the materialized views on direct inserts write it (migration 0010). Tokens are
-# turned into minutes once per distinct key (a Space's presence events share a few minutes).
+# The change a record of each followed output makes: (source, key, minute). `source` is the
+# table's name, as the materialized views on direct inserts write it (migration 0010).
 # Read from the record's Kafka key (job_sql.CHANGE_KEYS), without decoding the record; from the
 # record itself only when it has no such key (written by another producer, or before the job keyed them).
-KEY_OF: dict[str, Callable[[dict], tuple[str, int, int | str]]] = {
-    POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], r["window_start"][:19]),
-    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], r["event_time_ms"] // 60_000),
+KEY_OF: dict[str, Callable[[dict], tuple[str, int, datetime]]] = {
+    POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], _minute(r["window_start"][:19])),
+    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], _minute(r["event_time_ms"] // 60_000)),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
 
 
-def key_change(output: Output, key: bytes | None) -> tuple[str, int, int | str] | None:
+def key_change(output: Output, key: bytes | None) -> tuple[str, int, datetime] | None:
     """The change a record's Kafka key names (job_sql.CHANGE_KEYS), or None if it names none."""
     try:
-        ident, token = key.decode().split(" ", 1)
-        if output.name == PRESENCE_VALID.name:
-            return output.table, int(ident), int(token) // 60_000
-        datetime.fromisoformat(token[:19])
-        return output.table, int(ident), token[:19]
+        ident, token = key.split(b" ", 1)
+        return output.table, int(ident), _minute(token)
     except (AttributeError, UnicodeDecodeError, ValueError):
         return None
 
@@ -105,7 +108,7 @@ class ChangeFeed:
         self.loaded_by = {topic: kafka.CommittedOffsets(settings, streams.group_id(settings, output))
                           for topic, output in self.outputs.items()}
         self.changes_written = 0
-        self._held: tuple[set[tuple[str, int, int | str]], dict[tuple[str, int], int]] | None = None
+        self._held: tuple[set[tuple[str, int, datetime]], dict[tuple[str, int], int]] | None = None
         self._held_since = 0.0
         # The last record read of each partition, as (output, row identity): `_readable`.
         self._last_rows: dict[tuple[str, int], tuple[Output, tuple]] = {}
@@ -135,7 +138,7 @@ class ChangeFeed:
             log.warning("the last rows of %d changed minutes are still not readable %.0f s after ClickHouse "
                         "committed past them (replaced or deleted meanwhile?); writing the changes", len(keys), waited)
         now = server_now(self.client)  # the clock the views on direct inserts stamp changes with
-        changes = sorted({(source, key, _minute(token)) for source, key, token in keys})
+        changes = sorted(keys)
         insert_rows(self.client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
                     [(source, key, minute, now) for source, key, minute in changes])
         self.consumer.commit(asynchronous=False)
@@ -158,7 +161,7 @@ class ChangeFeed:
         if not messages:
             return None
         topics = list(map(Message.topic, messages))
-        keys: set[tuple[str, int, int | str]] = set()
+        keys: set[tuple[str, int, datetime]] = set()
         unkeyed = set()
         for topic, key in set(zip(topics, map(Message.key, messages), strict=True)):
             change = key_change(self.outputs[topic], key)
