@@ -57,9 +57,10 @@ REFRESH_INTERVAL_S = 1.0
 # The most of the runner's time the refreshes may take (RefreshTimer): beyond, they come less often.
 REFRESH_SHARE = 0.2
 # The same while the job is catching up on a backlog (a bounded run before the job has read to its
-# end): its minutes are already late, and the refreshes' Python (they run in the runner's one
-# thread) and ClickHouse reads compete with the job for the box's cores. The last refresh still
-# writes every minute. (docs/performance.md, "Cut 6".)
+# end; live, a backlog of more than pipelines.stream.runner.CATCH_UP_BEHIND_S, after an outage):
+# its minutes are already late, and the refreshes' Python (they run in the runner's one thread) and
+# ClickHouse reads compete with the job for the box's cores. The last refresh still writes every
+# minute. (docs/performance.md, "Cut 6".)
 CATCH_UP_REFRESH_SHARE = 0.05
 
 

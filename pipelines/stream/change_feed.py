@@ -26,13 +26,15 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+from itertools import repeat
 
 import orjson
 from confluent_kafka import Message
 
 from pipelines.config import Settings
 from pipelines.rollups.subject_rollups import server_now
+from pipelines.rollups.subject_rows import EPOCH
 from pipelines.store.clickhouse import insert_rows
 from pipelines.store.tables import POST_MINUTE_ROWS, PRESENCE_VALID, ROLLUP_CHANGES, TABLE_COLUMNS, Output
 from pipelines.stream import kafka, streams
@@ -41,31 +43,31 @@ log = logging.getLogger("viewcount.change_feed")
 
 
 @functools.lru_cache(maxsize=4096)
-def _minute(token: int | str | bytes) -> datetime:
-    """The minute (naive UTC, as ClickHouse's DateTime) a key's token names: minutes since the
-    epoch, or a window start as the job writes it ('2024-08-13 01:02:00.000'). Many keys share a
-    minute: each token is read once."""
+def _minute(token: int | str | bytes) -> int:
+    """The minute (seconds since the epoch, UTC, as ClickHouse's DateTime holds it) a key's token
+    names: minutes since the epoch, a minute's start in ms (a presence key), or a window start as
+    the job writes it ('2024-08-13 01:02:00.000'). Many keys share a minute: each token is read once."""
     if isinstance(token, int):
-        return datetime.fromtimestamp(token * 60, UTC).replace(tzinfo=None)
+        return token * 60
     if isinstance(token, bytes):
         token = token.decode()
-    if token.isdigit():  # a presence key's minute start, in ms
-        return datetime.fromtimestamp(int(token) // 60_000 * 60, UTC).replace(tzinfo=None)
-    return datetime.fromisoformat(token[:19])
+    if token.isdigit():
+        return int(token) // 60_000 * 60
+    return (datetime.fromisoformat(token[:19]) - EPOCH) // timedelta(seconds=1)
 
 
 # The change a record of each followed output makes: (source, key, minute). `source` is the
 # table's name, as the materialized views on direct inserts write it (migration 0010).
 # Read from the record's Kafka key (job_sql.CHANGE_KEYS), without decoding the record; from the
 # record itself only when it has no such key (written by another producer, or before the job keyed them).
-KEY_OF: dict[str, Callable[[dict], tuple[str, int, datetime]]] = {
+KEY_OF: dict[str, Callable[[dict], tuple[str, int, int]]] = {
     POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], _minute(r["window_start"][:19])),
     PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], _minute(r["event_time_ms"] // 60_000)),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
 
 
-def key_change(output: Output, key: bytes | None) -> tuple[str, int, datetime] | None:
+def key_change(output: Output, key: bytes | None) -> tuple[str, int, int] | None:
     """The change a record's Kafka key names (job_sql.CHANGE_KEYS), or None if it names none."""
     try:
         ident, token = key.split(b" ", 1)
@@ -108,7 +110,7 @@ class ChangeFeed:
         self.loaded_by = {topic: kafka.CommittedOffsets(settings, streams.group_id(settings, output))
                           for topic, output in self.outputs.items()}
         self.changes_written = 0
-        self._held: tuple[set[tuple[str, int, datetime]], dict[tuple[str, int], int]] | None = None
+        self._held: tuple[set[tuple[str, int, int]], dict[tuple[str, int], int]] | None = None
         self._held_since = 0.0
         # The last record read of each partition, as (output, row identity): `_readable`.
         self._last_rows: dict[tuple[str, int], tuple[Output, tuple]] = {}
@@ -137,10 +139,11 @@ class ChangeFeed:
                 return 0
             log.warning("the last rows of %d changed minutes are still not readable %.0f s after ClickHouse "
                         "committed past them (replaced or deleted meanwhile?); writing the changes", len(keys), waited)
-        now = server_now(self.client)  # the clock the views on direct inserts stamp changes with
-        changes = sorted(keys)
+        # The clock the views on direct inserts stamp changes with; times go to the driver as
+        # seconds since the epoch (it converts a datetime in Python, one by one).
+        now = (server_now(self.client) - EPOCH) // timedelta(seconds=1)
         insert_rows(self.client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
-                    [(source, key, minute, now) for source, key, minute in changes])
+                    list(map(tuple.__add__, keys, repeat((now,)))))  # (source, key, minute, now), in C
         self.consumer.commit(asynchronous=False)
         self._held = None
         self._last_rows = {}
@@ -161,7 +164,7 @@ class ChangeFeed:
         if not messages:
             return None
         topics = list(map(Message.topic, messages))
-        keys: set[tuple[str, int, datetime]] = set()
+        keys: set[tuple[str, int, int]] = set()
         unkeyed = set()
         for topic, key in set(zip(topics, map(Message.key, messages), strict=True)):
             change = key_change(self.outputs[topic], key)

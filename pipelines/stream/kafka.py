@@ -71,7 +71,7 @@ class TopicEnds:
     read it all: `holds_a_record`)."""
 
     def __init__(self, settings: Settings, group_id: str, topics: Iterable[str]):
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
 
         self.group_id = group_id
         self._bootstrap = settings.kafka_bootstrap
@@ -87,8 +87,16 @@ class TopicEnds:
                     f"topic {topic} is not readable at {settings.kafka_bootstrap}: {metadata.error}: "
                     "run `make up` (it creates the topics), or check VIEWCOUNT_TOPIC_PREFIX")
             for partition in metadata.partitions:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-                self.ends[(topic, partition)] = high
+                self.ends[(topic, partition)] = 0
+        self.read_ends()
+
+    def read_ends(self) -> None:
+        """The topics' ends now (live, they move on)."""
+        from confluent_kafka import TopicPartition
+
+        for topic, partition in self.ends:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            self.ends[(topic, partition)] = high
 
     def remaining(self, read: dict[tuple[str, int], int] | None = None) -> int:
         """Records between the group's committed offsets and the ends (0: committed up to them);

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,11 @@ log = logging.getLogger("viewcount.runner")
 CLICKHOUSE_STALL_S = 180.0
 # The longest the loader waits for records before the change feed and the refresh get their turn.
 LOADER_WAIT_S = 0.25
+# Live, the job is catching up (RefreshTimer.catching_up: after an outage, say) while its backlog
+# is more than this many seconds of the events arriving; asked this often. In steady state the
+# backlog saws up to a checkpoint interval's events (the offsets are committed with each checkpoint).
+CATCH_UP_BEHIND_S = 30.0
+BACKLOG_EVERY_S = 5.0
 
 
 @dataclass
@@ -89,9 +95,51 @@ class _Progress:
             eta = f", about {left / rate:,.0f} s left" if rate > 0 and left else ""
             what = f"{what}: {left:,} source records left ({rate:,.0f}/s{eta})"
         # What a dashboard's subject minute waits for after the watermark (docs/performance.md).
-        refreshing = f"; subject refresh: {refresh.took:.1f} s, next after {refresh.wait():.0f} s" if refresh else ""
+        refreshing = (f"; subject refresh: {refresh.took:.1f} s, next after {refresh.wait():.0f} s"
+                      f"{' (the job is catching up)' if refresh.catching_up else ''}") if refresh else ""
         log.info("%s; loader: %s posts, %s dead letters%s", what, f"{loader.posts:,}", f"{loader.dead_letters:,}",
                  refreshing)
+
+
+class _LiveBacklog:
+    """Live, whether the job is catching up (after an outage, say): its sources' backlog (their ends
+    now, less the job's committed offsets: a pipelines.stream.kafka.TopicEnds) is more than
+    CATCH_UP_BEHIND_S of the events arriving (their rate over that long)."""
+
+    def __init__(self, ends, clock: Callable[[], float] = time.monotonic):
+        self._ends, self._clock = ends, clock
+        self._arrivals: deque[tuple[float, int]] = deque()  # (when, the ends' sum), over CATCH_UP_BEHIND_S
+        self.catching_up = False
+
+    @classmethod
+    def of_job(cls, settings: Settings) -> _LiveBacklog:
+        from pipelines.config import EVENT_TYPES
+        from pipelines.stream.job_tables import job_group_id
+        from pipelines.stream.kafka import TopicEnds
+
+        return cls(TopicEnds(settings, job_group_id(settings), [settings.topics.source(t) for t in EVENT_TYPES]))
+
+    def update(self) -> bool:
+        """Whether the job is catching up; asked of Kafka every BACKLOG_EVERY_S at most."""
+        now = self._clock()
+        if self._arrivals and now - self._arrivals[-1][0] < BACKLOG_EVERY_S:
+            return self.catching_up
+        try:
+            self._ends.read_ends()
+            left = self._ends.remaining()
+        except Exception as exc:  # noqa: BLE001 - Kafka away: the loader and the job say so; keep the last answer
+            log.debug("the job's backlog is unknown for now: %s", exc)
+            return self.catching_up
+        self._arrivals.append((now, sum(self._ends.ends.values())))
+        while len(self._arrivals) > 2 and now - self._arrivals[1][0] >= CATCH_UP_BEHIND_S:
+            self._arrivals.popleft()
+        (then, first), (_, last) = self._arrivals[0], self._arrivals[-1]
+        rate = (last - first) / (now - then) if now > then else 0.0
+        self.catching_up = left > CATCH_UP_BEHIND_S * rate
+        return self.catching_up
+
+    def close(self) -> None:
+        self._ends.close()
 
 
 class _WhileClickHouseAway:
@@ -166,6 +214,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     final_refresh = _WhileClickHouseAway("the subject rollups' last refresh", subject_refresh.client,
                                          lambda: subject_refresh.maybe(final=True))
     progress = _Progress(report_every_s)
+    backlog = _LiveBacklog.of_job(settings) if end is None else None
     drained = None
     clickhouse: streams.Progress | None = None
     clickhouse_left, clickhouse_since = None, time.monotonic()
@@ -178,7 +227,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
             refresh_subjects()
             watch.raise_if_failed()
             left = end.remaining() if end is not None and drained is None else 0
-            subject_refresh.catching_up = left > 0
+            subject_refresh.catching_up = left > 0 if backlog is None else backlog.update()
             if end is not None and drained is None and left == 0:
                 log.info("the job has consumed the topics up to their end at start; draining it")
                 drained = bounded_run.drain(job, settings)
@@ -212,7 +261,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     finally:
         if not watch.ended.is_set():
             job.cancel().result()
-        for closeable in (end, clickhouse, loader, changes):
+        for closeable in (end, backlog, clickhouse, loader, changes):
             if closeable is not None:
                 closeable.close()
     return RunReport(source_records=total, loader=loader.stats, seconds=time.monotonic() - started)

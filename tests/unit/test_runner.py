@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.stream.runner import _WhileClickHouseAway
+from pipelines.stream.runner import BACKLOG_EVERY_S, CATCH_UP_BEHIND_S, _LiveBacklog, _WhileClickHouseAway
 
 
 class _Client:
@@ -69,3 +69,42 @@ def test_a_busy_server_is_waited_out_like_an_absent_one_and_a_wrong_statement_is
     assert refresh() == 1
     with pytest.raises(ServerException):
         refresh()
+
+
+class _Ends:
+    """A TopicEnds of one partition: its end and the job's committed offset, set by the test."""
+
+    def __init__(self):
+        self.end = self.committed = 0
+        self.ends = {("views", 0): 0}
+
+    def read_ends(self):
+        self.ends[("views", 0)] = self.end
+
+    def remaining(self):
+        return self.end - self.committed
+
+
+def test_live_the_job_catches_up_while_its_backlog_is_more_than_the_limit_of_arriving_events():
+    ends, now = _Ends(), [0.0]
+    backlog = _LiveBacklog(ends, clock=lambda: now[0])
+    rate, step = 1_000, 2 * BACKLOG_EVERY_S
+
+    def at(seconds, committed_behind):
+        now[0], ends.end = seconds, int(seconds * rate)
+        ends.committed = ends.end - committed_behind
+        return backlog.update()
+
+    assert at(0, 1)  # nothing has arrived yet that it could be measured against: anything left is a backlog
+    assert at(1, 0)  # asked again only after BACKLOG_EVERY_S: the answer stands
+    # Steady: committed with each checkpoint, the backlog saws under a checkpoint's events.
+    for n in range(1, 6):
+        assert not at(n * step, (5_000, 9_000)[n % 2])
+    # An outage: nothing committed while events arrive, until more than CATCH_UP_BEHIND_S of them.
+    stopped = ends.committed
+    for n in range(6, 30):
+        behind = int(n * step * rate) - stopped
+        assert at(n * step, behind) == (behind > CATCH_UP_BEHIND_S * rate)
+    assert backlog.catching_up
+    # Restarted: it reads faster than events arrive, and is caught up once its backlog is small again.
+    assert not at(31 * step, 5_000)
