@@ -9,9 +9,11 @@ without planning again. `compiled` keeps each plan under the state folder, keyed
 What differs between two deployments of the same job, its topic prefix, job name and Kafka
 bootstrap (the tests run many namespaces, the benchmarks too), is planned as a stand-in
 (`PLACEHOLDERS`) and written into the plan's JSON when it is loaded, so a plan serves every
-namespace. The rest of the SQL is in the key as it is: another validation bound, watermark floor or
-bounded mode is another plan. So is another Flink, or another build of our jar's functions and
-formats.
+namespace. So is a restarted job's watermark floor (`FLOOR_PLACEHOLDER`): a restart after a crash or
+an outage, when the backlog waits, starts from a plan too (planning it anew took 10 s of the
+restart in bench.live's outage). The rest of the SQL is in the key as it is: another validation
+bound or bounded mode is another plan. So is another Flink, or another build of our jar's functions
+and formats.
 
 Operator ids come from the job graph's shape (`table.exec.uid.generation` DISABLED, set in
 job_environment), as for a job planned from SQL: a checkpoint restores into the same job whether
@@ -34,11 +36,13 @@ log = logging.getLogger("viewcount.rollup_job")
 
 # Bumped when what a plan depends on changes in a way the key cannot see.
 PLAN_FORMAT = 1
-# The newest plans kept (by last use): a restart after a crash plans anew for its watermark floor,
-# and that plan is rarely used again.
+# The newest plans kept (by last use).
 KEPT_PLANS = 16
 # Stand-ins for the values of a deployment: unlikely anywhere else in a plan, so replaced blindly.
 PLACEHOLDERS = {"prefix": "vcplanprefixz9", "job_name": "vcplanjobz9", "bootstrap": "vcplanbootstrapz9:1"}
+# The watermark floor's stand-in (ms; in 2251): the planner keeps the floor a literal of its own
+# wherever the SQL uses it (tests/unit/test_job_plans.py plans two floors and compares).
+FLOOR_PLACEHOLDER = 8_888_888_888_888
 
 
 def plans_dir(settings: Settings) -> Path:
@@ -63,12 +67,21 @@ def _json_text(value: str) -> str:
     return json.dumps(value)[1:-1]
 
 
-def fill(plan_json: str, settings: Settings) -> str:
-    """A plan planned with the stand-ins, for `settings`' deployment."""
+def fill(plan_json: str, settings: Settings, watermark_floor: int | None = None) -> str:
+    """A plan planned with the stand-ins, for `settings`' deployment (and its watermark floor)."""
     values = {"prefix": settings.topics.prefix, "job_name": settings.job_name, "bootstrap": settings.kafka_bootstrap}
     for name, placeholder in PLACEHOLDERS.items():
         plan_json = plan_json.replace(placeholder, _json_text(values[name]))
+    if watermark_floor is not None:
+        plan_json = plan_json.replace(str(FLOOR_PLACEHOLDER), str(int(watermark_floor)))
     return plan_json
+
+
+def templated(job_options: dict) -> dict:
+    """The job's options as they are planned: a watermark floor by its stand-in."""
+    if job_options.get("watermark_floor") is None:
+        return job_options
+    return {**job_options, "watermark_floor": FLOOR_PLACEHOLDER}
 
 
 def plan_key(statements: list[str], jars: list[Path], table_options: dict[str, str] | None = None) -> str:
@@ -94,7 +107,7 @@ def compiled(t_env, settings: Settings, bounded: bool, job_options: dict):
     from pipelines.stream.job_environment import job_jars, register_functions
     from pipelines.stream.rollup_job import job_statements, statement_set
 
-    ddl, inserts = job_statements(_template(settings), bounded, **job_options)
+    ddl, inserts = job_statements(_template(settings), bounded, **templated(job_options))
     options = {k: v for k, v in t_env.get_config().get_configuration().to_dict().items() if k.startswith("table.")}
     path = plans_dir(settings) / f"{plan_key(ddl + inserts, job_jars(settings), options)}.json"
     try:
@@ -116,6 +129,6 @@ def compiled(t_env, settings: Settings, bounded: bool, job_options: dict):
         part.replace(path)  # whole or not at all, should two jobs plan it at once
         prune(path.parent)
         log.info("the job's plan: %s (planned now, kept for the next start)", path.name)
-    plan_json = fill(plan_json, settings)
+    plan_json = fill(plan_json, settings, job_options.get("watermark_floor"))
     # PyFlink's own load_plan hands the Java table environment where CompiledPlan wants PyFlink's.
     return CompiledPlan(t_env._j_tenv.loadPlan(PlanReference.from_json_string(plan_json)._j_plan_reference), t_env)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from pipelines.config import Settings, Topics
 from pipelines.stream import job_plans
 from pipelines.stream.rollup_job import job_statements
@@ -48,3 +50,33 @@ def test_only_the_plans_last_used_are_kept(tmp_path):
     removed = job_plans.prune(tmp_path, keep=16)
     assert sorted(p.name for p in removed) == ["plan16.json", "plan17.json", "plan18.json", "plan19.json"]
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"plan{age:02d}.json" for age in range(16)]
+
+
+@pytest.mark.e2e
+def test_a_plan_planned_for_the_floors_stand_in_is_the_plan_of_any_floor_once_filled():
+    """The planner neither folds the floor into another literal nor uses its digits elsewhere: the
+    plan of the stand-in, filled with a floor, is the plan planned for that floor (a JVM: ~20 s)."""
+    from pipelines.stream.job_environment import table_environment
+    from pipelines.stream.rollup_job import statement_set
+
+    settings = Settings.from_env()
+    floor = 1_723_511_459_999  # 2024-08-13 01:10:59.999 UTC
+
+    def planned(watermark_floor):
+        t_env = table_environment(settings)
+        ddl, inserts = job_statements(settings, bounded=False, watermark_floor=watermark_floor)
+        return statement_set(t_env, ddl, inserts).compile_plan().as_json_string()
+
+    def renumbered(plan_json):
+        """The plan with its operators numbered from 0: a second planning in one JVM numbers on."""
+        plan = json.loads(plan_json)
+        ids = {node["id"]: n for n, node in enumerate(plan["nodes"])}
+        for node in plan["nodes"]:
+            node["id"] = ids[node["id"]]
+        for edge in plan["edges"]:
+            edge["source"], edge["target"] = ids[edge["source"]], ids[edge["target"]]
+        return plan
+
+    stand_in = planned(job_plans.FLOOR_PLACEHOLDER)
+    assert str(job_plans.FLOOR_PLACEHOLDER) in stand_in
+    assert renumbered(job_plans.fill(stand_in, settings, floor)) == renumbered(planned(floor))
