@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 
 from bench.cpu import RESULTS, child_env, service_pids, stack_ticks
 from bench.pipeline import drop, isolated, prepare
-from bench.proc_cpu import Sample, us_per_record
+from bench.proc_cpu import Sample, read_procs, tree_rss_bytes, us_per_record
 from pipelines.config import EVENT_TYPES, Settings
 from pipelines.reference.producer import send
 from pipelines.stack.services import stop_group
@@ -106,6 +106,7 @@ class LiveRun:
     sent: int = 0
     child: subprocess.Popen | None = None
     subject_minutes_seen: dict[int, float] = field(default_factory=dict)
+    peak_rss: int = 0  # bytes, the stack's (the pipeline's tree and the services), at the lag's samples
 
     def __post_init__(self):
         from confluent_kafka import Producer
@@ -165,6 +166,8 @@ class LiveRun:
             if now >= next_lag:
                 next_lag += LAG_EVERY_S
                 lags.append(LagSample(now - began, self.sent, self.committed()))
+                self.peak_rss = max(self.peak_rss, tree_rss_bytes(
+                    read_procs(), [self.child.pid if self.child else None, *self.services.values()]))
             if now >= next_subject:
                 next_subject += 1.0
                 self._see_subject_minutes()
@@ -202,6 +205,7 @@ def measure_rate(run: LiveRun, rate: int, warmup_s: float, period_s: float) -> d
     print(f"live: {rate:,} events/s", file=sys.stderr)
     run.offer(rate, warmup_s)
     load = os.getloadavg()
+    run.peak_rss = 0
     start = run.cpu_sample()
     started = time.time()
     sent_per_s, lags = run.offer(rate, period_s)
@@ -217,7 +221,7 @@ def measure_rate(run: LiveRun, rate: int, warmup_s: float, period_s: float) -> d
             "us_per_record": us_per_record(start, end) if end.consumed > start.consumed else None,
             "lag_flat": is_flat, "lag_peak_growth": growth,
             "lags": [[s.seconds, s.sent, s.committed] for s in lags],
-            "subject_minute_delays_s": delays}
+            "subject_minute_delays_s": delays, "peak_rss_mib": run.peak_rss / 2**20}
 
 
 def measure_outage(run: LiveRun, rate: int, outage_s: float, warmup_s: float, deadline_s: float = 1800.0) -> dict:
@@ -248,7 +252,8 @@ def write_markdown(report: dict, path) -> None:
     if report["rates"]:
         lines += ["| offered/s | sent/s | committed/s | lag flat | lag peak growth | stack us/rec | job us/rec | JVM "
                   "| job Python | broker | ClickHouse | subject minute on the dashboards, s after its end "
-                  "(min / median / max) | load avg at start |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "(min / median / max) | peak stack RSS, MiB | load avg at start |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["rates"]:
             u = r["us_per_record"] or {}
             cells = " | ".join(f"{u[g]:.1f}" if g in u else "-"
@@ -257,7 +262,7 @@ def write_markdown(report: dict, path) -> None:
             delay = f"{d[0]:.1f} / {d[len(d) // 2]:.1f} / {d[-1]:.1f} ({len(d)} minutes)" if d else "-"
             lines.append(f"| {r['offered_per_s']:,} | {r['sent_per_s']:,.0f} | {r['committed_per_s']:,.0f} | "
                          f"{'yes' if r['lag_flat'] else 'no'} | {r['lag_peak_growth']:,} | {cells} | {delay} | "
-                         f"{r['load_average_at_start'][0]:.2f} |")
+                         f"{r.get('peak_rss_mib', 0):,.0f} | {r['load_average_at_start'][0]:.2f} |")
     if report.get("outage"):
         o = report["outage"]
         drained = "not within the deadline" if o["drained_after_s"] is None else f"{o['drained_after_s']:.0f} s"

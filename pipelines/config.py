@@ -266,6 +266,10 @@ class Settings:
     # The Flink job: its name keys its consumer group and its checkpoints (one job per name and prefix).
     job_name: str = "rollup-job"
     parallelism: int = 1
+    # The most heap the job's JVM may take on the local mini-cluster (-Xmx; empty: the JVM's default,
+    # a quarter of the machine's memory; a -Xmx in JVM_ARGS wins). Capped, the stack's memory is flat
+    # under its limit whatever the collector prefers (docs/performance.md, "The job's heap").
+    job_heap: str = "3g"
     # What a crash costs in replay, no more: the sinks write at least once (rows reach ClickHouse as
     # the windows fire, not at the checkpoint), and every checkpoint writes the whole window state
     # (docs/design.md, "Effectively once"; docs/performance.md for what 2 s cost).
@@ -333,6 +337,7 @@ class Settings:
             topics=Topics(prefix=_env("TOPIC_PREFIX", base.topics.prefix)),
             job_name=_env("JOB_NAME", base.job_name),
             parallelism=int(_env("PARALLELISM", str(base.parallelism))),
+            job_heap=_env("JOB_HEAP", base.job_heap),
             checkpoint_interval_ms=int(
                 _env("CHECKPOINT_INTERVAL_MS", str(base.checkpoint_interval_ms))
             ),

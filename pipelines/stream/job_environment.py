@@ -66,13 +66,24 @@ def garbage_collector(jvm_args: str | None) -> list[str]:
     return [] if jvm_args and re.search(r"-XX:\+Use\w*GC\b", jvm_args) else [THROUGHPUT_COLLECTOR]
 
 
+def heap_limit(settings: Settings, jvm_args: str | None) -> list[str]:
+    """The job's -Xmx (Settings.job_heap), unless `jvm_args` (the user's JVM_ARGS) sets one."""
+    if not settings.job_heap or (jvm_args and re.search(r"-Xmx\S+", jvm_args)):
+        return []
+    if not re.fullmatch(r"\d+[kKmMgG]?", settings.job_heap):
+        raise ValueError(f"VIEWCOUNT_JOB_HEAP={settings.job_heap!r} is not a heap size: say e.g. 3g or 3072m")
+    return [f"-Xmx{settings.job_heap}"]
+
+
 def table_environment(settings: Settings, restore: bool = True):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     # Read by TableEnvironment's constructor (TableEnvironment._open): it must be set before.
     os.environ[PYTHON_WORKER_MODE[0]] = PYTHON_WORKER_MODE[1]
     # PyFlink launches its JVM here, once a process.
-    with class_archive.for_the_next_jvm(settings.state_dir, also=garbage_collector(os.environ.get("JVM_ARGS"))):
+    jvm_args = os.environ.get("JVM_ARGS")
+    with class_archive.for_the_next_jvm(settings.state_dir,
+                                        also=[*garbage_collector(jvm_args), *heap_limit(settings, jvm_args)]):
         t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = t_env.get_config()
     checkpoint_dir = settings.checkpoint_dir

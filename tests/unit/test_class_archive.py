@@ -58,3 +58,18 @@ def test_the_jobs_other_options_come_after_the_users_and_the_users_collector_win
     with class_archive.for_the_next_jvm(tmp_path, also=[THROUGHPUT_COLLECTOR]):
         assert os.environ["JVM_ARGS"].startswith(f"{THROUGHPUT_COLLECTOR} -XX:ArchiveClassesAtExit=")
     assert "JVM_ARGS" not in os.environ
+
+
+def test_the_jobs_heap_is_capped_unless_the_user_sets_one_and_a_wrong_size_says_what_to_write():
+    from dataclasses import replace
+
+    import pytest
+
+    from pipelines.config import Settings
+    from pipelines.stream.job_environment import heap_limit
+
+    settings = replace(Settings(), job_heap="3g")
+    assert heap_limit(settings, None) == heap_limit(settings, "-XX:+UseG1GC") == ["-Xmx3g"]
+    assert heap_limit(settings, "-Xms1g -Xmx2g") == [] == heap_limit(replace(settings, job_heap=""), None)
+    with pytest.raises(ValueError, match="not a heap size: say e.g. 3g"):
+        heap_limit(replace(settings, job_heap="3 GB"), None)
