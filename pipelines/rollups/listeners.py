@@ -8,6 +8,7 @@ the client vanished. Concurrent listeners at a minute = sessions open at any mom
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -55,6 +56,51 @@ def session_arrays(listener: np.ndarray, at: np.ndarray, leave: np.ndarray) -> t
     last = ~leave & (~within[1:] | next_leave)
     end = np.where(ended_by_leave, next_at, at + HEARTBEAT_TIMEOUT_MS)
     return np.asarray(listener)[opens], at[opens], end[last]
+
+
+@dataclass
+class PresenceMinutes:
+    """A Space's presence events per listener and minute (sql/subject_rollups/listener_minutes.sql),
+    as columns sorted by listener, then minute (minutes since the epoch): the count and last time
+    (ms) of its joins and heartbeats, the count and first and last time of its leaves."""
+
+    listener: np.ndarray
+    minute: np.ndarray
+    alive: np.ndarray
+    last_alive: np.ndarray
+    leaves: np.ndarray
+    first_leave: np.ndarray
+    last_leave: np.ndarray
+
+    @classmethod
+    def of_columns(cls, columns: list) -> PresenceMinutes:
+        if not columns:
+            columns = [[]] * 7
+        listener, *rest = columns
+        return cls(np.array(listener, dtype=np.uint64), *(np.array(c, dtype=np.int64) for c in rest))
+
+
+def present(p: PresenceMinutes, minute: int) -> np.ndarray:
+    """The listeners (ascending) with a session open at some moment of `minute` (minutes since the
+    epoch), as `sessions` defines them, from the minutes up to it (a heartbeat timeout back is enough).
+
+    Only a join or heartbeat opens a session, so one is open during the minute if the listener
+    joined or beat in it, or if one was open at its first millisecond: the listener's last event
+    before it was a join or heartbeat less than the timeout earlier (a leave or a silence would
+    have closed it), and no leave came at that very millisecond. Of a leave and a join or
+    heartbeat at the same millisecond the leave comes first (as sql/queries/space_presence.sql orders them)."""
+    start_ms = minute * 60_000
+    here = p.minute == minute
+    before = p.minute < minute
+    # Each listener's last minute before this one: the next row is another listener's, or not before.
+    followed = np.zeros(len(before), dtype=bool)
+    followed[:-1] = before[1:] & (p.listener[1:] == p.listener[:-1])
+    last_before = before & ~followed
+    ended_on_leave = (p.leaves > 0) & ((p.alive == 0) | (p.last_leave > p.last_alive))
+    open_at_start = last_before & ~ended_on_leave & (start_ms < p.last_alive + HEARTBEAT_TIMEOUT_MS)
+    left_at_start = p.listener[here & (p.leaves > 0) & (p.first_leave == start_ms)]
+    carried = np.setdiff1d(p.listener[open_at_start], left_at_start)
+    return np.union1d(p.listener[here & (p.alive > 0)], carried)
 
 
 def presence_sessions(client, space_id: int, start: datetime, end: datetime) -> tuple[np.ndarray, ...]:

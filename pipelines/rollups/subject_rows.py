@@ -12,11 +12,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-import numpy as np
-
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
-from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, presence_sessions
+from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, PresenceMinutes, present
 from pipelines.rollups.subjects import Subject, conversation_posts
 from pipelines.store.clickhouse import SUBJECT_POSTS, SUBJECT_ROLLUP, insert_rows
 from pipelines.store.tables import TABLE_COLUMNS
@@ -43,8 +41,8 @@ MINUTES_PER_QUERY = 240
 PRESENCE_RUN_GAP = timedelta(minutes=30)
 
 
-# Minutes whose listeners are found at once: one (minute, listener) pair each, 16 bytes a pair (at the
-# night's peak of 1.3M listeners, ~200 MB a step).
+# Minutes whose listeners are found with one read: a row a listener and minute, and the lookback's
+# (at the night's peak of 1.3M listeners, ~20M rows of 7 numbers a step).
 LISTENER_MINUTES_PER_STEP = 10
 
 
@@ -198,31 +196,19 @@ def runs_of(minutes: list[datetime], gap: timedelta) -> list[list[datetime]]:
 
 def listeners_into(client, subject: Subject, minutes: list[datetime], rows: dict[datetime, dict]) -> None:
     """Concurrent listeners of the subject's Space in each minute (sessions open at any moment of
-    it, as pipelines.rollups.listeners defines them) and the sketch of who they were."""
+    it, as pipelines.rollups.listeners defines them) and the sketch of who they were: from the
+    presence events a listener and minute at a time (not every heartbeat), LISTENER_MINUTES_PER_STEP
+    minutes a read."""
     for run in runs_of(minutes, PRESENCE_RUN_GAP):
-        start, end = run[0], run[-1] + MINUTE
-        listener, begin, finish = presence_sessions(client, subject.space_id, start - LISTENER_LOOKBACK, end)
         for i in range(0, len(run), LISTENER_MINUTES_PER_STEP):
             chunk = run[i:i + LISTENER_MINUTES_PER_STEP]
-            for minute, ids in zip(chunk, present_in(listener, begin, finish, chunk), strict=True):
+            by_minute = PresenceMinutes.of_columns(client.execute(sql("listener_minutes"), {
+                "space_id": subject.space_id, "from": chunk[0] - LISTENER_LOOKBACK, "to": chunk[-1] + MINUTE},
+                columnar=True))
+            for minute in chunk:
+                ids = present(by_minute, int((minute - EPOCH) / MINUTE)).tolist()
                 rows[minute]["listeners"] = len(ids)
                 rows[minute]["unique_listeners_sketch"] = sketches.to_bytes(sketches.sketch_of(ids)) if ids else b""
-
-
-def present_in(listener: np.ndarray, begin: np.ndarray, finish: np.ndarray, minutes: list[datetime]) -> list[list[int]]:
-    """The distinct listeners (ascending) of the sessions [begin, finish) open at any moment of each
-    of `minutes` (ascending); a session ending exactly at a minute's start is not in that minute."""
-    start_ms = int(minutes[0].replace(tzinfo=UTC).timestamp() * 1000)
-    span = int((minutes[-1] - minutes[0]) / MINUTE) + 1
-    begin = np.maximum(begin, start_ms)
-    finish = np.minimum(finish, start_ms + span * 60_000)
-    open_ = finish > begin
-    first = (begin[open_] - start_ms) // 60_000
-    count = (finish[open_] - 1 - start_ms) // 60_000 - first + 1
-    # One (minute index, listener) pair per minute a session touches; a listener once a minute.
-    at = np.repeat(first - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
-    who = np.repeat(listener[open_], count)
-    return [np.unique(who[at == int((m - minutes[0]) / MINUTE)]).tolist() for m in minutes]
 
 
 def existing_rows(client, subject: Subject, grain: str, start: datetime, end: datetime) -> list[dict]:

@@ -1,12 +1,8 @@
 """Sessions from presence events and the concurrent-listener curve."""
 
 import random
-from datetime import datetime, timedelta
 
-import numpy as np
-
-from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, concurrent_per_minute, sessions
-from pipelines.rollups.subject_rows import present_in
+from pipelines.rollups.listeners import HEARTBEAT_TIMEOUT_MS, PresenceMinutes, concurrent_per_minute, present, sessions
 
 M = 60_000
 
@@ -64,12 +60,34 @@ def test_sessions_on_columns_are_the_walked_definition_on_random_presence():
         assert sessions(events) == _walked(events)
 
 
-def test_listeners_present_in_each_minute_are_those_of_sessions_touching_it():
-    t0 = datetime(2024, 8, 13, 1, 0)
-    ms = int((t0 - datetime(1970, 1, 1)).total_seconds() * 1000)
-    listener = np.array([5, 6, 5, 7], dtype=np.uint64)
-    begin = np.array([ms - 10 * M, ms + 30_000, ms + M, ms + 3 * M], dtype=np.int64)
-    finish = np.array([ms + 2 * M, ms + 90_000, ms + M + 1, ms + 3 * M], dtype=np.int64)  # 7: empty
-    minutes = [t0 + timedelta(minutes=i) for i in (0, 1, 2, 3)]
-    assert present_in(listener, begin, finish, minutes) == [[5, 6], [5, 6], [], []]
-    assert present_in(listener, begin, finish, [minutes[1], minutes[3]]) == [[5, 6], []]
+def _by_minute(events):
+    """What sql/subject_rollups/listener_minutes.sql returns for these events."""
+    groups = {}
+    for listener, at, action in events:
+        groups.setdefault((listener, at // 60_000), []).append((at, action))
+    rows = []
+    for (listener, minute), got in sorted(groups.items()):
+        alive = [at for at, action in got if action != "leave"]
+        leaves = [at for at, action in got if action == "leave"]
+        rows.append((listener, minute, len(alive), max(alive, default=0), len(leaves), min(leaves, default=0),
+                     max(leaves, default=0)))
+    return PresenceMinutes.of_columns([list(c) for c in zip(*rows, strict=True)] if rows else [])
+
+
+def test_listeners_of_a_minute_from_its_listeners_minutes_are_those_of_the_sessions_touching_it():
+    rng = random.Random(20261207)
+    for _ in range(300):
+        events = sorted(
+            (rng.choice([1, 2, 3, 2**63 + 5]),
+             rng.choice([0, 1, 59_999, 60_000, 90_000, 150_000, 210_000]) + rng.randrange(0, 8) * 60_000,
+             rng.choice(["join", "heartbeat", "heartbeat", "leave"]))
+            for _ in range(rng.randrange(0, 30)))
+        # Of same-millisecond events, a leave first (sql/queries/space_presence.sql).
+        events.sort(key=lambda e: (e[0], e[1], e[2] != "leave"))
+        spans = _walked(events)
+        by_minute = _by_minute(events)
+        for minute in range(0, 14):
+            start, end = minute * M, (minute + 1) * M
+            expected = sorted({listener for listener, b, e in spans if b < end and e > start})
+            assert present(by_minute, minute).tolist() == expected, (events, minute)
+    assert present(_by_minute([]), 3).tolist() == []
