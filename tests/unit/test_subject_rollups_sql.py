@@ -120,10 +120,11 @@ def test_the_change_log_keeps_what_a_subject_has_still_to_read_and_drops_older_d
 
 
 def test_a_long_refresh_makes_the_next_one_wait_longer_and_a_quick_one_keeps_the_interval(monkeypatch):
-    """Live, refreshes take milliseconds and come every second; catching up, one that took 2 s is
-    followed by 8 s without one (the refreshes take at most a fifth of the runner's time)."""
+    """Refreshes that take milliseconds come every second; one that took 2 s is followed by
+    2 s x (1 / REFRESH_SHARE - 1) without one (the refreshes take at most that share of the runner's time)."""
     now = [100.0]
     took = iter([2.0, 0.01, 0.01])
+    after_long = 2.0 * (1 / subject_rollups.REFRESH_SHARE - 1)
 
     def fake_refresh(client):
         now[0] += next(took)
@@ -132,8 +133,8 @@ def test_a_long_refresh_makes_the_next_one_wait_longer_and_a_quick_one_keeps_the
     monkeypatch.setattr(subject_rollups, "refresh", fake_refresh)
     timer = subject_rollups.RefreshTimer(client=None, clock=lambda: now[0])
     assert timer.maybe()  # the first refresh is due at once; it takes 2 s
-    now[0] += 7.9
-    assert not timer.maybe(), "due only 8 s (4 x 2 s) after a refresh of 2 s"
+    now[0] += after_long - 0.1
+    assert not timer.maybe(), f"due only {after_long:.0f} s after a refresh of 2 s"
     now[0] += 0.2
     assert timer.maybe()  # takes 0.01 s
     now[0] += 0.9
@@ -142,10 +143,11 @@ def test_a_long_refresh_makes_the_next_one_wait_longer_and_a_quick_one_keeps_the
     assert timer.maybe()
 
 
-def test_while_the_job_catches_up_the_refreshes_take_a_twentieth_of_the_runner_and_after_it_a_fifth(monkeypatch):
+def test_while_the_job_catches_up_the_refreshes_take_a_twentieth_of_the_runner_and_after_it_their_share(monkeypatch):
     """A refresh of 1 s during a catch-up is followed by 19 s without one; the same after the
-    job has read its backlog, by 4 s."""
+    job has read its backlog, by 1 / REFRESH_SHARE - 1 s."""
     now = [100.0]
+    after = 1 / subject_rollups.REFRESH_SHARE - 1
 
     def fake_refresh(client):
         now[0] += 1.0
@@ -160,7 +162,7 @@ def test_while_the_job_catches_up_the_refreshes_take_a_twentieth_of_the_runner_a
     now[0] += 0.2
     assert timer.maybe()
     timer.catching_up = False
-    now[0] += 3.9
+    now[0] += max(after, 1.0) - 0.1
     assert not timer.maybe()
     now[0] += 0.2
-    assert timer.maybe(), "the backlog read: 4 s (1 / 0.2 - 1 times 1 s) after a refresh of 1 s"
+    assert timer.maybe()
