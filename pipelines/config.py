@@ -268,7 +268,7 @@ class Settings:
     parallelism: int = 1
     # The most heap the job's JVM may take on the local mini-cluster (-Xmx; empty: the JVM's default,
     # a quarter of the machine's memory; a -Xmx in JVM_ARGS wins). Capped, the stack's memory is flat
-    # under its limit whatever the collector prefers (docs/performance.md, "The job's heap").
+    # under its limit whatever the collector prefers (docs/design.md, "The job's JVM collects garbage").
     job_heap: str = "3g"
     # What a crash costs in replay, no more: the sinks write at least once (rows reach ClickHouse as
     # the windows fire, not at the checkpoint), and every checkpoint writes the whole window state
