@@ -43,12 +43,10 @@ log = logging.getLogger("viewcount.change_feed")
 
 
 @functools.lru_cache(maxsize=4096)
-def _minute(token: int | str | bytes) -> int:
+def _minute(token: str | bytes) -> int:
     """The minute (seconds since the epoch, UTC, as ClickHouse's DateTime holds it) a key's token
-    names: minutes since the epoch, a minute's start in ms (a presence key), or a window start as
-    the job writes it ('2024-08-13 01:02:00.000'). Many keys share a minute: each token is read once."""
-    if isinstance(token, int):
-        return token * 60
+    names: a minute's start in ms (a presence key), or a window start as the job writes it
+    ('2024-08-13 01:02:00.000'). Many keys share a minute: each token is read once."""
     if isinstance(token, bytes):
         token = token.decode()
     if token.isdigit():
@@ -62,7 +60,7 @@ def _minute(token: int | str | bytes) -> int:
 # record itself only when it has no such key (written by another producer, or before the job keyed them).
 KEY_OF: dict[str, Callable[[dict], tuple[str, int, int]]] = {
     POST_MINUTE_ROWS.name: lambda r: (POST_MINUTE_ROWS.table, r["post_id"], _minute(r["window_start"][:19])),
-    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], _minute(r["event_time_ms"] // 60_000)),
+    PRESENCE_VALID.name: lambda r: (PRESENCE_VALID.table, r["space_id"], r["event_time_ms"] // 60_000 * 60),
 }
 FOLLOWED: tuple[Output, ...] = tuple(o for o in streams.LOADED_BY_CLICKHOUSE if o.name in KEY_OF)
 
