@@ -82,8 +82,11 @@ def test_a_second_cluster_up_with_everything_running_starts_nothing(cluster_stac
 
 
 def test_every_node_listens_on_loopback_only_and_on_its_ports(cluster_stack):
-    """ZooKeeper, the Kafka nodes and the ClickHouse servers (Flink's are tests/e2e/test_cluster.py's)."""
-    from tests.sockets import assert_loopback_only
+    """ZooKeeper, the Kafka nodes, the ClickHouse servers, and the Flink session cluster: its
+    JobManager (RPC, blob server, REST, metrics RPC) and TaskManagers (RPC, metrics RPC, shuffle
+    server), every socket of their process trees (stack/flink/config.yaml.template)."""
+    from pipelines.stream import flink_cluster
+    from tests.sockets import assert_loopback_only, process_tree
 
     ports: dict[str, set[int]] = {}
     for service, port, _ in cluster._ports(cluster_stack):
@@ -93,6 +96,10 @@ def test_every_node_listens_on_loopback_only_and_on_its_ports(cluster_stack):
                 *cluster.clickhouse_services(cluster_stack).values()]
     for service in services:
         assert_loopback_only(service.name, {service.running_pid()}, ports[service.name])
+    flink = flink_cluster.pids(cluster_stack)
+    assert len(flink) >= 1 + cluster_stack.cluster.taskmanagers, flink  # the JobManager and each TaskManager
+    assert_loopback_only("the Flink session cluster", {p for pid in flink for p in process_tree(pid)},
+                         set(flink_cluster.ports(cluster_stack).values()))
 
 
 def test_a_topic_of_three_copies_takes_acks_all_writes_with_a_broker_killed_and_the_broker_rejoins(
