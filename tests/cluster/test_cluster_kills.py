@@ -55,9 +55,8 @@ NIGHT = ("2024-08-12 19:47", "2024-08-12 22:47", "America/New_York")
 # When each node is killed, at the earliest: the share of the night's source records the job has
 # committed (its consumer group's offsets, moved by every checkpoint). One kill after the other, each
 # node back before the next is killed, all during the run. The first also waits for the API's first
-# figures of both endpoints, and since issue 18 the job reads faster than the subject's first
-# figures come: on 7 Dec (session twelve) the job had committed 97 % of the night by then, so the
-# kills landed while ClickHouse loaded and the rollups refreshed, and the run ended with the Kafka node down.
+# figures of the post. (It waited for the subject's too until the job, since issue 18, read the
+# whole night before those came: on 7 Dec, session twelve, 97 % of it once, the whole run another time.)
 TASKMANAGER_AT, REPLICA_AT, BROKER_AT = 0.10, 0.30, 0.50
 DOWN_S = 15.0  # each killed node stays down at least this long ...
 MOVED_WHILE_DOWN_S = 120.0  # ... and until the run has moved on without it, within this
@@ -107,9 +106,9 @@ class ApiPoller:
         self._stop.set()
         self._thread.join(timeout=3 * API_TIMEOUT_S)
 
-    def figures_from_all(self) -> bool:
-        """Whether every endpoint has answered 200 once."""
-        return all(any(a.status == 200 for a in list(answers)) for answers in self.answers.values())
+    def figures_from(self, endpoint: str) -> bool:
+        """Whether the endpoint has answered 200 once."""
+        return any(a.status == 200 for a in list(self.answers[endpoint]))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -433,9 +432,12 @@ def kills(cluster_stack, session_tag, timings, tmp_path_factory):
             progress = Progress(settings)
             run = Run(settings, logs / "run.log")
             poller = ApiPoller(endpoints, run.since).start()
-            # The first kill once the API answers figures of both endpoints: they are read throughout.
-            poll(lambda: progress.share() >= TASKMANAGER_AT and poller.figures_from_all(), 600,
-                 "the job's share for the TaskManager's kill and the API's first figures", alive=run, interval_s=0.5)
+            # The first kill once the API answers the post's figures: read throughout. (The subject's
+            # come later: while the job catches up, its rollups refresh in a twentieth of the runner's
+            # time, every 30-150 s on the cluster, so they may first come after the kills.)
+            poll(lambda: progress.share() >= TASKMANAGER_AT and poller.figures_from("post"), 600,
+                 "the job's share for the TaskManager's kill and the post's first figures", alive=run,
+                 interval_s=0.5)
             done = [_kill_a_taskmanager(base, settings, run, progress)]
             poll(lambda: progress.share() >= REPLICA_AT, 600, "the job's share for the replica's kill",
                  alive=run, interval_s=0.5)
@@ -554,7 +556,8 @@ def test_both_taskmanagers_run_and_are_registered(kills):
 def test_the_dashboards_api_answered_throughout_and_never_a_wrong_figure(kills, timings):
     """Every poll of each endpoint answered: 200 with figures never above the night's and never
     below an earlier answer's, or 503 with Retry-After; 404 (no rows yet) only before its first
-    figures. Figures came from both while each node was down."""
+    figures. Figures came from each while each node killed after its first figures was down (the
+    post's first figures come before the first kill)."""
     _, _, done, at_end, poller, _, _ = kills
     for endpoint, limits in at_end["limits"].items():
         answers = list(poller.answers[endpoint])
@@ -573,7 +576,9 @@ def test_the_dashboards_api_answered_throughout_and_never_a_wrong_figure(kills, 
                 if previous is not None:
                     assert answer.figures[name] >= previous.figures[name], (endpoint, previous, answer, name)
             previous = answer
-        for kill in done:
+        if endpoint == "post":
+            assert answers[first].at < done[0].killed, "the post's first figures came before the first kill"
+        for kill in (k for k in done if k.killed > answers[first].at):
             down = [a for a in answers if kill.killed <= a.at < kill.restart_began]
             assert any(a.status == 200 for a in down), f"{endpoint}: no figures while {kill.node} was down"
         statuses = {s: sum(1 for a in answers if a.status == s) for s in sorted({a.status for a in answers}, key=str)}
