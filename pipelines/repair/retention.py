@@ -7,8 +7,8 @@ An hour older than the cutoff can no longer be rebuilt from the archive (it woul
 nothing): the ledger's repair skips such hours (`pipelines.repair.ledger.repair`).
 
 On a ClickHouse cluster (a `shape`) each shard drops its own expired partitions of the `_local`
-tables, on one replica of it (pipelines/store/shards.py); a replicated DROP PARTITION reaches the
-shard's other replica through ZooKeeper (docs/scale-out.md, "The repairs on a cluster").
+tables, on the replica leading it (pipelines/store/shards.py); a replicated DROP PARTITION reaches
+the shard's other replica through ZooKeeper (docs/scale-out.md, "The repairs on a cluster").
 """
 
 from __future__ import annotations
@@ -56,29 +56,32 @@ class RetentionReport:
 
 def drop_expired(client, retention_days: int, now: datetime | None = None,
                  shape: shapes.ClusterShape | None = None) -> RetentionReport:
-    """Drop every raw partition whose period ended before the cutoff; on a cluster, on each shard (a
-    shard with no replica that can take it: shards.ShardUnavailable before anything is dropped)."""
+    """Drop every raw partition whose period ended before the cutoff. On a cluster, table by table on
+    each shard's leading replica of it: 18.16 sends a DROP PARTITION made on another replica to the
+    leader as user `default` (refused by our users.xml: code 195), and so does an `ON CLUSTER` one. A
+    shard with no replica that can take it: shards.ShardUnavailable before that table is touched (a
+    later run drops what this one could not)."""
     report = RetentionReport(cutoff(retention_days, now))
     if report.cutoff is None:
         return report
-    if shape is None:
-        _drop_on(client, report, shape)
-        return report
-    with shards.one_replica_per_shard(client, shape, [shapes.stored_table(t, shape) for t in RAW_PARTITIONS]) as on:
-        for replica in on:
-            _drop_on(replica.client, report, shape, f" on {replica.server.describe()}")
+    for table in RAW_PARTITIONS:
+        if shape is None:
+            _drop_on(client, table, report, shape)
+            continue
+        with shards.one_replica_per_shard(client, shape, [shapes.stored_table(table, shape)], leader=True) as on:
+            for replica in on:
+                _drop_on(replica.client, table, report, shape, f" on {replica.server.describe()}")
     return report
 
 
-def _drop_on(client, report: RetentionReport, shape: shapes.ClusterShape | None, where: str = "") -> None:
-    for table in RAW_PARTITIONS:
-        stored = shapes.stored_table(table, shape)
-        expired = [p for (p,) in client.execute(_sql("partitions"), {"table": stored})
-                   if partition_end(table, p) <= report.cutoff]
-        for partition in expired:
-            # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
-            client.execute(_sql("drop_partition").replace("%(table)s", stored), {"partition": int(partition)})
-        if expired:
-            report.dropped[table] = sorted({*report.dropped.get(table, ()), *expired})
-            log.info("retention: dropped %d partition(s) of %s%s older than %s (%s .. %s)", len(expired), stored,
-                     where, f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])
+def _drop_on(client, table: str, report: RetentionReport, shape: shapes.ClusterShape | None, where: str = "") -> None:
+    stored = shapes.stored_table(table, shape)
+    expired = [p for (p,) in client.execute(_sql("partitions"), {"table": stored})
+               if partition_end(table, p) <= report.cutoff]
+    for partition in expired:
+        # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
+        client.execute(_sql("drop_partition").replace("%(table)s", stored), {"partition": int(partition)})
+    if expired:
+        report.dropped[table] = sorted({*report.dropped.get(table, ()), *expired})
+        log.info("retention: dropped %d partition(s) of %s%s older than %s (%s .. %s)", len(expired), stored, where,
+                 f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])

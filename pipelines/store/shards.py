@@ -65,31 +65,38 @@ def servers(client, shape: ClusterShape) -> list[Server]:
     return found
 
 
-def _unusable(client, tables: Sequence[str]) -> str | None:
+def _unusable(client, tables: Sequence[str], leader: bool = False) -> str | None:
     """Why a replica cannot take an in-place change of these replicated tables now, or None: it
-    answers, and none of them is read-only (no ZooKeeper session: a restarted replica until its old
-    session expires, or ZooKeeper down)."""
+    answers, holds a replica of each, none of them read-only (no ZooKeeper session: a restarted
+    replica until its old session expires, or ZooKeeper down), and with `leader` it leads each."""
     try:
-        if tables:
-            read_only = [t for (t,) in client.execute(_sql("read_only_replicas"),
-                                                      {"tables": tuple(_stored(t) for t in tables)})]
-            if read_only:
-                return f"read-only (no ZooKeeper session) for {', '.join(read_only)}"
-        else:
+        if not tables:
             client.execute("SELECT 1")
+            return None
+        state = {t: (read_only, is_leader) for t, read_only, is_leader in client.execute(
+            _sql("replica_state"), {"tables": tuple(_stored(t) for t in tables)})}
     except Exception as exc:  # noqa: BLE001 - transient: the reason; anything else is a bug, raised
         if not is_transient(exc):
             raise
         return f"unreachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if missing := [t for t in tables if t not in state]:
+        return f"no replicated table {', '.join(missing)} in database {client.connection.database}"
+    if read_only := [t for t, (ro, _) in state.items() if ro]:
+        return f"read-only (no ZooKeeper session) for {', '.join(read_only)}"
+    if leader and (led_elsewhere := [t for t, (_, leads) in state.items() if not leads]):
+        return f"not the leader of {', '.join(led_elsewhere)}"
     return None
 
 
 @contextlib.contextmanager
-def one_replica_per_shard(client, shape: ClusterShape, tables: Sequence[str] = ()) -> Iterator[list[ShardReplica]]:
+def one_replica_per_shard(client, shape: ClusterShape, tables: Sequence[str] = (),
+                          leader: bool = False) -> Iterator[list[ShardReplica]]:
     """A connection to one replica of each shard, the first in the cluster's order that answers and
     can change `tables` (their `_local` names): the replica the servers' `load_balancing = in_order`
-    writes and reads first, so what it holds is what readers see. Raises ShardUnavailable, naming each
-    shard without one and why, before the caller changes anything. Closed at the end."""
+    writes and reads first, so what it holds is what readers see. With `leader`, the replica that
+    leads its shard's replicas of every one of `tables` (ZooKeeper elects one among the live
+    replicas): 18.16 runs a DROP PARTITION only there. Raises ShardUnavailable, naming each shard
+    without one and why, before the caller changes anything. Closed at the end."""
     by_shard: dict[int, list[Server]] = {}
     for server in servers(client, shape):
         by_shard.setdefault(server.shard, []).append(server)
@@ -100,7 +107,7 @@ def one_replica_per_shard(client, shape: ClusterShape, tables: Sequence[str] = (
             reasons = []
             for server in members:
                 replica = connect_like(client, server.host, server.port)
-                reason = _unusable(replica, tables)
+                reason = _unusable(replica, tables, leader)
                 if reason is None:
                     chosen.append(ShardReplica(server, replica))
                     break

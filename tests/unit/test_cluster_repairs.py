@@ -4,7 +4,6 @@ and erasure change the `_local` tables on one replica of each shard, and wait on
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 
 import pytest
@@ -27,7 +26,8 @@ class FakeConnection:
 
 
 class FakeClient:
-    """Records statements; answers the few reads the repairs make with empty hours and nothing pending.
+    """Records statements; answers the few reads the repairs make with empty hours and nothing pending,
+    its replicas writable and leading.
     `down`: every statement fails as an unreachable server's would; `fail_on`: a statement containing
     it fails with a server error."""
 
@@ -35,6 +35,7 @@ class FakeClient:
                  partitions: tuple[str, ...] = ()) -> None:
         self.connection, self.settings = FakeConnection(port), {}
         self.down, self.fail_on, self.partitions = down, fail_on, partitions
+        self.read_only, self.leads = False, True  # its replicas' state (system.replicas)
         self.statements: list[str] = []
         self.disconnected = False
 
@@ -47,6 +48,8 @@ class FakeClient:
         self.statements.append(statement)
         if "FROM system.clusters" in statement:
             return CLUSTER
+        if "FROM system.replicas" in statement:
+            return [(table, int(self.read_only), int(self.leads)) for table in params["tables"]]
         if "engine_full" in statement:
             return [(ENGINE_FULL,)]
         if "system.parts" in statement:  # the archive's hourly partitions only
@@ -190,14 +193,20 @@ def test_the_wait_for_an_erasure_reads_every_server(cluster_of_fakes):
         erasure.wait_for_mutations(FakeClient(), "events_raw", 5, SHAPE)
 
 
-def test_a_read_only_replica_is_passed_by(cluster_of_fakes, monkeypatch):
-    read_only = cluster_of_fakes[29001]
-    answer = read_only.execute
-
-    def execute(statement, params=None, settings=None):
-        return [("post_minute_local",)] if "system.replicas" in statement else answer(statement, params, settings)
-
-    monkeypatch.setattr(read_only, "execute", execute)
-    with contextlib.ExitStack() as stack:
-        chosen = stack.enter_context(shards.one_replica_per_shard(FakeClient(), SHAPE, ["post_minute_local"]))
+def test_a_read_only_replica_is_passed_by(cluster_of_fakes):
+    cluster_of_fakes[29001].read_only = True
+    with shards.one_replica_per_shard(FakeClient(), SHAPE, ["post_minute_local"]) as chosen:
         assert [r.server.port for r in chosen] == [29002, 29003]
+
+
+def test_retention_drops_on_the_replica_leading_the_table(cluster_of_fakes):
+    # 18.16 sends a DROP PARTITION made elsewhere to the leader as user `default` (code 195 here).
+    cluster_of_fakes[29001].leads = cluster_of_fakes[29004].leads = False
+    for port in (29001, 29002, 29003, 29004):
+        cluster_of_fakes[port].partitions = ("2024081223",)
+    retention.drop_expired(FakeClient(), 90, datetime(2024, 11, 20, tzinfo=UTC), shape=SHAPE)
+    dropped = [port for port, c in cluster_of_fakes.items() if any("DROP PARTITION" in s for s in c.statements)]
+    assert dropped == [29002, 29003]
+    cluster_of_fakes[29002].leads = False  # no leader in shard 1 (an election under way): an error, no drop
+    with pytest.raises(shards.ShardUnavailable, match=r"shard 1: .*not the leader of events_raw_local"):
+        retention.drop_expired(FakeClient(), 90, datetime(2024, 11, 20, tzinfo=UTC), shape=SHAPE)
