@@ -28,8 +28,6 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import NamedTuple, Protocol
 
-from clickhouse_driver.errors import Error as ClickHouseError
-
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
 from pipelines.store import shapes, shards
@@ -348,7 +346,7 @@ def rebuild_hour(client, hour_start: datetime, builders: tuple[RollupBuilder, ..
 
 def _rebuild_on(parts: list[_HourOnServer], hour_start: datetime, servers: list | None = None) -> dict[str, int]:
     figures: dict[str, int] = {}
-    swapped = 0
+    swapped, failed = 0, True
     try:
         for part in parts:
             for name, value in part.stage().items():
@@ -356,7 +354,8 @@ def _rebuild_on(parts: list[_HourOnServer], hour_start: datetime, servers: list 
         for part in parts:
             part.swap()
             swapped += 1
-    except ClickHouseError as exc:
+        failed = False
+    except Exception as exc:  # noqa: BLE001 - re-raised; named when the hour is half swapped (a lost connection too)
         if 0 < swapped < len(parts):
             done = ", ".join(s.describe() for s in servers[:swapped])
             raise ShardsNotAllSwapped(
@@ -366,7 +365,11 @@ def _rebuild_on(parts: list[_HourOnServer], hour_start: datetime, servers: list 
         raise
     finally:
         for part in parts:
-            part.drop()
+            try:
+                part.drop()
+            except Exception:  # noqa: BLE001 - after a failure, that failure is the news: a server lost
+                if not failed:  # mid-rebuild keeps its staging until its next rebuild drops the leftovers
+                    raise
     return figures
 
 

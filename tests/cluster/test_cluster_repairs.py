@@ -21,7 +21,7 @@ import pytest
 from pipelines import cluster
 from pipelines.repair import backfill, erasure, retention
 from pipelines.rollups import sketches
-from pipelines.store import migrate, shapes
+from pipelines.store import migrate, shapes, shards
 from pipelines.store.clickhouse import EVENTS_RAW, SPACE_PRESENCE, connect, insert_rows
 from pipelines.store.tables import EVENTS_RAW_COLUMNS, POST_MINUTE_COLUMNS, TABLE_COLUMNS
 from tests.support import namespace, poll
@@ -202,6 +202,10 @@ def test_an_erasure_leaves_no_row_of_the_viewer_on_any_server(repairs, timings):
     viewers = range(1001, 1031)
     erased = viewers[ERASED]
     events = _events(ERASURE_HOUR, random.Random(SEED + 3), viewers)
+    at = ERASURE_HOUR + timedelta(minutes=1)
+    events += [{**events[0], "event_type": "view", "event_id": f"erased-{post}", "post_id": post, "viewer_id": erased,
+                "event_time": at.replace(tzinfo=None), "event_time_ms": int(at.timestamp() * 1000), "late": 0}
+               for post in POSTS[::4]]  # and views of ten posts, on both shards
     _archive(client, events)
     insert_rows(client, SPACE_PRESENCE, TABLE_COLUMNS[SPACE_PRESENCE], [
         (1, erased, ERASURE_HOUR.replace(tzinfo=None), int(ERASURE_HOUR.timestamp() * 1000), "join", "p-erased")])
@@ -213,8 +217,12 @@ def test_an_erasure_leaves_no_row_of_the_viewer_on_any_server(repairs, timings):
                 server.execute("SELECT count() FROM space_presence_local WHERE listener_id = %(v)s",
                                {"v": erased})[0][0])
 
-    for name, server in servers.items():
-        poll(lambda server=server: all(rows_of_viewer(server)), 60, f"{name} holding the viewer's rows")
+    presence_shard = _shard_of(client, 1)  # space_presence is sharded by Space (cityHash64(space_id))
+    for node in settings.cluster.clickhouse_nodes:
+        server = servers[node.name]
+        poll(lambda server=server, node=node: rows_of_viewer(server)[0] > 0
+             and rows_of_viewer(server)[1] == int(node.shard == presence_shard), 60,
+             f"{node.name} holding the viewer's rows")
     started = time.monotonic()
     report = erasure.erase(client, [erased], requested_by="test", shape=shape)
     timings.append(f"repairs: erasure on the cluster in {time.monotonic() - started:.1f} s "
@@ -227,3 +235,55 @@ def test_an_erasure_leaves_no_row_of_the_viewer_on_any_server(repairs, timings):
     truth = _minutes(events, counted=lambda e: e["viewer_id"] != erased)
     after = {(p, m.replace(tzinfo=None)): (v, i, s) for p, m, v, i, s, _ in _rows(client, "post_minute", ERASURE_HOUR)}
     assert after == truth
+
+
+def test_a_replica_down_leaves_the_rebuild_to_its_sibling_and_a_shard_down_stops_it(repairs, timings):
+    """Last in the module: it stops shard 2's servers (their process, as `make cluster-down` does) and
+    always starts them again."""
+    settings, shape, client, servers, single = repairs
+    hour = REBUILT - timedelta(hours=4)
+    events = _events(hour, random.Random(SEED + 4))
+    _archive(client, events)
+    _archive(single, events)
+    backfill.rebuild_hour(single, hour)
+    whole = _rows(single, "post_minute", hour)
+    shard_of = {post: _shard_of(client, post) for post in POSTS}
+    second = [node for node in settings.cluster.clickhouse_nodes if node.shard == 2]
+    services = cluster.clickhouse_services(settings)
+    archived = sum(shard_of[e["post_id"]] == 2 for e in {e["event_id"]: e for e in events}.values())
+
+    def archive_of_hour(server) -> int:
+        return server.execute("SELECT count() FROM events_raw_local FINAL WHERE event_time >= %(from)s "
+                              "AND event_time < %(to)s", backfill.hour_window(hour.replace(tzinfo=None)))[0][0]
+
+    for node in second:  # both replicas of shard 2 hold its archive of the hour before one goes
+        poll(lambda node=node: archive_of_hour(servers[node.name]) == archived, 60,
+             f"{node.name} holding its shard's archive of the hour")
+    try:
+        assert services[second[0]].stop(), f"{second[0].name} did not stop"
+        started = time.monotonic()
+        report = backfill.rebuild_hour(client, hour, shape=shape)
+        timings.append(f"repairs: rebuild with {second[0].name} down in {time.monotonic() - started:.2f} s")
+        assert report.rows == len(whole)
+        assert _rows(client, "post_minute", hour) == whole  # through Distributed: shard 2 read from its second replica
+        sibling = connect(cluster.server_settings(settings, second[1]))
+        assert _rows(sibling, "post_minute_local", hour) == [r for r in whole if shard_of[r[0]] == 2]
+        sibling.disconnect()
+        before = client.execute("SELECT max(version) FROM post_minute_local")
+        assert services[second[1]].stop(), f"{second[1].name} did not stop"
+        with pytest.raises(shards.ShardUnavailable, match=r"shard 2: .*29003.*unreachable.*29004.*unreachable"):
+            backfill.rebuild_hour(client, hour, shape=shape)
+        assert client.execute("SELECT max(version) FROM post_minute_local") == before, "shard 1 changed all the same"
+        assert not client.execute("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                  "AND name LIKE '%staging%'")
+    finally:
+        started = time.monotonic()
+        cluster.start_clickhouse_nodes(settings)
+        # Back: the first replica fetches the hour its sibling swapped in while it was down.
+        own = [r for r in whole if shard_of[r[0]] == 2]
+        first = connect(cluster.server_settings(settings, second[0]))
+        poll(lambda: _rows(first, "post_minute_local", hour) == own, 120,
+             f"{second[0].name}, started again, holding the hour its sibling rebuilt")
+        first.disconnect()
+        timings.append(f"repairs: shard 2 started again and {second[0].name} caught up in "
+                       f"{time.monotonic() - started:.1f} s")
