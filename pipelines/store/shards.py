@@ -150,7 +150,8 @@ def every_server(client, shape: ClusterShape) -> Iterator[list[ShardReplica]]:
 def sync(replica: ShardReplica, tables: Sequence[str], timeout_s: int = SYNC_TIMEOUT_S) -> None:
     """Wait until the replica holds every part its shard's replication log names for these
     replicated tables (SYSTEM SYNC REPLICA): a replica that was down, or behind its sibling, reads
-    complete afterwards. Fails (timeout) when a part is only on a replica that is down."""
+    complete afterwards. A part that only a stopped replica holds cannot be fetched: the wait then
+    ends with an error at the query's receive_timeout (not tried here), and the repair with it."""
     for table in tables:
         replica.client.execute(_sql("sync_replica").replace("%(table)s", _stored(table)),
                                settings={"receive_timeout": timeout_s})
