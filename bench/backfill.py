@@ -41,7 +41,7 @@ THREE_HOURS = ["2024-08-13T00:00:00+00:00", "2024-08-13T01:00:00+00:00", "2024-0
 def bench_settings() -> Settings:
     base = Settings.from_env()
     t = base.clickhouse
-    return replace(base, clickhouse_url=f"clickhouse://{t.user}:{t.password}@{t.host}:{t.port}/{DATABASE}")
+    return replace(base, clickhouse_url=t.url(DATABASE))
 
 
 def fill_archive(settings: Settings, scale: int, seed: int) -> int:

@@ -51,7 +51,7 @@ GOALS = {"headline_p50_ms": 50, "headline_p99_ms": 150, "pollers_p99_ms": 100}
 def bench_settings() -> Settings:
     base = Settings.from_env()
     t = base.clickhouse
-    return replace(base, clickhouse_url=f"clickhouse://{t.user}:{t.password}@{t.host}:{t.port}/{DATABASE}")
+    return replace(base, clickhouse_url=t.url(DATABASE))
 
 
 def fill(settings: Settings, scale: int, seed: int, unrelated: int) -> dict:

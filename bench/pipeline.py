@@ -54,7 +54,7 @@ def isolated(settings: Settings, tag: str) -> Settings:
     """Settings with a topic prefix and a database of their own."""
     t = settings.clickhouse
     return replace(settings, topics=Topics(prefix=f"bench{tag}"),
-                   clickhouse_url=f"clickhouse://{t.user}:{t.password}@{t.host}:{t.port}/bench_{tag}")
+                   clickhouse_url=t.url(f"bench_{tag}"))
 
 
 def prepare(settings: Settings) -> None:

@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     target = base.clickhouse
     # Topics keep their records: the night is stamped 2024, a time retention would delete it.
     settings = replace(base, topics=Topics(prefix=f"soak{tag}"), topic_retention_ms=-1,
-                       clickhouse_url=f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
-                                      f"soak_{tag}")
+                       clickhouse_url=target.url(f"soak_{tag}"))
     create_topics(settings)
     admin = connect(settings, database="default")
     apply_migrations(admin, settings.clickhouse.database)

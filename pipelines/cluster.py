@@ -71,24 +71,31 @@ def clickhouse_services(settings: Settings) -> dict[ClickHouseNode, Service]:
             for node in settings.cluster.clickhouse_nodes}
 
 
-def _clickhouse_url_at(url: str, port: int) -> str:
+def _clickhouse_url_at(url: str, port: int, alternatives: tuple[ClickHouseNode, ...] = ()) -> str:
     parsed = urlparse(url)
     credentials = parsed.netloc.rpartition("@")[0]
-    return parsed._replace(netloc=f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}").geturl()
+    alt_hosts = f"alt_hosts={','.join(f'127.0.0.1:{node.tcp_port}' for node in alternatives)}" if alternatives else ""
+    return parsed._replace(netloc=f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}",
+                           query=alt_hosts).geturl()
 
 
-def server_settings(settings: Settings, node: ClickHouseNode) -> Settings:
-    """settings with ClickHouse pointed at one server of the cluster (its native and HTTP ports)."""
-    return replace(settings, clickhouse_url=_clickhouse_url_at(settings.clickhouse_url, node.tcp_port),
+def server_settings(settings: Settings, node: ClickHouseNode,
+                    alternatives: tuple[ClickHouseNode, ...] = ()) -> Settings:
+    """settings with ClickHouse pointed at one server of the cluster (its native and HTTP ports), and
+    at `alternatives` in turn when that one refuses (none: that server or an error)."""
+    return replace(settings, clickhouse_url=_clickhouse_url_at(settings.clickhouse_url, node.tcp_port, alternatives),
                    clickhouse_http_port=node.http_port)
 
 
 def cluster_settings(settings: Settings) -> Settings:
     """settings pointed at the cluster stack: its Kafka nodes, its first ClickHouse server with the
-    cluster's shape (replicated tables behind Distributed ones, pipelines/store/shapes.py), its
-    Flink session cluster at one task per TaskManager slot."""
+    cluster's shape (replicated tables behind Distributed ones, pipelines/store/shapes.py) and the
+    other servers as alternatives (any server reads and writes every shard through the Distributed
+    tables, so a client whose server is down goes on with the next), its Flink session cluster at
+    one task per TaskManager slot."""
     layout = settings.cluster
-    return replace(server_settings(settings, layout.clickhouse_nodes[0]), kafka_bootstrap=layout.kafka_bootstrap,
+    first, *others = layout.clickhouse_nodes
+    return replace(server_settings(settings, first, tuple(others)), kafka_bootstrap=layout.kafka_bootstrap,
                    clickhouse_cluster=layout.clickhouse_cluster,
                    clickhouse_servers_cluster=layout.clickhouse_servers_cluster,
                    flink_cluster=flink_cluster.address(settings), parallelism=layout.taskmanagers)

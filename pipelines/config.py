@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +87,9 @@ class ClickHouseTarget:
     user: str
     password: str
     database: str
+    # Other servers of the same cluster ("host:port"), tried in turn when host:port refuses the
+    # connection: `?alt_hosts=h:p,h:p` in the URL (clickhouse-driver's own option).
+    alt_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_url(cls, url: str) -> ClickHouseTarget:
@@ -94,14 +97,31 @@ class ClickHouseTarget:
         if parsed.scheme != "clickhouse":
             raise ValueError(
                 f"ClickHouse URL {url!r} must look like clickhouse://user:password@host:port/database"
+                "[?alt_hosts=host:port,host:port]"
             )
+        query = parse_qs(parsed.query)
+        unknown = sorted(set(query) - {"alt_hosts"})
+        if unknown:
+            raise ValueError(f"ClickHouse URL {url!r}: unknown option(s) {', '.join(unknown)}; the one known is "
+                             "alt_hosts=host:port,host:port (other servers to try)")
+        alt_hosts = tuple(h for value in query.get("alt_hosts", []) for h in value.split(",") if h)
+        for alt in alt_hosts:
+            host, _, port = alt.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"ClickHouse URL {url!r}: alt_hosts entry {alt!r} must be host:port")
         return cls(
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 9000,
             user=parsed.username or "default",
             password=parsed.password or "",
             database=(parsed.path or "/").lstrip("/") or "default",
+            alt_hosts=alt_hosts,
         )
+
+    def url(self, database: str | None = None) -> str:
+        """This target as a URL (its password included), in `database` if given."""
+        alt = f"?alt_hosts={','.join(self.alt_hosts)}" if self.alt_hosts else ""
+        return f"clickhouse://{self.user}:{self.password}@{self.host}:{self.port}/{database or self.database}{alt}"
 
     @property
     def dashboard_database(self) -> str:
@@ -122,7 +142,8 @@ class ClickHouseTarget:
         return private_database(self.database)
 
     def describe(self) -> str:
-        return f"ClickHouse at {self.host}:{self.port} (database {self.database}, user {self.user})"
+        alt = f" or {', '.join(self.alt_hosts)}" if self.alt_hosts else ""
+        return f"ClickHouse at {self.host}:{self.port}{alt} (database {self.database}, user {self.user})"
 
 
 @dataclass(frozen=True)

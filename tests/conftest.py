@@ -71,10 +71,8 @@ def session_tag() -> str:
 def stack_settings(session_tag) -> Settings:
     """Settings for this session: a fresh topic prefix and database on the configured services."""
     base = Settings.from_env()
-    target = base.clickhouse
-    url = (f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/"
-           f"viewcount_test_{session_tag}")
-    return replace(base, clickhouse_url=url, topics=Topics(prefix=f"test{session_tag}"))
+    return replace(base, clickhouse_url=base.clickhouse.url(f"viewcount_test_{session_tag}"),
+                   topics=Topics(prefix=f"test{session_tag}"))
 
 
 @pytest.fixture(scope="session")

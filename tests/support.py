@@ -125,8 +125,8 @@ def namespace(base: Settings, name: str, replication_factor: int = 1, **override
     from pipelines.store.migrate import apply_migrations, drop_database
 
     target = base.clickhouse
-    settings = replace(base, topics=Topics(prefix=name), clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"), **overrides)
+    settings = replace(base, topics=Topics(prefix=name), clickhouse_url=target.url(f"viewcount_{name}"),
+                       **overrides)
     shape = shapes.configured(settings)
     create_topics(settings, replication_factor=replication_factor)
     admin = connect(settings, database="default")

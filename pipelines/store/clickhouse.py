@@ -87,6 +87,7 @@ def connect(settings: Settings, user: str | None = None, password: str | None = 
     client = Client(
         host=target.host,
         port=target.port,
+        alt_hosts=",".join(target.alt_hosts) or None,  # a cluster's other servers, tried in turn
         user=user or target.user,
         password=target.password if password is None else password,
         database=database or target.database,

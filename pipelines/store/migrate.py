@@ -14,6 +14,7 @@ one, every statement runs exactly as written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -167,12 +168,16 @@ def drop_database(client, database: str, shape: ClusterShape | None = None) -> N
     With a shape, on every server of its cluster."""
     database = _validate_database_name(database)
     on = f" ON CLUSTER {shape.cluster}" if shape else ""
-    with KAFKA_TABLE_DROPS:
-        client.execute(f"DROP DATABASE IF EXISTS {dashboard_database(database)}{on}")
-        client.execute(f"DROP DATABASE IF EXISTS {analysis_database(database)}{on}")
-        client.execute(f"DROP DATABASE IF EXISTS {queues_database(database)}{on}")
-        client.execute(f"DROP DATABASE IF EXISTS {database}{on}")
-        client.execute(f"DROP DATABASE IF EXISTS {private_database(database)}{on}")
+    for name in (dashboard_database(database), analysis_database(database), queues_database(database), database,
+                 private_database(database)):
+        # The lock is held for one Kafka table at a time, not for the whole database: another drop
+        # waits 3 s at most, not a namespace's 12-16 s.
+        tables = client.execute("SELECT name, engine FROM system.tables WHERE database = %(d)s", {"d": name})
+        for table, engine in sorted(tables, key=lambda t: t[1] == "Kafka"):  # the consumers' views first
+            if engine in ("MaterializedView", "Kafka"):
+                with KAFKA_TABLE_DROPS if engine == "Kafka" else contextlib.nullcontext():
+                    client.execute(f"DROP TABLE IF EXISTS {name}.`{table}`{on}")
+        client.execute(f"DROP DATABASE IF EXISTS {name}{on}")
 
 
 def _execute_in(client, database: str, statement: str, settings: dict | None = None) -> None:

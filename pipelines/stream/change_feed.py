@@ -102,6 +102,7 @@ class ChangeFeed:
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **kafka.GROUP_MEMBER,
         })
         self.consumer.subscribe(list(self.outputs))
         # How far ClickHouse's consumer of each topic has committed (one group per output).

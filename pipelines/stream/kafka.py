@@ -13,6 +13,12 @@ from pipelines.config import Settings
 COORDINATOR_WAIT_S = 60.0
 # How long a probe of one offset waits for the broker's answer.
 PROBE_WAIT_S = 30.0
+# The runner's group members (the loader, the change feed). A member killed without leaving (kill -9,
+# a lost box) holds its partitions until its session times out, and the member that replaces it gets
+# none until then: at librdkafka's default of 45 s, a run restarted after a crash loaded nothing for
+# its first 45 s (measured in the kill test). The broker's floor is 6 s (group.min.session.timeout.ms);
+# the heartbeat, from librdkafka's own thread, goes three times a session.
+GROUP_MEMBER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000}
 
 
 def committed_offsets(consumer, partitions: list, timeout_s: float = 30) -> list:

@@ -86,6 +86,7 @@ class Loader:
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 64 * 1024 * 1024,
+            **kafka.GROUP_MEMBER,
         })
         self.consumer.subscribe(list(self.outputs))
 

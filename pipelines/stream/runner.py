@@ -217,7 +217,7 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
     backlog = _LiveBacklog.of_job(settings) if end is None else None
     drained = None
     clickhouse: streams.Progress | None = None
-    clickhouse_left, clickhouse_since = None, time.monotonic()
+    clickhouse_left, clickhouse_since, waiting_for = None, time.monotonic(), None
     try:
         while not stopping.is_set():
             # A short wait when idle: the change feed and the refresh run between the loader's
@@ -248,13 +248,23 @@ def run_pipeline(settings: Settings, bounded: bool, report_every_s: float = 10.0
                         f"ClickHouse's Kafka consumers committed nothing for {CLICKHOUSE_STALL_S:.0f} s with "
                         f"{now_left:,} records left: see {settings.clickhouse.describe()}'s log "
                         "(.state/clickhouse/log/) and `SELECT * FROM system.tables WHERE engine = 'Kafka'`")
-                # Done when everything is loaded and the subject rollups' last refresh has run.
-                if now_left == 0 and read == 0 and loader.caught_up() and follow_changes() == 0 \
-                        and changes.caught_up() and final_refresh():
+                # Done when everything is loaded and the subject rollups' last refresh has run; the
+                # first step not done yet is named in the progress line (each asked only once those
+                # before it are done: the last two write to ClickHouse).
+                if now_left:
+                    waiting_for = "ClickHouse's consumers"
+                elif read or not loader.caught_up():
+                    waiting_for = "the loader"
+                elif follow_changes() != 0 or not changes.caught_up():
+                    waiting_for = "the change feed"
+                elif not final_refresh():
+                    waiting_for = "the subject rollups' last refresh"
+                else:
                     break
             if progress.due():
                 if clickhouse is not None:
-                    progress.report(f"ClickHouse loading the job's output: {clickhouse_left:,} records left",
+                    progress.report(f"ClickHouse loading the job's output: {clickhouse_left:,} records left; "
+                                    f"waiting for {waiting_for}",
                                     None, loader.stats, subject_refresh)
                 else:
                     progress.report("job", left if end is not None else None, loader.stats, subject_refresh)

@@ -82,8 +82,11 @@ def test_a_second_cluster_up_with_everything_running_starts_nothing(cluster_stac
 
 
 def test_every_node_listens_on_loopback_only_and_on_its_ports(cluster_stack):
-    """ZooKeeper, the Kafka nodes and the ClickHouse servers (Flink's are tests/e2e/test_cluster.py's)."""
-    from tests.sockets import assert_loopback_only
+    """ZooKeeper, the Kafka nodes, the ClickHouse servers, and the Flink session cluster: its
+    JobManager (RPC, blob server, REST, metrics RPC) and TaskManagers (RPC, metrics RPC, shuffle
+    server), every socket of their process trees (stack/flink/config.yaml.template)."""
+    from pipelines.stream import flink_cluster
+    from tests.sockets import assert_loopback_only, process_tree
 
     ports: dict[str, set[int]] = {}
     for service, port, _ in cluster._ports(cluster_stack):
@@ -93,6 +96,10 @@ def test_every_node_listens_on_loopback_only_and_on_its_ports(cluster_stack):
                 *cluster.clickhouse_services(cluster_stack).values()]
     for service in services:
         assert_loopback_only(service.name, {service.running_pid()}, ports[service.name])
+    flink = flink_cluster.pids(cluster_stack)
+    assert len(flink) >= 1 + cluster_stack.cluster.taskmanagers, flink  # the JobManager and each TaskManager
+    assert_loopback_only("the Flink session cluster", {p for pid in flink for p in process_tree(pid)},
+                         set(flink_cluster.ports(cluster_stack).values()))
 
 
 def test_a_topic_of_three_copies_takes_acks_all_writes_with_a_broker_killed_and_the_broker_rejoins(
@@ -206,7 +213,9 @@ def test_replicated_tables_on_cluster_answer_through_distributed_with_a_replica_
         for node in nodes:
             assert through_distributed(node) == expected, node.name
 
-        victim, reader = nodes[1], nodes[2]  # shard 1's second replica; read from shard 2
+        # Shard 1's first replica: the server the cluster's settings (every viewcount command's, the
+        # dashboards API's) name first. Read from shard 2.
+        victim, reader = nodes[0], nodes[2]
         _kill_9(services[victim])
         started = time.monotonic()
         for node in nodes:
@@ -214,6 +223,14 @@ def test_replicated_tables_on_cluster_answer_through_distributed_with_a_replica_
                 assert through_distributed(node) == expected, node.name
         timings.append(f"clickhouse: {victim.name} killed: reads through Distributed from the 3 others answered "
                        f"in {time.monotonic() - started:.2f} s")
+        # A client of the cluster's settings goes on with the next server its URL names (alt_hosts),
+        # where the Distributed table reads every shard, exactly.
+        # (The dashboards API connects with the same URL: tests/unit/test_cluster_config.py.)
+        failover = connect(cluster.cluster_settings(cluster_stack), database="default")
+        assert dict(failover.execute("SELECT macro, substitution FROM system.macros")) == {
+            "shard": str(nodes[1].shard), "replica": nodes[1].name}
+        assert failover.execute(f"SELECT count(), sum(views) FROM {names['database']}.views FINAL")[0] == expected
+        failover.disconnect()
         more = rows(POSTS)
         client(reader).execute(f"INSERT INTO {names['database']}.views (post_id, window_start, views, version) VALUES",
                                more, settings={"insert_distributed_sync": 1})
@@ -233,7 +250,7 @@ def test_replicated_tables_on_cluster_answer_through_distributed_with_a_replica_
         assert through_distributed(victim) == expected
     finally:
         cluster.start_clickhouse_nodes(cluster_stack)  # DDL ON CLUSTER waits for every server
-        first.execute(DROP.substitute(names))
+        client(nodes[0]).execute(DROP.substitute(names))  # a new connection: `first`'s server was killed
 
 
 def test_a_column_added_on_cluster_reaches_every_replica_and_every_distributed_table(cluster_stack, session_tag):

@@ -220,9 +220,8 @@ def fresh_namespace(settings: Settings, name: str) -> Settings:
     from pipelines.store.clickhouse import connect
     from pipelines.store.migrate import apply_migrations
 
-    target = settings.clickhouse
-    own = replace(settings, topics=Topics(prefix=name), topic_retention_ms=-1, clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_{name}"))
+    own = replace(settings, topics=Topics(prefix=name), topic_retention_ms=-1,
+                  clickhouse_url=settings.clickhouse.url(f"viewcount_{name}"))
     create_topics(own)
     apply_migrations(connect(own, database="default"), own.clickhouse.database)
     return own

@@ -16,7 +16,7 @@ from pipelines.rollups.subjects import conversation_posts, load_subjects
 from pipelines.serve import figures_from_rollups, query
 from pipelines.store.clickhouse import POST_MINUTE, POSTS, insert_rows
 from tests.expectations import assert_same_figures
-from tests.support import answers, poll
+from tests.support import answers, module_namespace, poll
 from tests.support import get_json as get
 
 pytestmark = pytest.mark.integration
@@ -29,28 +29,22 @@ POST_MINUTE_COLUMNS = ("post_id", "window_start", "views", "impressions", "uniqu
 POSTS_COLUMNS = ("post_id", "author_id", "created_at", "reply_to", "quote_of", "links", "tags", "version")
 
 
+subjects_namespace = module_namespace("subjects_")
+
+
 @pytest.fixture(scope="module")
-def night(stack_settings, session_tag):
-    """A 1:1000 night written straight into a database of this module's own (no Flink), rolled up."""
+def night(subjects_namespace):
+    """A 1:1000 night written straight into a namespace of this module's own (no Flink), rolled up."""
     from pipelines.reference.generator import build_night
     from pipelines.reference.night_tables import fill_night
-    from pipelines.stack.clickhouse_server import allow_readers
     from pipelines.store.clickhouse import connect
-    from pipelines.store.migrate import apply_migrations, drop_database
 
-    target = stack_settings.clickhouse
-    database = f"viewcount_subjects_{session_tag}"
-    settings = replace(stack_settings, clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/{database}"))
-    admin = connect(settings, database="default")
-    drop_database(admin, database)
-    apply_migrations(admin, database)
-    allow_readers(settings)  # the local stack's dashboard and analyst may read their companion databases
+    settings = subjects_namespace
     client = connect(settings)
     fill_night(client, build_night(SCALE, SEED))
     subject_rollups.refresh(client, settings)
     yield settings, client
-    drop_database(admin, database)
+    client.disconnect()
 
 
 @pytest.fixture(scope="module")

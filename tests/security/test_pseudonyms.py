@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from clickhouse_driver import errors as ch_errors
 
 from pipelines.config import REPO_ROOT
-from pipelines.stack.clickhouse_server import allow_readers
 from pipelines.store import analysis
 from pipelines.store.clickhouse import connect, connect_analyst, insert_rows
-from pipelines.store.migrate import apply_migrations, drop_database
 from pipelines.store.pseudonyms import pseudonym, read_key
 from pipelines.store.tables import (
     DEAD_LETTERS,
@@ -27,6 +24,7 @@ from pipelines.store.tables import (
     SPACE_PRESENCE,
     TABLE_COLUMNS,
 )
+from tests.support import module_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +54,14 @@ def _presence(rng: random.Random) -> list[tuple]:
     return rows
 
 
+pseudo_namespace = module_namespace("pseudo_")
+
+
 @pytest.fixture(scope="module")
-def night(stack_settings, session_tag):
-    """A database of our own with a small night in every table the analyst queries (the session's
-    shared database stays untouched), its readers allowed; dropped at the end."""
-    target = stack_settings.clickhouse
-    settings = replace(stack_settings, clickhouse_url=(
-        f"clickhouse://{target.user}:{target.password}@{target.host}:{target.port}/viewcount_pseudo_{session_tag}"))
-    admin = connect(settings, database="default")
-    apply_migrations(admin, settings.clickhouse.database)
-    allow_readers(settings)
+def night(pseudo_namespace):
+    """A namespace of our own with a small night in every table the analyst queries (the session's
+    shared database stays untouched), its readers allowed; removed at the end, behind the tests."""
+    settings = pseudo_namespace
     writer = connect(settings)
     rng = random.Random(22)
     events, presence = _events(rng), _presence(rng)
@@ -85,7 +81,7 @@ def night(stack_settings, session_tag):
     key = read_key(writer)
     assert key, "the migration made the database's pseudonym key"
     yield settings, key, events, presence
-    drop_database(admin, settings.clickhouse.database)
+    writer.disconnect()
 
 
 def test_the_analyst_counts_and_joins_viewers_by_pseudonym_only(night):

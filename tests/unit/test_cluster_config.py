@@ -124,7 +124,9 @@ def test_the_cluster_s_settings_point_every_viewcount_command_at_it_without_a_pa
     environment = cluster.environment(settings)
     assert environment == {
         "VIEWCOUNT_KAFKA_BOOTSTRAP": "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093",
-        "VIEWCOUNT_CLICKHOUSE_URL": "clickhouse://viewcount_writer@127.0.0.1:29001/viewcount",
+        # Shard 1's first server, and the other three in turn when it refuses (clickhouse-driver's alt_hosts).
+        "VIEWCOUNT_CLICKHOUSE_URL": "clickhouse://viewcount_writer@127.0.0.1:29001/viewcount"
+                                    "?alt_hosts=127.0.0.1:29002,127.0.0.1:29003,127.0.0.1:29004",
         "VIEWCOUNT_CLICKHOUSE_HTTP_PORT": "29121",
         "VIEWCOUNT_CLICKHOUSE_CLUSTER": "viewcount",
         "VIEWCOUNT_CLICKHOUSE_SERVERS_CLUSTER": "viewcount_servers",
@@ -136,4 +138,24 @@ def test_the_cluster_s_settings_point_every_viewcount_command_at_it_without_a_pa
     read = Settings.from_env(state_dir=settings.state_dir, clickhouse_passwords=settings.clickhouse_passwords)
     assert read == cluster.cluster_settings(replace(settings, clickhouse_url=read.clickhouse_url))
     assert read.clickhouse.password == "w-secret"  # the stack's generated one, as on one server
+    assert read.clickhouse.alt_hosts == ("127.0.0.1:29002", "127.0.0.1:29003", "127.0.0.1:29004")
+    assert read.clickhouse_as("dashboard").alt_hosts == read.clickhouse.alt_hosts
+    # A server of its own (the tests that kill one): that server or an error, never another.
+    assert cluster.server_settings(settings, settings.cluster.clickhouse_nodes[1]).clickhouse.alt_hosts == ()
     assert all("secret" not in line for line in cluster.env(settings))
+
+
+def test_a_clickhouse_url_names_other_servers_to_try_and_refuses_what_it_does_not_know():
+    from pipelines.config import ClickHouseTarget
+
+    target = ClickHouseTarget.from_url("clickhouse://w:pw@10.0.0.1:9000/night?alt_hosts=10.0.0.2:9000,10.0.0.3:9440")
+    assert (target.host, target.port, target.database) == ("10.0.0.1", 9000, "night")
+    assert target.alt_hosts == ("10.0.0.2:9000", "10.0.0.3:9440")
+    assert ClickHouseTarget.from_url(target.url()) == target
+    assert ClickHouseTarget.from_url(target.url("other")).database == "other"
+    assert "or 10.0.0.2:9000, 10.0.0.3:9440" in target.describe()
+    assert ClickHouseTarget.from_url("clickhouse://w@h:1/d").alt_hosts == ()
+    with pytest.raises(ValueError, match="must be host:port"):
+        ClickHouseTarget.from_url("clickhouse://w@h:1/d?alt_hosts=h2")
+    with pytest.raises(ValueError, match="unknown option"):
+        ClickHouseTarget.from_url("clickhouse://w@h:1/d?secure=1")

@@ -161,6 +161,8 @@ class _RecordingClient:
             return [(1,)]
         if "min(key)" in query:
             return [("0" * 64,)]
+        if query.startswith("SELECT name, engine FROM system.tables") and params["d"].endswith("_queues"):
+            return [("events_raw_queue", "Kafka"), ("events_raw_loader", "MaterializedView")]
         return []
 
 
@@ -181,6 +183,13 @@ def test_on_a_cluster_the_migrator_runs_the_rendered_statements_with_synchronous
     assert not any("_analysis" in sql for sql in executed), "the analyst's database is not made on a cluster yet"
     drops = _RecordingClient()
     migrate.drop_database(drops, DATABASE, SHAPE)
-    assert [sql for sql, _ in drops.executed] == [
-        f"DROP DATABASE IF EXISTS {name} ON CLUSTER viewcount" for name in (
-            f"{DATABASE}_dashboard", f"{DATABASE}_analysis", f"{DATABASE}_queues", DATABASE, f"{DATABASE}_private")]
+    queues = f"{DATABASE}_queues"
+    assert [sql for sql, _ in drops.executed if sql.startswith("DROP")] == [
+        f"DROP DATABASE IF EXISTS {DATABASE}_dashboard ON CLUSTER viewcount",
+        f"DROP DATABASE IF EXISTS {DATABASE}_analysis ON CLUSTER viewcount",
+        # The consumer's view, then the consumer (one Kafka table at a time), then its database.
+        f"DROP TABLE IF EXISTS {queues}.`events_raw_loader` ON CLUSTER viewcount",
+        f"DROP TABLE IF EXISTS {queues}.`events_raw_queue` ON CLUSTER viewcount",
+        f"DROP DATABASE IF EXISTS {queues} ON CLUSTER viewcount",
+        f"DROP DATABASE IF EXISTS {DATABASE} ON CLUSTER viewcount",
+        f"DROP DATABASE IF EXISTS {DATABASE}_private ON CLUSTER viewcount"]
