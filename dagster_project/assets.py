@@ -65,7 +65,7 @@ def post_minute_rollups(context: dg.AssetExecutionContext, clickhouse: ClickHous
     reports = []
     with clickhouse.client() as client:
         for number, hour in enumerate(hours, start=1):
-            report = backfill.rebuild_hour(client, hour)
+            report = backfill.rebuild_hour(client, hour, shape=clickhouse.shape())
             reports.append(report)
             context.log.info(
                 f"hour {number}/{len(hours)} {hour:%Y-%m-%d %H:00} UTC: {report.rows} rows, "

@@ -31,7 +31,7 @@ def erase_viewers_op(context: dg.OpExecutionContext, config: ErasureBatch, click
     path = Path(config.ids_file)
     ids = [int(line) for line in path.read_text().split() if line.strip()]
     with clickhouse.client() as client:
-        report = erasure.erase(client, ids, requested_by=config.requested_by)
+        report = erasure.erase(client, ids, requested_by=config.requested_by, shape=clickhouse.shape())
     context.log.info(f"request {report.request_id}: {report.viewers} viewer(s), rows deleted {report.rows}, "
                      f"{len(report.hours)} hour(s) rebuilt in {report.seconds:.1f} s")
     _observe(context, report)
@@ -50,7 +50,7 @@ def sweep_erased_viewers_op(context: dg.OpExecutionContext, clickhouse: ClickHou
     from pipelines.repair import erasure
 
     with clickhouse.client() as client:
-        report = erasure.sweep(client)
+        report = erasure.sweep(client, shape=clickhouse.shape())
     if report is None:
         context.log.info("no rows of erased viewers arrived since the last sweep")
         return

@@ -13,7 +13,7 @@ def repair_changed_hours_op(context: dg.OpExecutionContext, clickhouse: ClickHou
     from pipelines.repair import ledger
 
     with clickhouse.client() as client:
-        report = ledger.repair(client)
+        report = ledger.repair(client, shape=clickhouse.shape())
     hours = ", ".join(f"{h:%Y-%m-%d %H:00}" for h in report.hours) or "none"
     context.log.info(f"late rows noted: {sum(report.late_rows.values())}; hours repaired: {hours}")
     context.log_event(dg.AssetObservation(asset_key="changed_hours", metadata={

@@ -30,6 +30,13 @@ class ClickHouseResource(dg.ConfigurableResource):
         finally:
             client.disconnect()
 
+    def shape(self):
+        """The ClickHouse cluster's shape (VIEWCOUNT_CLICKHOUSE_CLUSTER), or None for one server: the
+        repairs change rows shard by shard on a cluster (pipelines/store/shapes.py, shards.py)."""
+        from pipelines.store import shapes
+
+        return shapes.configured(Settings.from_env())
+
 
 def _env(name: str, default: str):
     # EnvVar keeps the value out of the run's stored config and shows its source in the UI; an

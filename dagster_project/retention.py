@@ -14,7 +14,7 @@ def drop_expired_raw_partitions_op(context: dg.OpExecutionContext, clickhouse: C
 
     days = Settings.from_env().raw_retention_days
     with clickhouse.client() as client:
-        report = retention.drop_expired(client, days)
+        report = retention.drop_expired(client, days, shape=clickhouse.shape())
     if report.cutoff is None:
         context.log.info("raw retention is off (VIEWCOUNT_RAW_RETENTION_DAYS=0): nothing dropped")
         return

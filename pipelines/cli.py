@@ -123,8 +123,10 @@ def _local(moment, zone: str) -> str:
 def cmd_erase(args, settings: Settings) -> int:
     """Erase viewers from every table and every sketch; the ids are printed nowhere."""
     from pipelines.repair import erasure
+    from pipelines.store import shapes
 
-    report = erasure.erase(_connect(settings), args.viewer, requested_by=args.requested_by)
+    report = erasure.erase(_connect(settings), args.viewer, requested_by=args.requested_by,
+                           shape=shapes.configured(settings))
     rows = ", ".join(f"{table} {n:,}" for table, n in report.rows.items())
     print(f"erased {report.viewers} viewer(s) (request {report.request_id}): rows deleted: {rows}; "
           f"{len(report.hours)} hour(s) rebuilt; {report.seconds:.1f} s "
@@ -164,10 +166,12 @@ def cmd_demo(args, settings: Settings) -> int:
     elapsed = time.monotonic() - produced
     client = _connect(settings)
     from pipelines.repair.backfill import hours_with_events, rebuild_hour
+    from pipelines.store import shapes
 
     # The night is over: rebuild its hours from the archive, as the hourly backfill would,
     # so events that came later than the stream's watermark are counted too.
-    rebuilt = [rebuild_hour(client, hour) for hour in hours_with_events(client)]
+    shape = shapes.configured(settings)
+    rebuilt = [rebuild_hour(client, hour, shape=shape) for hour in hours_with_events(client)]
     # The subject rollups of the rebuilt hours follow (REPLACE PARTITION bypasses the change log
     # the refresh reads), as the hourly Dagster job does.
     from pipelines.repair import subject_repair

@@ -10,6 +10,12 @@ Each rollup table family is a `RollupBuilder` in `ROLLUP_BUILDERS`: a new rollup
 per surface, listeners, ...) is one more builder with the tables it owns and how it fills their
 staging copies; `rebuild_hour` stages and swaps whatever the builders own. How the stream's
 rows compare with a rebuild, without writing it, is `pipelines.repair.reconcile`.
+
+On a ClickHouse cluster (a `shape`: pipelines/store/shapes.py) the same runs once per shard, on one
+replica of it (pipelines/store/shards.py): the archive and the post rollups are all sharded by post,
+so a shard's archive rows (`events_raw_local`) are exactly its posts' rows; its staging tables sit
+beside its `_local` tables, unreplicated, and REPLACE PARTITION of a `_local` table reaches the
+shard's other replica through ZooKeeper (docs/scale-out.md, "The repairs on a cluster").
 """
 
 from __future__ import annotations
@@ -24,8 +30,16 @@ from typing import NamedTuple, Protocol
 
 from pipelines.config import REPO_ROOT
 from pipelines.rollups import sketches
+from pipelines.store import shapes, shards
 from pipelines.store.clickhouse import POST_HOUR, POST_MINUTE, POST_SURFACE_MINUTE, WRITABLE_TABLES, sibling
-from pipelines.store.tables import BACKFILL_VERSION_BASE, POST_HOUR_COLUMNS, POST_MINUTE_COLUMNS, POST_MINUTE_COUNTS
+from pipelines.store.tables import (
+    BACKFILL_VERSION_BASE,
+    ERASED_VIEWERS,
+    EVENTS_RAW,
+    POST_HOUR_COLUMNS,
+    POST_MINUTE_COLUMNS,
+    POST_MINUTE_COUNTS,
+)
 
 SQL_DIR = REPO_ROOT / "sql" / "backfill"
 STAGING_BATCH_ROWS = 50_000
@@ -49,10 +63,11 @@ def backfill_sql(name: str, **tables: str) -> str:
     """sql/backfill/<name>.sql with its table placeholders filled in.
 
     One placeholder style, `%(name)s`, in every file: the names given here as `tables` are
-    identifiers (a rollup table or its staging copy, checked against the allowlist) and go into
-    the text; every other placeholder stays for the driver, which sends the value escaped."""
+    identifiers (a rollup table, its `_local` table on a cluster or its staging copy, checked against
+    the allowlist) and go into the text; `archive` is events_raw unless given (a shard's rebuild
+    reads events_raw_local); every other placeholder stays for the driver, which sends the value escaped."""
     text = _backfill_sql_text(name)
-    for placeholder, table in tables.items():
+    for placeholder, table in {"archive": EVENTS_RAW, **tables}.items():
         text = text.replace(f"%({placeholder})s", _allowlisted(table))
     return text
 
@@ -67,7 +82,7 @@ _STAGING_NAME = re.compile(r"^(?P<table>[a-z_]+)_staging_\d{10}$")
 
 def _allowlisted(table: str) -> str:
     staging = _STAGING_NAME.match(table)
-    if table in WRITABLE_TABLES or (staging and staging["table"] in WRITABLE_TABLES):
+    if table.removesuffix(shapes.LOCAL_SUFFIX) in WRITABLE_TABLES or (staging and staging["table"] in WRITABLE_TABLES):
         return table
     raise ValueError(f"{table!r} is neither a table the pipeline writes nor its staging copy: "
                      f"{sorted(WRITABLE_TABLES)}")
@@ -98,14 +113,16 @@ class RollupBuilder(Protocol):
     name: str
     tables: tuple[str, ...]
 
-    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int) -> dict[str, int]:
-        """Write the hour's whole partition of each of `tables` into `staging[table]`; return
-        figures for the report (e.g. rows, views)."""
+    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int,
+             archive: str = EVENTS_RAW) -> dict[str, int]:
+        """Write the hour's whole partition of each of `tables` into `staging[table]`, from `archive`
+        (a shard's own `events_raw_local` on a cluster); return figures for the report (e.g. rows,
+        views). Every figure sums over shards."""
 
 
-def hour_chunks(client, hour_start: datetime) -> int:
+def hour_chunks(client, hour_start: datetime, archive: str = EVENTS_RAW) -> int:
     """How many post chunks the hour is read in: about CHUNK_EVENTS archived events each."""
-    ((events,),) = client.execute(backfill_sql("hour_size"), hour_window(hour_start))
+    ((events,),) = client.execute(backfill_sql("hour_size", archive=archive), hour_window(hour_start))
     return max(1, -(-events // CHUNK_EVENTS))
 
 
@@ -119,12 +136,12 @@ class ArchivedMinute(NamedTuple):
 
 
 def grouped_minutes(client, hour_start: datetime, chunks: int | None = None,
-                    only_chunk: int | None = None) -> Iterator[ArchivedMinute]:
-    """Every post and minute of the hour, from events_raw, chunk by chunk (post_id modulo
-    chunks), each in (post_id, window_start) order. A post's minutes all lie in one chunk.
+                    only_chunk: int | None = None, archive: str = EVENTS_RAW) -> Iterator[ArchivedMinute]:
+    """Every post and minute of the hour, from events_raw (or `archive`), chunk by chunk (post_id
+    modulo chunks), each in (post_id, window_start) order. A post's minutes all lie in one chunk.
     Memory: one chunk of grouped minutes."""
-    chunks = hour_chunks(client, hour_start) if chunks is None else chunks
-    sql = backfill_sql("hour_minutes")
+    chunks = hour_chunks(client, hour_start, archive) if chunks is None else chunks
+    sql = backfill_sql("hour_minutes", archive=archive)
     for chunk in range(chunks) if only_chunk is None else (only_chunk,):
         for post_id, window_start, *counts, viewer_ids in client.execute_iter(
             sql, {**hour_window(hour_start), "chunks": chunks, "chunk": chunk},
@@ -157,7 +174,8 @@ class PostViewersBuilder:
     name: str = "post_viewers"
     tables: tuple[str, ...] = (POST_MINUTE, POST_HOUR)
 
-    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int) -> dict[str, int]:
+    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int,
+             archive: str = EVENTS_RAW) -> dict[str, int]:
         inserts = {
             POST_MINUTE: f"INSERT INTO {staging[POST_MINUTE]} ({', '.join(POST_MINUTE_COLUMNS)}) VALUES",
             POST_HOUR: f"INSERT INTO {staging[POST_HOUR]} ({', '.join(POST_HOUR_COLUMNS)}) VALUES",
@@ -179,7 +197,7 @@ class PostViewersBuilder:
             totals["post_hour_rows"] += 1
 
         try:
-            for minute in grouped_minutes(client, hour_start):
+            for minute in grouped_minutes(client, hour_start, archive=archive):
                 if minute.post_id != post:
                     if post is not None:
                         close_post()
@@ -207,9 +225,11 @@ class PostSurfacesBuilder:
     name: str = "post_surfaces"
     tables: tuple[str, ...] = (POST_SURFACE_MINUTE,)
 
-    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int) -> dict[str, int]:
+    def fill(self, client, staging: Mapping[str, str], hour_start: datetime, version: int,
+             archive: str = EVENTS_RAW) -> dict[str, int]:
         target = staging[POST_SURFACE_MINUTE]
-        client.execute(backfill_sql("fill_surfaces", staging=target), {**hour_window(hour_start), "version": version})
+        client.execute(backfill_sql("fill_surfaces", staging=target, archive=archive),
+                       {**hour_window(hour_start), "version": version})
         ((rows,),) = client.execute(backfill_sql("staging_rows", staging=target))
         return {"post_surface_minute_rows": rows}
 
@@ -239,33 +259,118 @@ def staging_name(table: str, hour_start: datetime) -> str:
     return f"{table}_staging_{partition_id(hour_start)}"
 
 
+class ShardsNotAllSwapped(RuntimeError):
+    """A cluster's rebuild swapped the hour in on some shards and failed on others: the hour is not
+    whole (its ledger entry stays pending, so the next repair runs it again; a rebuild is idempotent)."""
+
+
+@dataclass
+class _HourOnServer:
+    """One server's part of an hour's rebuild: staging copies filled from its archive, swapped in.
+    One server: the tables by their names, staging `AS` them. A shard of a cluster: its `_local`
+    tables and archive, staging unreplicated beside them (a replicated copy would need a ZooKeeper
+    path of its own and copy every staged part to the other replica for nothing)."""
+
+    client: object
+    hour_start: datetime
+    version: int
+    builders: tuple[RollupBuilder, ...]
+    shape: shapes.ClusterShape | None = None
+
+    def __post_init__(self) -> None:
+        self.staging = {table: staging_name(table, self.hour_start) for b in self.builders for table in b.tables}
+
+    def stored(self, table: str) -> str:
+        return shapes.stored_table(table, self.shape)
+
+    def stage(self) -> dict[str, int]:
+        for table, name in self.staging.items():
+            self.client.execute(backfill_sql("drop_staging", staging=name))  # a crashed run's leftovers
+            if self.shape is None:
+                self.client.execute(backfill_sql("create_staging", staging=name, table=table))
+            else:
+                self.client.execute(self._create_beside(table, name))
+        figures: dict[str, int] = {}
+        for builder in self.builders:
+            for name, value in builder.fill(self.client, self.staging, self.hour_start, self.version,
+                                            archive=self.stored(EVENTS_RAW)).items():
+                figures[name] = figures.get(name, 0) + value
+        return figures
+
+    def _create_beside(self, table: str, name: str) -> str:
+        local = self.stored(table)
+        ((engine_full,),) = self.client.execute(backfill_sql("engine_of"), {"table": local})
+        # The engine clause is the server's own description of our table, reduced by a strict pattern.
+        return backfill_sql("create_shard_staging", staging=name, table=local).replace(
+            "%(engine)s", shapes.unreplicated_engine(engine_full))
+
+    def swap(self) -> None:
+        for table, name in self.staging.items():
+            self.client.execute(backfill_sql("replace_partition", table=self.stored(table), staging=name),
+                                {"partition": partition_id(self.hour_start)})
+
+    def drop(self) -> None:
+        for name in self.staging.values():
+            self.client.execute(backfill_sql("drop_staging", staging=name))
+
+
 def rebuild_hour(client, hour_start: datetime, builders: tuple[RollupBuilder, ...] = ROLLUP_BUILDERS,
-                 version: int | None = None) -> HourReport:
+                 version: int | None = None, shape: shapes.ClusterShape | None = None) -> HourReport:
     """Every rollup table's rows of the hour, rebuilt from the archive and swapped in.
 
     Each table gets a fresh staging copy filled with the whole hour, then REPLACE PARTITION:
     readers see a table's old hour or its new one, never a mix (an hour with no events becomes
     empty, as it should). Tables are swapped one after the other, after all are filled.
+
+    On a cluster (`shape`), each shard rebuilds its own posts on one of its replicas (the first that
+    can: shards.one_replica_per_shard; a shard with none stops it before anything changes), after
+    that replica has fetched all its shard's archive and every erased viewer (shards.sync); every
+    shard's staging is filled before any is swapped in. A shard failing its swap after another's
+    raises ShardsNotAllSwapped: never a half-rebuilt hour reported as done.
     """
     started = time.monotonic()
     hour_start = hour_of(hour_start)
     version = backfill_version() if version is None else version
-    partition = partition_id(hour_start)
-    staging = {table: staging_name(table, hour_start) for builder in builders for table in builder.tables}
-    figures: dict[str, int] = {}
-    try:
-        for table, name in staging.items():
-            client.execute(backfill_sql("drop_staging", staging=name))  # a crashed run's leftovers
-            client.execute(backfill_sql("create_staging", staging=name, table=table))
-        for builder in builders:
-            figures.update(builder.fill(client, staging, hour_start, version))
-        for table, name in staging.items():
-            client.execute(backfill_sql("replace_partition", table=table, staging=name), {"partition": partition})
-    finally:
-        for name in staging.values():
-            client.execute(backfill_sql("drop_staging", staging=name))
+    if shape is None:
+        figures = _rebuild_on([_HourOnServer(client, hour_start, version, builders)], hour_start)
+    else:
+        tables = [shapes.stored_table(t, shape) for t in (EVENTS_RAW, *(t for b in builders for t in b.tables))]
+        with shards.one_replica_per_shard(client, shape, tables) as replicas:
+            for replica in replicas:
+                shards.sync(replica, (shapes.stored_table(EVENTS_RAW, shape), ERASED_VIEWERS))
+            figures = _rebuild_on([_HourOnServer(r.client, hour_start, version, builders, shape) for r in replicas],
+                                  hour_start, [r.server for r in replicas])
     return HourReport(hour_start, figures.get("rows", 0), figures.get("views", 0), figures.get("impressions", 0),
                       time.monotonic() - started, figures)
+
+
+def _rebuild_on(parts: list[_HourOnServer], hour_start: datetime, servers: list | None = None) -> dict[str, int]:
+    figures: dict[str, int] = {}
+    swapped, failed = 0, True
+    try:
+        for part in parts:
+            for name, value in part.stage().items():
+                figures[name] = figures.get(name, 0) + value
+        for part in parts:
+            part.swap()
+            swapped += 1
+        failed = False
+    except Exception as exc:  # noqa: BLE001 - re-raised; named when the hour is half swapped (a lost connection too)
+        if 0 < swapped < len(parts):
+            done = ", ".join(s.describe() for s in servers[:swapped])
+            raise ShardsNotAllSwapped(
+                f"the rebuild of {hour_start:%Y-%m-%d %H:00} UTC was swapped in on {done} but failed on "
+                f"{servers[swapped].describe()} ({exc}): the hour is not whole; run it again (it is idempotent)"
+            ) from exc
+        raise
+    finally:
+        for part in parts:
+            try:
+                part.drop()
+            except Exception:  # noqa: BLE001 - after a failure, that failure is the news: a server lost
+                if not failed:  # mid-rebuild keeps its staging until its next rebuild drops the leftovers
+                    raise
+    return figures
 
 
 def hours_with_events(client) -> list[datetime]:

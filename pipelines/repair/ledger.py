@@ -30,6 +30,7 @@ from pipelines.repair import backfill, retention, subject_repair
 from pipelines.rollups import subject_rows
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store.clickhouse import insert_rows
+from pipelines.store.shapes import ClusterShape
 from pipelines.store.tables import CHANGED_HOURS, HOUR_REPAIRS, LEDGER_SCANS, TABLE_COLUMNS
 
 log = logging.getLogger("viewcount.ledger")
@@ -92,11 +93,15 @@ class RepairReport:
 
 
 def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True,
-           retention_days: int | None = None) -> RepairReport:
+           retention_days: int | None = None, shape: ClusterShape | None = None) -> RepairReport:
     """Note late rows (scan), then rebuild every pending hour: its post rollups from the archive,
     then each tracked subject's rollups from those; record each repair. An hour that ended before
     the raw retention's cutoff (retention_days, default the settings') is skipped with a warning:
-    its raw rows were dropped, and its rollups are all that is left of it."""
+    its raw rows were dropped, and its rollups are all that is left of it.
+
+    On a ClickHouse cluster (`shape`) the post rollups are rebuilt shard by shard
+    (`backfill.rebuild_hour`); the ledger and the subject rollups are read and written through the
+    Distributed tables, as the stream's writers do. A rebuild that fails leaves its hour pending."""
     if retention_days is None:
         retention_days = Settings.from_env().raw_retention_days
     report = RepairReport(late_rows=note_late_hours(client) if scan else {})
@@ -120,7 +125,7 @@ def repair(client, subjects: dict[str, Subject] | None = None, scan: bool = True
     subjects = load_subjects() if subjects is None else subjects
     for hour in report.hours:
         hour_aware = backfill.as_utc(hour)
-        built = backfill.rebuild_hour(client, hour_aware)
+        built = backfill.rebuild_hour(client, hour_aware, shape=shape)
         report.views += built.views
         report.impressions += built.impressions
         for subject in subjects.values():

@@ -5,6 +5,10 @@ events_raw and space_presence are partitioned by UTC hour of event time (2024081
 the day it was loaded (20240812); a partition goes when its whole period ended before the cutoff.
 An hour older than the cutoff can no longer be rebuilt from the archive (it would be rebuilt from
 nothing): the ledger's repair skips such hours (`pipelines.repair.ledger.repair`).
+
+On a ClickHouse cluster (a `shape`) each shard drops its own expired partitions of the `_local`
+tables, on the replica leading it (pipelines/store/shards.py); a replicated DROP PARTITION reaches
+the shard's other replica through ZooKeeper (docs/scale-out.md, "The repairs on a cluster").
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pipelines.config import REPO_ROOT
+from pipelines.store import shapes, shards
 from pipelines.store.tables import DEAD_LETTERS, EVENTS_RAW, SPACE_PRESENCE
 
 log = logging.getLogger("viewcount.retention")
@@ -49,19 +54,34 @@ class RetentionReport:
     dropped: dict[str, list[str]] = field(default_factory=dict)  # table -> partitions dropped
 
 
-def drop_expired(client, retention_days: int, now: datetime | None = None) -> RetentionReport:
-    """Drop every raw partition whose period ended before the cutoff."""
+def drop_expired(client, retention_days: int, now: datetime | None = None,
+                 shape: shapes.ClusterShape | None = None) -> RetentionReport:
+    """Drop every raw partition whose period ended before the cutoff. On a cluster, table by table on
+    each shard's leading replica of it: 18.16 sends a DROP PARTITION made on another replica to the
+    leader as user `default` (refused by our users.xml: code 195), and so does an `ON CLUSTER` one. A
+    shard with no replica that can take it: shards.ShardUnavailable before that table is touched (a
+    later run drops what this one could not)."""
     report = RetentionReport(cutoff(retention_days, now))
     if report.cutoff is None:
         return report
     for table in RAW_PARTITIONS:
-        expired = [p for (p,) in client.execute(_sql("partitions"), {"table": table})
-                   if partition_end(table, p) <= report.cutoff]
-        for partition in expired:
-            # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
-            client.execute(_sql("drop_partition").replace("%(table)s", table), {"partition": int(partition)})
-        if expired:
-            report.dropped[table] = expired
-            log.info("retention: dropped %d partition(s) of %s older than %s (%s .. %s)", len(expired), table,
-                     f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])
+        if shape is None:
+            _drop_on(client, table, report, shape)
+            continue
+        with shards.one_replica_per_shard(client, shape, [shapes.stored_table(table, shape)], leader=True) as on:
+            for replica in on:
+                _drop_on(replica.client, table, report, shape, f" on {replica.server.describe()}")
     return report
+
+
+def _drop_on(client, table: str, report: RetentionReport, shape: shapes.ClusterShape | None, where: str = "") -> None:
+    stored = shapes.stored_table(table, shape)
+    expired = [p for (p,) in client.execute(_sql("partitions"), {"table": stored})
+               if partition_end(table, p) <= report.cutoff]
+    for partition in expired:
+        # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
+        client.execute(_sql("drop_partition").replace("%(table)s", stored), {"partition": int(partition)})
+    if expired:
+        report.dropped[table] = sorted({*report.dropped.get(table, ()), *expired})
+        log.info("retention: dropped %d partition(s) of %s%s older than %s (%s .. %s)", len(expired), stored, where,
+                 f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])

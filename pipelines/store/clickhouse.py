@@ -142,10 +142,16 @@ def connect_dashboard(settings: Settings, check: bool = True):
 def sibling(client):
     """Another connection with the same server, user and database: a connection cannot write
     while it is still streaming a SELECT."""
+    return connect_like(client, client.connection.host, client.connection.port)
+
+
+def connect_like(client, host: str, port: int):
+    """A connection to the server at host:port as `client`'s user, in its database, with its session
+    settings (another server of a cluster: pipelines/store/shards.py)."""
     from clickhouse_driver import Client
 
     c = client.connection
-    return Client(host=c.host, port=c.port, user=c.user, password=c.password, database=c.database,
+    return Client(host=host, port=port, user=c.user, password=c.password, database=c.database,
                   connect_timeout=5, send_receive_timeout=300, settings=dict(client.settings))
 
 

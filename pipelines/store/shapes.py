@@ -106,6 +106,29 @@ def sharding_key(table: str) -> str:
     return SHARDING_KEYS[FORMER_NAMES.get(table, table)]
 
 
+def stored_table(table: str, shape: ClusterShape | None) -> str:
+    """The table that holds `table`'s rows on a server: itself on one server and for a table on every
+    server; `<table>_local` for a sharded table on a cluster (the Distributed table under the public
+    name stores none). What moves rows in place (REPLACE / DROP PARTITION, DELETE) must name this one."""
+    if shape is None or placement(table) != "sharded":
+        return table
+    return table + LOCAL_SUFFIX
+
+
+_REPLICATED_ENGINE = re.compile(r"Replicated(?P<engine>\w*MergeTree)\('[^']*', '[^']*'(?:, (?P<args>[^()]*))?\)"
+                                r"(?P<rest>\s.*)?", re.S)
+
+
+def unreplicated_engine(engine_full: str) -> str:
+    """The engine clause of a plain copy of a replicated table, from its `system.tables.engine_full`
+    (the inverse of the rendering above: the ZooKeeper path and replica dropped, the rest kept): a
+    shard's staging table for REPLACE PARTITION, which must not be a replica of anything."""
+    match = _REPLICATED_ENGINE.fullmatch(engine_full.strip())
+    if not match:
+        raise ShapeError(f"not a replicated MergeTree engine: {engine_full!r}")
+    return f"{match['engine']}({match['args'] or ''}){match['rest'] or ''}"
+
+
 def _without_leading_comments(statement: str) -> str:
     lines = statement.strip().splitlines()
     while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
