@@ -197,6 +197,33 @@ def test_retention_drops_an_expired_hour_on_all_four_servers(repairs, timings):
         assert partitions(server, "events_raw_local") == kept[name], f"{name} lost a partition it should keep"
 
 
+def test_the_change_log_is_pruned_on_every_server(repairs, timings):
+    """The runner's hourly pruning of rollup_changes (subject_rollups.prune_changes) drops the days
+    every subject has read past from both shards' `_local` tables, on both replicas of each."""
+    from pipelines.rollups import subject_rollups
+    from pipelines.store.tables import ROLLUP_CHANGES
+
+    settings, shape, client, servers, _ = repairs
+    old, recent = datetime(2024, 8, 10, 12), datetime(2024, 8, 14, 12)
+    keys = [str(post) for post in POSTS]  # notes on both shards (their key's shard)
+    insert_rows(client, ROLLUP_CHANGES, TABLE_COLUMNS[ROLLUP_CHANGES],
+                [("posts", key, day, day) for key in keys for day in (old, recent)])
+
+    def days(server) -> set[str]:
+        return {d for (d,) in server.execute("SELECT DISTINCT toString(toDate(changed_at)) FROM rollup_changes_local")}
+
+    for name, server in servers.items():  # both days on every server (each shard holds notes of both)
+        poll(lambda server=server: {"2024-08-10", "2024-08-14"} <= days(server), 60, f"{name} holding both days")
+    report = subject_rollups.RefreshReport("a-subject", full=False)
+    report.read_to = datetime(2024, 8, 14, 1)
+    started = time.monotonic()
+    assert subject_rollups.prune_changes(client, [report], shape) == ["20240810"]
+    timings.append(f"repairs: the change log pruned on the cluster in {time.monotonic() - started:.2f} s")
+    for name, server in servers.items():
+        poll(lambda server=server: "2024-08-10" not in days(server), 60, f"{name} dropping 2024-08-10")
+        assert "2024-08-14" in days(server), name
+
+
 def test_an_erasure_leaves_no_row_of_the_viewer_on_any_server(repairs, timings):
     settings, shape, client, servers, _ = repairs
     viewers = range(1001, 1031)
