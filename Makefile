@@ -91,7 +91,7 @@ test-unit: venv jars ## unit tests only (no services)
 test-integration: up ## tests that need the services
 	$(BIN)/python -m pytest -m "(integration or e2e) and not soak and not cluster" $(PYTEST_ARGS)
 
-test-cluster: lint setup zookeeper ## tests/cluster/: the smoke test (a broker and a replica killed), the migrations' cluster shape, the night exact, the night with a TaskManager, a replica and a broker killed during its run; leaves running only what it found running
+test-cluster: lint setup zookeeper ## tests/cluster/: the smoke test (a broker and a replica killed), the migrations' cluster shape, the night exact, the repairs shard by shard, the night with a TaskManager, a replica and a broker killed during its run; leaves running only what it found running
 	$(BIN)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 bench: up ## benchmarks (bench/results/, under 20 min): the pipeline, its stages and peers at 1:2000, the backfill at 1:200
