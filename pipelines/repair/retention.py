@@ -17,22 +17,16 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pipelines.config import REPO_ROOT
 from pipelines.store import shapes, shards
 from pipelines.store.tables import DEAD_LETTERS, EVENTS_RAW, SPACE_PRESENCE
 
 log = logging.getLogger("viewcount.retention")
-SQL_DIR = REPO_ROOT / "sql" / "retention"
 # Each raw table: its partition's format (strptime) and the length of the period it covers.
 RAW_PARTITIONS = {
     EVENTS_RAW: ("%Y%m%d%H", timedelta(hours=1)),
     SPACE_PRESENCE: ("%Y%m%d%H", timedelta(hours=1)),
     DEAD_LETTERS: ("%Y%m%d", timedelta(days=1)),
 }
-
-
-def _sql(name: str) -> str:
-    return (SQL_DIR / f"{name}.sql").read_text()
 
 
 def cutoff(retention_days: int, now: datetime | None = None) -> datetime | None:
@@ -65,23 +59,10 @@ def drop_expired(client, retention_days: int, now: datetime | None = None,
     if report.cutoff is None:
         return report
     for table in RAW_PARTITIONS:
-        if shape is None:
-            _drop_on(client, table, report, shape)
-            continue
-        with shards.one_replica_per_shard(client, shape, [shapes.stored_table(table, shape)], leader=True) as on:
-            for replica in on:
-                _drop_on(replica.client, table, report, shape, f" on {replica.server.describe()}")
+        for where, expired in shards.drop_partitions(
+                client, table, shape, lambda p, table=table: partition_end(table, p) <= report.cutoff):
+            report.dropped[table] = sorted({*report.dropped.get(table, ()), *expired})
+            log.info("retention: dropped %d partition(s) of %s%s older than %s (%s .. %s)", len(expired),
+                     shapes.stored_table(table, shape), where, f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0],
+                     expired[-1])
     return report
-
-
-def _drop_on(client, table: str, report: RetentionReport, shape: shapes.ClusterShape | None, where: str = "") -> None:
-    stored = shapes.stored_table(table, shape)
-    expired = [p for (p,) in client.execute(_sql("partitions"), {"table": stored})
-               if partition_end(table, p) <= report.cutoff]
-    for partition in expired:
-        # The table is from RAW_PARTITIONS (an allowlist); the partition a driver value.
-        client.execute(_sql("drop_partition").replace("%(table)s", stored), {"partition": int(partition)})
-    if expired:
-        report.dropped[table] = sorted({*report.dropped.get(table, ()), *expired})
-        log.info("retention: dropped %d partition(s) of %s%s older than %s (%s .. %s)", len(expired), stored, where,
-                 f"{report.cutoff:%Y-%m-%d %H:%M} UTC", expired[0], expired[-1])

@@ -40,7 +40,7 @@ from pipelines.rollups.subject_rows import (
 from pipelines.rollups.subjects import Subject, load_subjects
 from pipelines.store import shards
 from pipelines.store.clickhouse import SUBJECT_REFRESH_STATE, insert_rows
-from pipelines.store.shapes import LOCAL_SUFFIX, ClusterShape
+from pipelines.store.shapes import ClusterShape
 from pipelines.store.tables import ROLLUP_CHANGES, TABLE_COLUMNS
 
 log = logging.getLogger("viewcount.subject_rollups")
@@ -130,32 +130,18 @@ def refresh(client, settings=None, subjects: dict[str, Subject] | None = None) -
 def prune_changes(client, reports: Iterable[RefreshReport], shape: ClusterShape | None = None) -> list[str]:
     """Drop the day partitions of rollup_changes every tracked subject has read past, keeping
     CHANGES_KEPT before the oldest read position (18.16 has no TTL). Returns the dropped days.
-    On a cluster: from each shard's `_local` table, on the replica leading it (18.16 forwards a DROP
-    PARTITION made elsewhere, ON CLUSTER too, to the leader as user `default`, which our users.xml
-    refuses: pipelines/repair/retention.py); a shard with no such replica now keeps its days until a
-    later prune."""
+    On a cluster: from each shard's `_local` table, on the replica leading it (shards.drop_partitions);
+    a shard with no such replica now keeps its days until a later prune."""
     read_to = [r.read_to for r in reports if r.read_to is not None]
     if not read_to:
         return []
     keep_from = int((min(read_to) - CHANGES_KEPT).strftime("%Y%m%d"))
-    if shape is None:
-        return _drop_days_before(client, ROLLUP_CHANGES, keep_from)
-    table = f"{ROLLUP_CHANGES}{LOCAL_SUFFIX}"
     try:
-        with shards.one_replica_per_shard(client, shape, [table], leader=True) as replicas:
-            dropped = {day for replica in replicas for day in _drop_days_before(replica.client, table, keep_from)}
+        dropped = shards.drop_partitions(client, ROLLUP_CHANGES, shape, lambda day: int(day) < keep_from)
     except shards.ShardUnavailable as exc:
         log.warning("the change log was not pruned this time: %s", exc)
         return []
-    return sorted(dropped)
-
-
-def _drop_days_before(client, table: str, keep_from: int) -> list[str]:
-    days = [int(p) for (p,) in client.execute(sql("change_partitions"), {"table": table})]
-    old = sorted(d for d in days if d < keep_from)
-    for day in old:
-        client.execute(f"ALTER TABLE {table} DROP PARTITION {day:d}")  # table: ROLLUP_CHANGES or its _local
-    return [str(d) for d in old]
+    return sorted({day for _, days in dropped for day in days})
 
 
 class RefreshTimer:

@@ -1,7 +1,8 @@
 """The servers of a ClickHouse cluster as they list themselves (system.clusters), and the one replica of
 each shard that a repair's in-place change runs on (docs/scale-out.md, "The repairs on a cluster").
 
-A REPLACE PARTITION, DROP PARTITION or DELETE of a sharded table names its `_local` table
+A REPLACE PARTITION, DROP PARTITION (`drop_partitions`, on one server too) or DELETE of a sharded
+table names its `_local` table
 (shapes.stored_table) on one replica of each shard; ZooKeeper carries it to the shard's other
 replicas. The servers come from the cluster's own system.clusters, as the Distributed tables find
 them, so a real cluster not started by our stack works the same as the loopback one.
@@ -10,16 +11,17 @@ them, so a real cluster not started by our stack works the same as the loopback 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from pipelines.config import REPO_ROOT
 from pipelines.store.clickhouse import connect_like, is_transient
-from pipelines.store.shapes import LOCAL_SUFFIX, ClusterShape
+from pipelines.store.shapes import LOCAL_SUFFIX, ClusterShape, stored_table
 from pipelines.store.tables import WRITABLE_TABLES
 
 SQL_DIR = REPO_ROOT / "sql" / "cluster"
+PARTITIONS_SQL_DIR = REPO_ROOT / "sql" / "partitions"
 # How long a replica may take to fetch what its shard's log holds before a repair reads it.
 SYNC_TIMEOUT_S = 120
 
@@ -155,3 +157,29 @@ def sync(replica: ShardReplica, tables: Sequence[str], timeout_s: int = SYNC_TIM
     for table in tables:
         replica.client.execute(_sql("sync_replica").replace("%(table)s", _stored(table)),
                                settings={"receive_timeout": timeout_s})
+
+
+def drop_partitions(client, table: str, shape: ClusterShape | None,
+                    expired: Callable[[str], bool]) -> list[tuple[str, list[str]]]:
+    """Drop the partitions of `table` (one of the registry's) that `expired` says are past, where its
+    rows are stored: on one server the table itself; on a cluster each shard's `_local` table, on the
+    replica leading it (18.16 forwards a DROP PARTITION made on another replica, and an ON CLUSTER
+    one, to the leader as user `default`, which our users.xml refuses: code 195), whence ZooKeeper
+    carries it to the shard's other replica. Returns (where, the partitions dropped there, in order)
+    for each server that dropped some; `where` is "" on one server, " on <the server>" on a cluster.
+    A shard with no replica leading the table: ShardUnavailable before anything is dropped."""
+    stored = _stored(stored_table(table, shape))
+    if shape is None:
+        return _drop_on(client, stored, expired, "")
+    with one_replica_per_shard(client, shape, [stored], leader=True) as replicas:
+        return [dropped for replica in replicas
+                for dropped in _drop_on(replica.client, stored, expired, f" on {replica.server.describe()}")]
+
+
+def _drop_on(client, stored: str, expired: Callable[[str], bool], where: str) -> list[tuple[str, list[str]]]:
+    partitions = (PARTITIONS_SQL_DIR / "partitions.sql").read_text()
+    drop = (PARTITIONS_SQL_DIR / "drop_partition.sql").read_text().replace("%(table)s", stored)
+    gone = [p for (p,) in client.execute(partitions, {"table": stored}) if expired(p)]
+    for partition in gone:
+        client.execute(drop, {"partition": int(partition)})  # its key value, a number (drop_partition.sql)
+    return [(where, gone)] if gone else []

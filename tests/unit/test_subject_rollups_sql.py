@@ -100,9 +100,10 @@ class _ChdbClient:
     def __init__(self, session):
         self.session = session
 
-    def execute(self, statement: str, params: dict[str, str] | None = None) -> list[tuple]:
+    def execute(self, statement: str, params: dict[str, str | int] | None = None) -> list[tuple]:
         for name, value in (params or {}).items():
-            statement = statement.replace(f"%({name})s", "'" + value.replace("'", "''") + "'")
+            literal = str(value) if isinstance(value, int) else "'" + value.replace("'", "''") + "'"
+            statement = statement.replace(f"%({name})s", literal)
         text = str(self.session.query(statement, "TabSeparated")).strip()
         return [tuple(line.split("\t")) for line in text.splitlines()] if text else []
 
