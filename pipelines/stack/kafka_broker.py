@@ -71,8 +71,10 @@ def format_kafka(settings: Settings, properties: Path, cluster_id: str, standalo
     node is its own quorum (--standalone); a cluster's nodes share cluster_id and a fixed voter list."""
     if (properties.parent / "data" / "meta.properties").exists():
         return
+    # `--cluster-id=<id>` as one word: an id is base64, and one that begins with "-" (1 in 64 of the
+    # cluster's, pipelines.cluster) given as a word of its own is taken for an option and refused.
     argv = [java(), _kafka_log4j(), "-cp", kafka_classpath(settings), "kafka.tools.StorageTool", "format",
-            "-t", cluster_id, "-c", str(properties)]
+            f"--cluster-id={cluster_id}", "-c", str(properties)]
     done = subprocess.run(argv + (["--standalone"] if standalone else []), capture_output=True, text=True)
     if done.returncode != 0:
         raise StackError(f"formatting {properties.parent / 'data'} failed: {(done.stdout + done.stderr).strip()}")

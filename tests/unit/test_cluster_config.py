@@ -13,8 +13,8 @@ import pytest
 
 from pipelines import cluster
 from pipelines.config import ClusterLayout, Settings
-from pipelines.stack.kafka_broker import kafka_service, render_kafka
-from pipelines.stack.services import StackError, ensure_port_free
+from pipelines.stack.kafka_broker import format_kafka, kafka_service, render_kafka
+from pipelines.stack.services import Service, StackError, ensure_port_free
 from pipelines.store.clickhouse import render_clickhouse_config, render_cluster_config
 
 
@@ -159,3 +159,13 @@ def test_a_clickhouse_url_names_other_servers_to_try_and_refuses_what_it_does_no
         ClickHouseTarget.from_url("clickhouse://w@h:1/d?alt_hosts=h2")
     with pytest.raises(ValueError, match="unknown option"):
         ClickHouseTarget.from_url("clickhouse://w@h:1/d?secure=1")
+
+
+def test_a_kafka_node_formats_with_a_cluster_id_that_begins_with_a_dash(tmp_path):
+    """Kafka's storage tool, for real: a cluster id is base64 and 1 in 64 begin with "-" (CI, 7 Dec:
+    `-gz-RDedRTeNfvaYdMDM7w` refused as an option, so the cluster did not come up)."""
+    node = Service("kafka-format", tmp_path / "kafka", "kafka.Kafka")
+    properties = render_kafka(node, node_id=1, controller_quorum="controller.quorum.bootstrap.servers=127.0.0.1:1",
+                              broker_address="127.0.0.1:2", controller_address="127.0.0.1:1", partitions=1)
+    format_kafka(Settings.from_env(), properties, "-gz-RDedRTeNfvaYdMDM7w", standalone=True)
+    assert "cluster.id=-gz-RDedRTeNfvaYdMDM7w" in (node.home / "data" / "meta.properties").read_text()
